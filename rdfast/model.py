@@ -1,0 +1,295 @@
+"""RewardModel: the RewardDance reward, P("yes") of a VLM's next token, as a drop-in scorer.
+
+Follow a score down: ``score``/``compare`` -> ``_encode`` (prompts.py renders, the family adapter turns
+images into pixels and image tokens) -> ``_collate`` (pads a micro-batch) -> ``_answer_logprobs`` (the
+VLM's base model, the hidden state at the last real token) -> ``rdfast.ops.token_logprobs`` (the fused
+yes/no head).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import prompts as P
+from .images import InputError, as_image_list, load_image
+
+NORMALIZATIONS = ("vocab", "yes_no")
+
+
+@dataclass
+class Encoded:
+    """One sequence ready to batch: token ids and its images in the family's pixel layout."""
+
+    input_ids: list[int]
+    images: list
+    prompt: str
+    instruction: str | None
+    index: int
+
+
+@dataclass
+class RankResult:
+    """Best-of-N by pairwise wins. ``win_prob[i, j]`` = P(candidate i beats j), both orders averaged."""
+
+    order: list[int]
+    wins: torch.Tensor
+    win_prob: torch.Tensor
+    top: list[int]
+
+
+def _default_device():
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class RewardModel:
+    """A generative reward model over a transformers VLM (Qwen2-VL, Qwen2.5-VL, InternVL).
+
+    The reward is P(answer = "yes") at the first answer position after the rendered prompt.
+    ``normalize="vocab"`` (default) is the softmax over the whole vocabulary: exactly the distribution a
+    generative reward model is trained on (cross-entropy over the vocabulary), so it is the paper's reward.
+    ``normalize="yes_no"`` renormalises over the two answer tokens, sigmoid(logit_yes - logit_no): useful
+    for models never tuned as judges, whose probability mass leaks to other tokens.
+    """
+
+    def __init__(self, model, tokenizer, adapter, answers: P.AnswerTokens, normalize="vocab", max_length=None, batch_size=8):
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = adapter
+        self.answers = answers
+        self.normalize = normalize
+        self.batch_size = batch_size
+        text_config = getattr(model.config, "text_config", model.config)
+        self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        head = model.get_output_embeddings()
+        self._head_weight = head.weight
+        self._head_bias = getattr(head, "bias", None)
+        self._answer_ids = torch.tensor([answers.yes_id, answers.no_id], dtype=torch.long)
+
+    # ---- loading --------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path,
+        device=None,
+        dtype=None,
+        attn_implementation=None,
+        normalize="vocab",
+        answer_words=("yes", "no"),
+        trust_remote_code=False,
+        max_length=None,
+        batch_size=8,
+    ) -> "RewardModel":
+        """Load a reward model from a local checkpoint directory (no network).
+
+        dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
+        ("sdpa"); "flash_attention_2" needs flash-attn installed.
+        """
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+        from .adapters import adapter_for
+
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"reward model path {path!r} is not a local directory (rdfast never downloads)")
+        if attn_implementation == "flash_attention_2":
+            try:
+                import flash_attn  # noqa: F401
+            except ImportError as err:
+                raise ImportError("attn_implementation='flash_attention_2' needs flash-attn (pip install rdfast[gpu])") from err
+        device = torch.device(device) if device is not None else _default_device()
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        common = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, **common)
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+        image_processor = AutoImageProcessor.from_pretrained(path, **common)
+        kwargs = dict(dtype=dtype, **common)
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
+        adapter = adapter_for(config, tokenizer, image_processor)
+        answers = P.resolve_answer_tokens(tokenizer, adapter.image_placeholder, answer_words)
+        return cls(model, tokenizer, adapter, answers, normalize=normalize, max_length=max_length, batch_size=batch_size)
+
+    @property
+    def yes_token_id(self) -> int:
+        return self.answers.yes_id
+
+    @property
+    def no_token_id(self) -> int:
+        return self.answers.no_id
+
+    @property
+    def device(self) -> torch.device:
+        return self._head_weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._head_weight.dtype
+
+    # ---- public scoring -------------------------------------------------------------------------------
+    def score(self, images=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
+        """Pointwise reward P(yes | image, prompt, instruction).
+
+        images: N PIL images, paths, float tensors [3,H,W] in [0,1], or a tensor [N,3,H,W].
+        prompts: N non-empty strings. Returns float32 [N] on the model's device; differentiable with
+        respect to tensor images that require grad.
+        """
+        items = self._encode_items(prompts, [images], instruction)
+        return self._probabilities(self._run(items, batch_size))
+
+    def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None) -> torch.Tensor:
+        """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference).
+
+        ``debias=True`` averages with 1 - P(yes) of the swapped order, removing position bias.
+        Returns float32 [N].
+        """
+        items = self._encode_items(prompts, [images1, images2], instruction)
+        p = self._probabilities(self._run(items, batch_size))
+        if not debias:
+            return p
+        swapped = [self._tokenize(it.prompt, it.images[::-1], it.instruction, it.index) for it in items]
+        return 0.5 * (p + 1.0 - self._probabilities(self._run(swapped, batch_size)))
+
+    def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None) -> RankResult:
+        """Best-of-N by pairwise win counts over every ordered pair (the paper's reference selection).
+
+        Each unordered pair is judged in both orders and averaged; the candidate with P > 0.5 gets a hard
+        win. Ties in win count are broken by the summed win probabilities.
+        """
+        cands = as_image_list(candidates, "candidates")
+        n = len(cands)
+        if n < 2:
+            raise InputError(f"rank needs at least 2 candidates, got {n}", field="candidates")
+        if not 1 <= top_k <= n:
+            raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
+        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        p = self.compare(
+            images1=[cands[i] for i, _ in pairs],
+            images2=[cands[j] for _, j in pairs],
+            prompts=[prompt] * len(pairs),
+            instruction=instruction,
+            batch_size=batch_size,
+        )
+        # p[(i, j)] = P(j better than i); beats[j, i] collects it.
+        beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)
+        idx_i = torch.tensor([i for i, _ in pairs], device=p.device)
+        idx_j = torch.tensor([j for _, j in pairs], device=p.device)
+        beats[idx_j, idx_i] = p
+        win_prob = 0.5 * (beats + 1.0 - beats.T)
+        win_prob.fill_diagonal_(0.0)
+        wins = (win_prob > 0.5).sum(dim=1)
+        total = win_prob.sum(dim=1)
+        order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
+        return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
+
+    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side="left") -> dict:
+        """The exact padded keyword inputs of the underlying transformers model for this batch.
+
+        ``model(**rm.build_inputs(...))`` reproduces the scores: take the logits at the last non-padding
+        position (attention_mask) and read the answer tokens.
+        """
+        image_args = [images1] if images2 is None else [images1, images2]
+        items = self._encode_items(prompts, image_args, instruction)
+        return self._collate(items, padding_side)
+
+    # ---- internals ------------------------------------------------------------------------------------
+    def _encode_items(self, prompts, image_args: list, instruction) -> list[Encoded]:
+        """Validate every item up front (clear errors before any model work), then tokenise."""
+        fields = ["images"] if len(image_args) == 1 else ["images1", "images2"]
+        if prompts is None or any(a is None for a in image_args):
+            raise InputError(f"{', '.join(fields)} and prompts are required")
+        if isinstance(prompts, str):
+            raise InputError("expected a list of prompts, got a single string", field="prompts")
+        prompts = list(prompts)
+        columns = [as_image_list(a, f) for a, f in zip(image_args, fields)]
+        for f, col in zip(fields, columns):
+            if len(col) != len(prompts):
+                raise InputError(f"{f} has {len(col)} items but prompts has {len(prompts)}")
+        if not prompts:
+            raise InputError("empty batch", field="prompts")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
+        P.instruction_text(instruction)
+        loaded = [[load_image(img, i, f) for i, img in enumerate(col)] for f, col in zip(fields, columns)]
+        items = []
+        for i, prompt in enumerate(prompts):
+            images = []
+            for f, col in zip(fields, loaded):
+                try:
+                    images.append(self.adapter.encode_image(col[i]))
+                except InputError as err:
+                    raise InputError(str(err), i, f) from err
+            items.append(self._tokenize(prompt, images, instruction, i))
+        return items
+
+    def _tokenize(self, prompt, images, instruction, index) -> Encoded:
+        messages = P.build_messages(prompt, len(images), instruction)
+        text = P.render(self.tokenizer, messages, self.adapter.image_placeholder)
+        text = self.adapter.expand_placeholders(text, [e.expansion for e in images], index)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_length:
+            raise InputError(
+                f"the item is {len(ids)} tokens long with its images, more than the model's context of "
+                f"{self.max_length} tokens",
+                index,
+                "prompts",
+            )
+        return Encoded(ids, images, prompt, instruction, index)
+
+    def _collate(self, items: list[Encoded], padding_side="left") -> dict:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        longest = max(len(it.input_ids) for it in items)
+        ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), longest), dtype=torch.long)
+        for row, it in enumerate(items):
+            n = len(it.input_ids)
+            cols = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+            ids[row, cols] = torch.tensor(it.input_ids)
+            mask[row, cols] = 1
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        inputs.update(self.adapter.collate_images([e for it in items for e in it.images], self.dtype, self.device))
+        inputs.update(self.adapter.model_inputs(inputs["input_ids"]))
+        return inputs
+
+    def _answer_logprobs(self, inputs: dict) -> torch.Tensor:
+        """log P(yes), log P(no) over the full vocabulary at each sequence's last real token: [B, 2] float32."""
+        from .ops import token_logprobs
+
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(**inputs, use_cache=False).last_hidden_state
+        mask = inputs["attention_mask"]
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * positions).argmax(dim=1)  # works for left and right padding alike
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        logp, _ = token_logprobs(h, self._head_weight, self._answer_ids.to(h.device), bias=self._head_bias)
+        return logp
+
+    def _run(self, items: list[Encoded], batch_size=None) -> torch.Tensor:
+        """Answer log-probs [N, 2] for all items, in micro-batches of similar length (order restored)."""
+        batch_size = batch_size or self.batch_size
+        needs_grad = any(isinstance(e.pixels, torch.Tensor) and e.pixels.requires_grad for it in items for e in it.images)
+        ctx = contextlib.nullcontext() if needs_grad else torch.inference_mode()
+        order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
+        out = [None] * len(items)
+        with ctx:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                logp = self._answer_logprobs(self._collate([items[k] for k in chunk]))
+                for row, k in enumerate(chunk):
+                    out[k] = logp[row]
+        return torch.stack(out)
+
+    def _probabilities(self, logp: torch.Tensor) -> torch.Tensor:
+        if self.normalize == "vocab":
+            return logp[:, 0].exp()
+        return torch.sigmoid(logp[:, 0] - logp[:, 1])
