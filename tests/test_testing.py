@@ -48,7 +48,8 @@ def test_layout_and_config(ckpt):
         assert tok.start_image_token == "<img>" and tok.end_image_token == "</img>"
         v = cfg.vision_config
         seq = (v.image_size[0] // v.patch_size[0]) ** 2 * cfg.downsample_ratio ** 2
-        assert cfg.image_seq_length == seq == json.loads((path / "processor_config.json").read_text())["image_seq_length"]
+        saved = json.loads((path / "processor_config.json").read_text())
+        assert cfg.image_seq_length == seq == saved["image_seq_length"]
         assert proc.size.height == v.image_size[0]
     else:
         assert type(proc).__name__.startswith("Qwen2VLImageProcessor")
