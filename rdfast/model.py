@@ -63,6 +63,7 @@ class RewardModel:
         self.answers = answers
         self.normalize = normalize
         self.batch_size = batch_size
+        self.padding_side = "left"  # scores do not depend on it; left keeps the answer position at the end
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -190,7 +191,7 @@ class RewardModel:
         order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
         return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
 
-    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side="left") -> dict:
+    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None) -> dict:
         """The exact padded keyword inputs of the underlying transformers model for this batch.
 
         ``model(**rm.build_inputs(...))`` reproduces the scores: take the logits at the last non-padding
@@ -198,7 +199,7 @@ class RewardModel:
         """
         image_args = [images1] if images2 is None else [images1, images2]
         items = self._encode_items(prompts, image_args, instruction)
-        return self._collate(items, padding_side)
+        return self._collate(items, padding_side or self.padding_side)
 
     # ---- internals ------------------------------------------------------------------------------------
     def _encode_items(self, prompts, image_args: list, instruction) -> list[Encoded]:
@@ -284,7 +285,7 @@ class RewardModel:
         with ctx:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                logp = self._answer_logprobs(self._collate([items[k] for k in chunk]))
+                logp = self._answer_logprobs(self._collate([items[k] for k in chunk], self.padding_side))
                 for row, k in enumerate(chunk):
                     out[k] = logp[row]
         return torch.stack(out)

@@ -11,6 +11,11 @@ from PIL import Image
 from ..images import InputError, pil_to_tensor
 
 
+def size_value(size, key: str):
+    """A field of an image processor's ``size`` (a dict in some transformers versions, a SizeDict in others)."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 @dataclass
 class EncodedImage:
     """One image in the family's pixel layout.

@@ -6,7 +6,7 @@ from functools import lru_cache
 import torch
 
 from ..images import image_size
-from .base import EncodedImage, VisionAdapter
+from .base import EncodedImage, VisionAdapter, size_value
 
 
 @lru_cache(maxsize=256)
@@ -36,8 +36,7 @@ class InternVLAdapter(VisionAdapter):
     def __init__(self, config, tokenizer, image_processor, crop_to_patches: bool = True):
         super().__init__(config, tokenizer, image_processor)
         ip = image_processor
-        size = ip.size
-        self.tile = size["height"] if isinstance(size, dict) else size.height
+        self.tile = size_value(ip.size, "height")
         # InternVLProcessor tiles images by default, whatever the image processor's own default says.
         self.crop_to_patches = crop_to_patches
         self.min_tiles = getattr(ip, "min_patches", 1)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..images import InputError, image_size
-from .base import EncodedImage, VisionAdapter
+from .base import EncodedImage, VisionAdapter, size_value
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -36,9 +36,8 @@ class Qwen2VLAdapter(VisionAdapter):
         self.patch_size = ip.patch_size
         self.merge_size = ip.merge_size
         self.temporal_patch_size = ip.temporal_patch_size
-        size = ip.size if isinstance(ip.size, dict) else dict(ip.size.items() if hasattr(ip.size, "items") else {})
-        self.min_pixels = getattr(ip, "min_pixels", None) or size["shortest_edge"]
-        self.max_pixels = getattr(ip, "max_pixels", None) or size["longest_edge"]
+        self.min_pixels = getattr(ip, "min_pixels", None) or size_value(ip.size, "shortest_edge")
+        self.max_pixels = getattr(ip, "max_pixels", None) or size_value(ip.size, "longest_edge")
         tok = tokenizer.convert_ids_to_tokens
         self.image_token_id = config.image_token_id
         self.video_token_id = config.video_token_id

@@ -1,0 +1,40 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a model hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+
+_MODELS = {}
+
+
+def load_rm(family, **kwargs):
+    """A RewardModel on a tiny checkpoint, cached per (family, options) for the whole session."""
+    from rdfast import RewardModel
+    from rdfast.testing import tiny_checkpoint
+
+    key = (family, tuple(sorted(kwargs.items())))
+    if key not in _MODELS:
+        _MODELS[key] = RewardModel.from_pretrained(tiny_checkpoint(family), device="cpu", **kwargs)
+    return _MODELS[key]
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def rm(family):
+    model = load_rm(family)
+    model.padding_side = "left"
+    return model
+
+
+@pytest.fixture
+def gen():
+    """A fresh generator per test: fresh random inputs in every check."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
