@@ -37,7 +37,7 @@ def read_jsonl(path: str, image_fields: tuple[str, ...], log=sys.stderr):
                 for field in image_fields:
                     if not isinstance(record.get(field), str):
                         raise InputError(f"missing image path field {field!r}")
-                    images.append(load_image(os.path.join(base, record[field]), 0, field))
+                    images.append(load_image(os.path.join(base, record[field]), None, field))
             except (ValueError, InputError) as err:
                 print(f"{path}:{number}: skipped: {err}", file=log)
                 continue

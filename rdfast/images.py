@@ -44,7 +44,7 @@ def as_image_list(images, field: str) -> list:
     return list(images)
 
 
-def load_image(image, index: int, field: str):
+def load_image(image, index: int | None, field: str):
     """Validate one image; open paths. Returns an RGB PIL image or a float tensor [3, H, W] in [0, 1]."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
