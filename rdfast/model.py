@@ -1,13 +1,14 @@
 """RewardModel: the RewardDance reward, P("yes") of a VLM's next token, as a drop-in scorer.
 
-Follow a score down: ``score``/``compare`` -> ``_encode`` (prompts.py renders, the family adapter turns
-images into pixels and image tokens) -> ``_collate`` (pads a micro-batch) -> ``_answer_logprobs`` (the
+Follow a score down: ``score``/``compare`` -> ``encode`` (prompts.py renders, the family adapter turns
+images into pixels and image tokens) -> ``collate`` (pads a micro-batch) -> ``answer_logprobs`` (the
 VLM's base model, the hidden state at the last real token) -> ``rdfast.ops.token_logprobs`` (the fused
 yes/no head).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from . import prompts as P
 from .images import InputError, as_image_list, load_image
 
 NORMALIZATIONS = ("vocab", "yes_no")
+#: written by rdfast.train next to a trained model: how it was trained, so it scores exactly that way.
+#: keys: answer_words, yes_token_id, no_token_id, normalize, instruction, base_model (for a LoRA adapter dir)
+RDFAST_CONFIG = "rdfast_config.json"
 
 
 @dataclass
@@ -54,7 +58,8 @@ class RewardModel:
     for models never tuned as judges, whose probability mass leaks to other tokens.
     """
 
-    def __init__(self, model, tokenizer, adapter, answers: P.AnswerTokens, normalize="vocab", max_length=None, batch_size=8):
+    def __init__(self, model, tokenizer, adapter, answers: P.AnswerTokens, normalize="vocab", max_length=None,
+                 batch_size=8, instruction=None):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.model = model
@@ -63,6 +68,7 @@ class RewardModel:
         self.answers = answers
         self.normalize = normalize
         self.batch_size = batch_size
+        self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
         self.padding_side = "left"  # scores do not depend on it; left keeps the answer position at the end
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
@@ -80,8 +86,8 @@ class RewardModel:
         device=None,
         dtype=None,
         attn_implementation=None,
-        normalize="vocab",
-        answer_words=("yes", "no"),
+        normalize=None,
+        answer_words=None,
         trust_remote_code=False,
         max_length=None,
         batch_size=8,
@@ -89,7 +95,9 @@ class RewardModel:
         """Load a reward model from a local checkpoint directory (no network).
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
-        ("sdpa"); "flash_attention_2" needs flash-attn installed.
+        ("sdpa"); "flash_attention_2" needs flash-attn installed. normalize defaults to "vocab" and
+        answer_words to ("yes", "no"), unless the directory was written by ``rdfast.train`` (its
+        ``rdfast_config.json`` then supplies them, the instruction, and the base model of a LoRA adapter).
         """
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -106,18 +114,34 @@ class RewardModel:
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        trained = {}
+        if os.path.isfile(os.path.join(path, RDFAST_CONFIG)):
+            with open(os.path.join(path, RDFAST_CONFIG)) as fh:
+                trained = json.load(fh)
+        # A LoRA adapter directory points at its base model; everything else loads from ``path`` itself.
+        base_path = os.path.join(path, trained["base_model"]) if trained.get("base_model") else path
         common = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(path, **common)
+        config = AutoConfig.from_pretrained(base_path, **common)
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         image_processor = AutoImageProcessor.from_pretrained(path, **common)
         kwargs = dict(dtype=dtype, **common)
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
+        if base_path != path:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        model = model.to(device).eval()
         model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
         adapter = adapter_for(config, tokenizer, image_processor)
+        answer_words = answer_words or tuple(trained.get("answer_words", ("yes", "no")))
         answers = P.resolve_answer_tokens(tokenizer, adapter.image_placeholder, answer_words)
-        return cls(model, tokenizer, adapter, answers, normalize=normalize, max_length=max_length, batch_size=batch_size)
+        for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
+            if key in trained and trained[key] != got:
+                raise ValueError(f"{path}: {RDFAST_CONFIG} records {key}={trained[key]} but the tokenizer gives {got}")
+        return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.get("normalize", "vocab"),
+                   max_length=max_length, batch_size=batch_size, instruction=trained.get("instruction"))
 
     @property
     def yes_token_id(self) -> int:
@@ -143,7 +167,7 @@ class RewardModel:
         prompts: N non-empty strings. Returns float32 [N] on the model's device; differentiable with
         respect to tensor images that require grad.
         """
-        items = self._encode_items(prompts, [images], instruction)
+        items = self.encode(prompts, [images], instruction)
         return self._probabilities(self._run(items, batch_size))
 
     def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None) -> torch.Tensor:
@@ -152,7 +176,7 @@ class RewardModel:
         ``debias=True`` averages with 1 - P(yes) of the swapped order, removing position bias.
         Returns float32 [N].
         """
-        items = self._encode_items(prompts, [images1, images2], instruction)
+        items = self.encode(prompts, [images1, images2], instruction)
         p = self._probabilities(self._run(items, batch_size))
         if not debias:
             return p
@@ -198,12 +222,16 @@ class RewardModel:
         position (attention_mask) and read the answer tokens.
         """
         image_args = [images1] if images2 is None else [images1, images2]
-        items = self._encode_items(prompts, image_args, instruction)
-        return self._collate(items, padding_side or self.padding_side)
+        items = self.encode(prompts, image_args, instruction)
+        return self.collate(items, padding_side or self.padding_side)
 
     # ---- internals ------------------------------------------------------------------------------------
-    def _encode_items(self, prompts, image_args: list, instruction) -> list[Encoded]:
-        """Validate every item up front (clear errors before any model work), then tokenise."""
+    def encode(self, prompts, image_args: list, instruction=None) -> list[Encoded]:
+        """Validate every item up front (clear errors before any model work), then tokenise.
+
+        image_args: [images] (pointwise) or [images1, images2] (pairwise). Returns one Encoded per prompt.
+        """
+        instruction = instruction if instruction is not None else self.instruction
         fields = ["images"] if len(image_args) == 1 else ["images1", "images2"]
         if prompts is None or any(a is None for a in image_args):
             raise InputError(f"{', '.join(fields)} and prompts are required")
@@ -219,7 +247,7 @@ class RewardModel:
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
-        P.instruction_text(instruction)
+        P.instruction_text(instruction)  # validates it before any work
         loaded = [[load_image(img, i, f) for i, img in enumerate(col)] for f, col in zip(fields, columns)]
         items = []
         for i, prompt in enumerate(prompts):
@@ -246,7 +274,7 @@ class RewardModel:
             )
         return Encoded(ids, images, prompt, instruction, index)
 
-    def _collate(self, items: list[Encoded], padding_side="left") -> dict:
+    def collate(self, items: list[Encoded], padding_side="left") -> dict:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         longest = max(len(it.input_ids) for it in items)
@@ -262,30 +290,44 @@ class RewardModel:
         inputs.update(self.adapter.model_inputs(inputs["input_ids"]))
         return inputs
 
-    def _answer_logprobs(self, inputs: dict) -> torch.Tensor:
-        """log P(yes), log P(no) over the full vocabulary at each sequence's last real token: [B, 2] float32."""
+    def hidden_states(self, inputs: dict) -> torch.Tensor:
+        """Final hidden states [B, T, H] of the VLM's base model (before the LM head) for collated inputs."""
+        base = getattr(self.model, self.model.base_model_prefix)
+        return base(**inputs, use_cache=False).last_hidden_state
+
+    @staticmethod
+    def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        """Index of each row's last real token [B]; right for left and right padding alike."""
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        return (attention_mask * positions).argmax(dim=1)
+
+    def head_logprobs(self, hidden: torch.Tensor, token_ids: torch.Tensor):
+        """(logp [B, K], lse [B]) of ``token_ids`` ([K] or [B, K]) over the full vocabulary, from hidden [B, H]."""
         from .ops import token_logprobs
 
-        base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(**inputs, use_cache=False).last_hidden_state
-        mask = inputs["attention_mask"]
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        last = (mask * positions).argmax(dim=1)  # works for left and right padding alike
+        return token_logprobs(hidden, self._head_weight, token_ids.to(hidden.device), bias=self._head_bias)
+
+    def answer_logprobs(self, inputs: dict) -> torch.Tensor:
+        """log P(yes), log P(no) over the full vocabulary at each sequence's last real token: [B, 2]."""
+        hidden = self.hidden_states(inputs)
+        last = self.last_positions(inputs["attention_mask"])
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        logp, _ = token_logprobs(h, self._head_weight, self._answer_ids.to(h.device), bias=self._head_bias)
-        return logp
+        return self.head_logprobs(h, self._answer_ids)[0]
 
     def _run(self, items: list[Encoded], batch_size=None) -> torch.Tensor:
         """Answer log-probs [N, 2] for all items, in micro-batches of similar length (order restored)."""
         batch_size = batch_size or self.batch_size
-        needs_grad = any(isinstance(e.pixels, torch.Tensor) and e.pixels.requires_grad for it in items for e in it.images)
+        needs_grad = torch.is_grad_enabled() and (
+            any(e.pixels.requires_grad for it in items for e in it.images)
+            or any(p.requires_grad for p in self.model.parameters())
+        )
         ctx = contextlib.nullcontext() if needs_grad else torch.inference_mode()
         order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
         out = [None] * len(items)
         with ctx:
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                logp = self._answer_logprobs(self._collate([items[k] for k in chunk], self.padding_side))
+                logp = self.answer_logprobs(self.collate([items[k] for k in chunk], self.padding_side))
                 for row, k in enumerate(chunk):
                     out[k] = logp[row]
         return torch.stack(out)

@@ -45,16 +45,18 @@ def build_messages(prompt: str, n_images: int, instruction: str | None = None) -
     """
     if n_images not in (1, 2):
         raise ValueError(f"a reward prompt holds 1 or 2 images, got {n_images}")
+    # Instruction and prompt first, then the reference image: everything before image 2 is shared by all
+    # candidates compared against one reference, so it can run once (a shared prefix).
     text = f"{instruction_text(instruction)}\nText description: {prompt}\n"
     if n_images == 1:
-        content = [{"type": "image"}, {"type": "text", "text": "\n" + text + POINTWISE_QUESTION}]
+        content = [{"type": "text", "text": text}, {"type": "image"}, {"type": "text", "text": "\n" + POINTWISE_QUESTION}]
     else:
         content = [
-            {"type": "text", "text": "Image 1: "},
+            {"type": "text", "text": text + "Image 1: "},
             {"type": "image"},
             {"type": "text", "text": "\nImage 2: "},
             {"type": "image"},
-            {"type": "text", "text": "\n" + text + PAIRWISE_QUESTION},
+            {"type": "text", "text": "\n" + PAIRWISE_QUESTION},
         ]
     return [{"role": "user", "content": content}]
 
