@@ -8,7 +8,7 @@ plain torch head on CPU.
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 try:
@@ -61,7 +61,7 @@ setup(
     long_description=open("README.md").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["rdfast", "rdfast.adapters", "rdfast.kernels"],
+    packages=find_packages(include=["rdfast", "rdfast.*"]) + ["rdfast.kernels"],
     package_dir={"rdfast.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
