@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import prompts as P
+from .engine import Engine, EngineOptions
 from .images import InputError, as_image_list, load_image
 
 NORMALIZATIONS = ("vocab", "yes_no")
@@ -67,7 +68,8 @@ class RewardModel:
         self.adapter = adapter
         self.answers = answers
         self.normalize = normalize
-        self.batch_size = batch_size
+        #: engine switches (feature cache, shared prefix, packing, micro-batch); all off = the plain padded path
+        self.options = EngineOptions(batch_size=batch_size)
         self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
         self.padding_side = "left"  # scores do not depend on it; left keeps the answer position at the end
         text_config = getattr(model.config, "text_config", model.config)
@@ -77,6 +79,7 @@ class RewardModel:
         self._head_weight = head.weight
         self._head_bias = getattr(head, "bias", None)
         self._answer_ids = torch.tensor([answers.yes_id, answers.no_id], dtype=torch.long)
+        self.engine = Engine(self)
 
     # ---- loading --------------------------------------------------------------------------------------
     @classmethod
@@ -248,16 +251,25 @@ class RewardModel:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
         P.instruction_text(instruction)  # validates it before any work
-        loaded = [[load_image(img, i, f) for i, img in enumerate(col)] for f, col in zip(fields, columns)]
-        items = []
-        for i, prompt in enumerate(prompts):
-            images = []
-            for f, col in zip(fields, loaded):
-                try:
-                    images.append(self.adapter.encode_image(col[i]))
-                except InputError as err:
-                    raise InputError(str(err), i, f) from err
-            items.append(self._tokenize(prompt, images, instruction, i))
+        # The same image (object, or path) given several times is loaded and preprocessed once; the engine
+        # then encodes it once too (its vision-feature cache keys on the EncodedImage).
+        encoded: dict = {}
+        columns_encoded = []
+        for f, col in zip(fields, columns):
+            out = []
+            for i, img in enumerate(col):
+                key = ("path", os.path.abspath(os.fspath(img))) if isinstance(img, (str, os.PathLike)) else ("obj", id(img))
+                if key not in encoded:
+                    try:
+                        encoded[key] = self.adapter.encode_image(load_image(img, i, f))
+                    except InputError as err:
+                        raise InputError(str(err).split(": ", 1)[-1], i, f) from err
+                out.append(encoded[key])
+            columns_encoded.append(out)
+        items = [
+            self._tokenize(prompt, [col[i] for col in columns_encoded], instruction, i)
+            for i, prompt in enumerate(prompts)
+        ]
         return items
 
     def _tokenize(self, prompt, images, instruction, index) -> Encoded:
@@ -315,22 +327,23 @@ class RewardModel:
         return self.head_logprobs(h, self._answer_ids)[0]
 
     def _run(self, items: list[Encoded], batch_size=None) -> torch.Tensor:
-        """Answer log-probs [N, 2] for all items, in micro-batches of similar length (order restored)."""
-        batch_size = batch_size or self.batch_size
+        """Answer log-probs [N, 2] for all items: through the engine, or the plain padded path if all is off."""
         needs_grad = torch.is_grad_enabled() and (
             any(e.pixels.requires_grad for it in items for e in it.images)
             or any(p.requires_grad for p in self.model.parameters())
         )
-        ctx = contextlib.nullcontext() if needs_grad else torch.inference_mode()
-        order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
-        out = [None] * len(items)
-        with ctx:
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                logp = self.answer_logprobs(self.collate([items[k] for k in chunk], self.padding_side))
-                for row, k in enumerate(chunk):
-                    out[k] = logp[row]
-        return torch.stack(out)
+        options = self.options if batch_size is None else replace(self.options, batch_size=batch_size)
+        with contextlib.nullcontext() if needs_grad else torch.inference_mode():
+            if options.feature_cache or options.prefix_cache or options.packing:
+                return self.engine.answer_logprobs(items, options)
+            return self._run_padded(items, options.batch_size)
+
+    def _run_padded(self, items: list[Encoded], batch_size: int) -> torch.Tensor:
+        """The unoptimised reference path: padded micro-batches of full sequences through the model."""
+        out = []
+        for start in range(0, len(items), batch_size):
+            out.append(self.answer_logprobs(self.collate(items[start : start + batch_size], self.padding_side)))
+        return torch.cat(out)
 
     def _probabilities(self, logp: torch.Tensor) -> torch.Tensor:
         if self.normalize == "vocab":

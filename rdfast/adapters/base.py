@@ -21,12 +21,14 @@ class EncodedImage:
     """One image in the family's pixel layout.
 
     pixels: the family's pixel tensor for this image (Qwen2-VL: flattened patches [n_patches, C*T*P*P];
-    InternVL: tiles [n_tiles, 3, S, S]). expansion: the token string that replaces the image's placeholder.
-    meta: family data the model needs besides pixels (Qwen2-VL: grid [t, h, w]).
+    InternVL: tiles [n_tiles, 3, S, S]). expansion: the token string that replaces the image's placeholder;
+    n_tokens: how many image-feature tokens it holds. meta: family data the model needs besides pixels
+    (Qwen2-VL: grid [t, h, w]).
     """
 
     pixels: torch.Tensor
     expansion: str
+    n_tokens: int
     meta: tuple = ()
 
 
@@ -54,6 +56,14 @@ class VisionAdapter(ABC):
     def model_inputs(self, input_ids: torch.Tensor) -> dict:
         """Extra keyword inputs derived from the token ids (none by default)."""
         return {}
+
+    @abstractmethod
+    def image_features(self, base_model, pixels: dict):
+        """The vision tower + projector on collated pixels (the output of ``collate_images``)."""
+
+    def position_ids(self, input_ids: list[int], images: list[EncodedImage]) -> torch.Tensor:
+        """Position ids [P, T] of one unpadded sequence (1-D rotary by default: P = 1)."""
+        return torch.arange(len(input_ids)).view(1, -1)
 
     # ---- shared helpers -----------------------------------------------------------------------------
     def resized(self, image, height: int, width: int) -> torch.Tensor:

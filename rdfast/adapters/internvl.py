@@ -50,6 +50,8 @@ class InternVLAdapter(VisionAdapter):
         self.start_token = getattr(tokenizer, "start_image_token", None) or "<img>"
         self.end_token = getattr(tokenizer, "end_image_token", None) or "</img>"
         self.image_placeholder = self.context_token
+        self.image_token_id = config.image_token_id
+        self.expansion_start_token = self.start_token
 
     def tiles(self, image) -> list[torch.Tensor]:
         """Normalised tiles [3, S, S]: the grid tiles in row-major order, then a thumbnail if more than one."""
@@ -68,7 +70,14 @@ class InternVLAdapter(VisionAdapter):
         tiles = torch.stack(self.tiles(image))
         n_tokens = self.image_seq_length * tiles.shape[0]
         expansion = f"{self.start_token}{self.context_token * n_tokens}{self.end_token}"
-        return EncodedImage(tiles, expansion, (tiles.shape[0],))
+        return EncodedImage(tiles, expansion, n_tokens, (tiles.shape[0],))
 
     def collate_images(self, encoded, dtype, device) -> dict:
         return {"pixel_values": torch.cat([e.pixels for e in encoded]).to(device=device, dtype=dtype)}
+
+    def image_features(self, base_model, pixels: dict):
+        return base_model.get_image_features(
+            pixel_values=pixels["pixel_values"],
+            vision_feature_layer=self.config.vision_feature_layer,
+            vision_feature_select_strategy=self.config.vision_feature_select_strategy,
+        )

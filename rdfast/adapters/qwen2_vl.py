@@ -45,6 +45,7 @@ class Qwen2VLAdapter(VisionAdapter):
         self.vision_start = tok(config.vision_start_token_id)
         self.vision_end = tok(config.vision_end_token_id)
         self.image_placeholder = f"{self.vision_start}{self.image_token}{self.vision_end}"
+        self.expansion_start_token = self.vision_start
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         factor = self.patch_size * self.merge_size
@@ -65,7 +66,7 @@ class Qwen2VLAdapter(VisionAdapter):
         patches = x.reshape(grid_h * grid_w, 3 * t * p * p)
         n_tokens = grid_h * grid_w // (m * m)
         expansion = f"{self.vision_start}{self.image_token * n_tokens}{self.vision_end}"
-        return EncodedImage(patches, expansion, (1, grid_h, grid_w))
+        return EncodedImage(patches, expansion, n_tokens, (1, grid_h, grid_w))
 
     def collate_images(self, encoded, dtype, device) -> dict:
         return {
@@ -79,3 +80,35 @@ class Qwen2VLAdapter(VisionAdapter):
         types[input_ids == self.image_token_id] = 1
         types[input_ids == self.video_token_id] = 2
         return {"mm_token_type_ids": types}
+
+    def image_features(self, base_model, pixels: dict):
+        return base_model.get_image_features(pixels["pixel_values"], pixels["image_grid_thw"])
+
+    def position_ids(self, input_ids: list[int], images: list[EncodedImage]) -> torch.Tensor:
+        """Multimodal rotary positions [3, T] (temporal, height, width) of one unpadded sequence.
+
+        Text advances all three by one per token; an image's tokens sit on its merged grid starting at the
+        current position, and the text after it resumes at start + max(grid_h, grid_w) / merge_size.
+        """
+        ids = torch.tensor(input_ids)
+        is_image = (ids == self.image_token_id).tolist()
+        positions = torch.empty(3, len(input_ids), dtype=torch.long)
+        grids = iter(images)
+        current, k = 0, 0
+        while k < len(input_ids):
+            if not is_image[k]:
+                end = k
+                while end < len(input_ids) and not is_image[end]:
+                    end += 1
+                positions[:, k:end] = torch.arange(current, current + end - k)
+                current += end - k
+            else:
+                _, grid_h, grid_w = next(grids).meta
+                h, w = grid_h // self.merge_size, grid_w // self.merge_size
+                end = k + h * w
+                positions[0, k:end] = current
+                positions[1, k:end] = current + torch.arange(h).repeat_interleave(w)
+                positions[2, k:end] = current + torch.arange(w).repeat(h)
+                current += max(h, w)
+            k = end
+        return positions
