@@ -1,0 +1,306 @@
+"""Scoring throughput: rdfast's engine against plain transformers, measured in one run on one model.
+
+    python bench/throughput.py                       # --preset tiny (the embedded model), under 2 minutes
+    python bench/throughput.py --preset small        # random 150k-vocab model, 224 px images: CPU-meaningful
+    python bench/throughput.py --preset qwen2.5-vl-3b --json out.json   # real shapes, random weights (GPU)
+    python bench/throughput.py --model /ckpts/Qwen2-VL-2B-Instruct      # a real checkpoint
+
+Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairwise), rank8 (all 56 ordered
+pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts). Baselines on the same inputs:
+naive (one sequence at a time with full-sequence logits, as public scorers do; timed on a subset, reported
+per pair) and hf_batched (padded batches of 16 through plain transformers with logits_to_keep=1).
+ideal_ratio = FLOPs of the hf_batched work / FLOPs of the unique work (each distinct image encoded once,
+each distinct token run once): the most any sharing can give. All timings start from preprocessed inputs.
+Prints a table; --json writes the figures; rows are appended to bench/results/throughput.csv with the device.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+LONG_INSTRUCTION = (
+    "You are an expert judge of generated images. Judge text-image alignment first: every object named in "
+    "the text description must be present, with the right colour, shape, count and position relative to "
+    "the other objects. Then judge visual quality: sharp edges, clean colours, no artifacts, no distorted "
+    "shapes. Prefer the image that satisfies more of the description; break ties by visual quality."
+)
+PROMPT_WORDS = ["red", "blue", "green", "yellow", "circle", "square", "triangle", "two", "three", "above", "below"]
+
+
+@dataclass
+class Preset:
+    family: str
+    overrides: dict = field(default_factory=dict)
+    image_size: tuple = (56, 56)  # (width, height)
+    instruction: str | None = None
+    prompt_words: int = 6
+    naive_subset: int = 8
+    repeats: int = 3
+
+
+PRESETS = {
+    "tiny": Preset("qwen2_vl"),
+    # Tens of millions of parameters, Qwen2 vocabulary, 224 px images (64 image tokens each).
+    "small": Preset(
+        "qwen2_vl",
+        dict(
+            text_config=dict(vocab_size=152064, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}),
+            vision_config=dict(depth=4, embed_dim=128, hidden_size=256, mlp_ratio=4, num_heads=4),
+            image_processor=dict(max_pixels=224 * 224),
+        ),
+        image_size=(224, 224), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=6, repeats=2,
+    ),
+    # Real architectures' shapes with random weights: for GPU runs.
+    "qwen2.5-vl-3b": Preset(
+        "qwen2_5_vl",
+        dict(
+            text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                             num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                               fullatt_block_indexes=[7, 15, 23, 31], window_size=112),
+            image_processor=dict(max_pixels=448 * 448),
+        ),
+        image_size=(448, 448), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=8, repeats=3,
+    ),
+    "internvl3-1b": Preset(
+        "internvl",
+        dict(
+            text_config=dict(vocab_size=151674, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                             num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768),
+            vision_config=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                               image_size=448, patch_size=14),
+        ),
+        image_size=(448, 448), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=8, repeats=3,
+    ),
+}
+
+
+# ---- workloads --------------------------------------------------------------------------------------------
+def make_prompts(n: int, words: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(PROMPT_WORDS[int(k)] for k in torch.randint(0, len(PROMPT_WORDS), (words,), generator=g)) for _ in range(n)]
+
+
+def scenario_inputs(name: str, preset: Preset, seed: int = 0) -> dict:
+    """Image/prompt lists of a scenario: {"images1", "images2" or None, "prompts"}."""
+    from rdfast.testing import random_images
+
+    size = (preset.image_size,)
+    if name == "ref16":
+        refs = random_images(8, sizes=size, seed=seed)
+        cands = random_images(128, sizes=size, seed=seed + 1)
+        prompts = make_prompts(8, preset.prompt_words, seed)
+        return {"images1": [refs[k // 16] for k in range(128)], "images2": cands, "prompts": [prompts[k // 16] for k in range(128)]}
+    if name == "rank8":
+        n_prompts = 2
+        cands = random_images(8 * n_prompts, sizes=size, seed=seed)
+        prompts = make_prompts(n_prompts, preset.prompt_words, seed)
+        pairs = [(p, i, j) for p in range(n_prompts) for i in range(8) for j in range(8) if i != j]
+        return {"images1": [cands[8 * p + i] for p, i, _ in pairs], "images2": [cands[8 * p + j] for p, _, j in pairs],
+                "prompts": [prompts[p] for p, _, _ in pairs]}
+    if name == "point64":
+        prompts = make_prompts(8, preset.prompt_words, seed)
+        return {"images1": random_images(64, sizes=size, seed=seed), "images2": None, "prompts": [prompts[k // 8] for k in range(64)]}
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+SCENARIOS = ("ref16", "rank8", "point64")
+
+
+# ---- FLOPs ------------------------------------------------------------------------------------------------
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def flop_model(rm):
+    """FLOPs of vision encoding per image and of language-model tokens (dense 2*params plus attention)."""
+    base = getattr(rm.model, rm.model.base_model_prefix)
+    lm = base.language_model
+    cfg = rm.model.config.get_text_config()
+    lm_dense = _params(lm) - _params(base.get_input_embeddings())
+    vision = [m for n, m in base.named_children() if n != "language_model"]
+    vis_dense = sum(_params(m) for m in vision)
+    head = rm._head_weight.numel()
+    d, layers = cfg.hidden_size, cfg.num_hidden_layers
+
+    def image(e):
+        n = e.pixels.shape[0] if e.pixels.dim() == 2 else e.pixels.shape[0] * (e.pixels.shape[-1] // 14) ** 2
+        return 2 * vis_dense * n
+
+    def tokens(new: int, context_before: int):
+        # each new token attends to everything before it: QK^T and AV, 4*d per layer per pair
+        attended = new * context_before + new * (new + 1) / 2
+        return 2 * lm_dense * new + 4 * layers * d * attended
+
+    return image, tokens, 2 * head
+
+
+def ideal_ratio(rm, items) -> float:
+    image, tokens, head = flop_model(rm)
+    hf = sum(image(e) for it in items for e in it.images) + sum(tokens(len(it.input_ids), 0) for it in items)
+    distinct = {id(e): e for it in items for e in it.images}
+    unique = sum(image(e) for e in distinct.values())
+    groups: dict = {}
+    for it in items:
+        cut = rm.engine.prefix_length(it)
+        key = (tuple(it.input_ids[:cut]), tuple(id(e) for e in it.images[:-1]))
+        groups.setdefault(key, []).append(it)
+    for key, members in groups.items():
+        cut = len(key[0]) if len(members) > 1 else 0
+        unique += tokens(cut, 0) + sum(tokens(len(it.input_ids) - cut, cut) for it in members)
+    hf += head * len(items)
+    unique += head * len(items)
+    return hf / unique, unique
+
+
+# ---- the three ways to score ------------------------------------------------------------------------------
+def run_rdfast(rm, items):
+    with torch.inference_mode():
+        return rm._run(items)
+
+
+def run_hf_batched(rm, items, batch=16):
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(items), batch):
+            inputs = rm.collate(items[start : start + batch])
+            logits = rm.model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            out.append(logits.log_softmax(-1)[:, [rm.yes_token_id, rm.no_token_id]])
+    return torch.cat(out)
+
+
+def run_naive(rm, items):
+    out = []
+    with torch.inference_mode():
+        for it in items:
+            logits = rm.model(**rm.collate([it])).logits.float()  # full-sequence logits, as public scorers do
+            out.append(logits[:, -1].log_softmax(-1)[:, [rm.yes_token_id, rm.no_token_id]])
+    return torch.cat(out)
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    result = fn()  # warm-up (and the result, checked below)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def load_model(args, preset: Preset):
+    from rdfast import RewardModel
+    from rdfast.testing import tiny_checkpoint
+
+    path = args.model or tiny_checkpoint(preset.family, **preset.overrides)
+    return RewardModel.from_pretrained(path, device=args.device, normalize="vocab", batch_size=16)
+
+
+def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_subset: int | None = None) -> dict:
+    data = scenario_inputs(name, preset)
+    images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
+    t0 = time.perf_counter()
+    items = rm.encode(data["prompts"], images, preset.instruction)
+    preprocess_s = time.perf_counter() - t0
+    repeats = preset.repeats if repeats is None else repeats
+    subset = items[: naive_subset or preset.naive_subset]
+    t_rd, ours = timed(lambda: run_rdfast(rm, items), repeats)
+    t_hf, ref = timed(lambda: run_hf_batched(rm, items), repeats)
+    t_nv, _ = timed(lambda: run_naive(rm, subset), max(1, repeats - 1))
+    ratio, unique_flops = ideal_ratio(rm, items)
+    n = len(items)
+    peak = None
+    if rm.device.type == "cuda":
+        peak = 2 * 989e12 if "H100" in device_name(rm.device) or "H200" in device_name(rm.device) else None
+    return {
+        "name": name,
+        "pairs": n,
+        "rdfast_pairs_per_s": n / t_rd,
+        "naive_pairs_per_s": len(subset) / t_nv,
+        "hf_batched_pairs_per_s": n / t_hf,
+        "ideal_ratio": ratio,
+        "speedup_vs_hf_batched": t_hf / t_rd,
+        "speedup_vs_naive": (t_nv / len(subset)) / (t_rd / n),
+        "fraction_of_ideal": (t_hf / t_rd) / ratio,
+        "max_abs_logp_diff_vs_hf": float((ours.float() - ref.float()).abs().max()),
+        "preprocess_s": preprocess_s,
+        "mean_tokens": sum(len(it.input_ids) for it in items) / n,
+        "unique_tflops": unique_flops / 1e12,
+        "unique_tflop_per_s": unique_flops / t_rd / 1e12,
+        "fraction_of_bf16_peak": (unique_flops / t_rd / peak) if peak else None,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--model", default=None, help="a real checkpoint directory (overrides the preset's model)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput.csv"))
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    rm = load_model(args, preset)
+    device = device_name(rm.device)
+    rows = []
+    print(f"{'scenario':9s} {'rdfast/s':>10s} {'hf_batched/s':>13s} {'naive/s':>9s} {'vs hf':>7s} {'vs naive':>9s} {'ideal':>7s} {'of ideal':>9s}")
+    for name in args.scenarios.split(","):
+        r = measure(rm, name, preset, args.repeats)
+        rows.append(r)
+        print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
+              f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
+    result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__, "scenarios": rows}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.csv:
+        os.makedirs(os.path.dirname(args.csv), exist_ok=True)
+        new = not os.path.exists(args.csv)
+        with open(args.csv, "a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["time", "device", "preset", "scenario", "rdfast_pairs_per_s", "hf_batched_pairs_per_s",
+                                 "naive_pairs_per_s", "ideal_ratio", "speedup_vs_hf_batched", "speedup_vs_naive"])
+            for r in rows:
+                writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S"), device, args.preset, r["name"],
+                                 f"{r['rdfast_pairs_per_s']:.3f}", f"{r['hf_batched_pairs_per_s']:.3f}",
+                                 f"{r['naive_pairs_per_s']:.3f}", f"{r['ideal_ratio']:.3f}",
+                                 f"{r['speedup_vs_hf_batched']:.3f}", f"{r['speedup_vs_naive']:.3f}"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
