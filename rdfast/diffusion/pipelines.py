@@ -1,0 +1,387 @@
+"""Adapters over diffusers pipelines: what ReFL and search need from FLUX, SD3 and SD 1.5, in one interface.
+
+``adapt(pipe)`` returns a ``PipelineAdapter`` whose methods are pure tensor functions (no pipeline ``__call__``,
+which runs under no_grad):
+
+    cond = ad.encode(prompts)                  # tuple of tensors, batch first (negatives included under CFG)
+    x = ad.noise(n, height, width, generator)  # starting latents in the denoiser's layout (FLUX: packed)
+    schedule = ad.schedule(num_steps, height, width)
+    out = ad.denoise(x, t, *cond)              # guided model output; ad.evals_per_step evaluations per sample
+    images = ad.decode(x0, height, width)      # float32 [n, 3, H, W] in [0, 1], differentiable
+
+Guidance: FLUX-dev is guidance-distilled (``guidance_scale`` feeds its guidance embedding: one evaluation per
+step); SD3 and SD use classifier-free guidance when ``guidance_scale > 1`` (two evaluations per step, batched
+into one forward, negative prompt "" by default). Family code stays here; sampler.py never sees a pipeline.
+"""
+from __future__ import annotations
+
+import torch
+
+from .sampler import Schedule
+
+
+def _checkpoint(fn, *args):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *args, use_reentrant=False)
+
+
+class PipelineAdapter:
+    """Common parts; subclasses implement encode/denoise and the latent layout of one family."""
+
+    family = "?"
+    latent_multiple = 8  # height and width must be multiples of this (pixels)
+
+    def __init__(self, pipe, guidance_scale: float | None = None, negative_prompt: str = ""):
+        self.pipe = pipe
+        self.negative_prompt = negative_prompt
+        self.guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        self.vae = pipe.vae
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae.requires_grad_(False)
+        for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+            enc = getattr(pipe, name, None)
+            if enc is not None:
+                enc.requires_grad_(False)
+
+    default_guidance = 1.0
+
+    # ---- properties -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        """The denoiser (transformer or UNet): the module ReFL trains."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def cfg(self) -> bool:
+        return False
+
+    @property
+    def evals_per_step(self) -> int:
+        return 2 if self.cfg else 1
+
+    # ---- checks -------------------------------------------------------------------------------------------
+    def check_size(self, height: int, width: int):
+        m = self.latent_multiple
+        for name, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or v <= 0 or v % m:
+                raise ValueError(f"{name} must be a positive multiple of {m} for this {self.family} pipeline, got {v!r}")
+
+    @staticmethod
+    def check_prompts(prompts) -> list[str]:
+        if isinstance(prompts, str):
+            raise ValueError("prompts: expected a list of strings, got a single string")
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts: empty list")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise ValueError(f"prompts[{i}]: must be a non-empty string, got {p!r}")
+        return prompts
+
+    # ---- schedule and noise -------------------------------------------------------------------------------
+    def _fresh_scheduler(self):
+        # A private copy: set_timesteps mutates the scheduler, and the user's pipeline should stay as it was.
+        s = self.pipe.scheduler
+        return type(s).from_config(s.config)
+
+    def schedule(self, num_steps: int, height: int, width: int) -> Schedule:
+        """The sampling schedule exactly as the pipeline's __call__ sets it for this size."""
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+        self.check_size(height, width)
+        sched = self._fresh_scheduler()
+        self._set_timesteps(sched, num_steps, height, width)
+        return Schedule.from_scheduler(sched)
+
+    def _set_timesteps(self, sched, num_steps, height, width):
+        sched.set_timesteps(num_steps)
+
+    def latent_shape(self, height: int, width: int) -> tuple:
+        raise NotImplementedError
+
+    def noise(self, n: int, height: int, width: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal starting latents [n, ...] in the denoiser's layout and dtype (drawn on the CPU, so a
+        seed gives the same noise on every device)."""
+        self.check_size(height, width)
+        x = torch.randn((n,) + self.latent_shape(height, width), generator=generator, dtype=torch.float32)
+        return x.to(self.device, self.dtype)
+
+    # ---- conditioning ---------------------------------------------------------------------------------------
+    @staticmethod
+    def take(cond: tuple, index) -> tuple:
+        """Rows ``index`` ([B'] long, or an int repeat count for a single-prompt cond) of every cond tensor."""
+        if isinstance(index, int):
+            return tuple(c.expand(index, *c.shape[1:]).contiguous() for c in cond)
+        return tuple(c.index_select(0, index.to(c.device)) for c in cond)
+
+    # ---- decode / encode -----------------------------------------------------------------------------------
+    def _to_vae(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        return latents / cfg.scaling_factor + shift
+
+    def _from_vae(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        return (z - shift) * cfg.scaling_factor
+
+    def decode(self, x0: torch.Tensor, height: int, width: int, checkpoint: bool = False,
+               tile: bool = False) -> torch.Tensor:
+        """Clean latents [n, ...] -> images float32 [n, 3, H, W] in [0, 1] (differentiable).
+
+        checkpoint=True keeps only the latents for backward and recomputes the decoder then, block by block
+        (the decoder's own gradient checkpointing), so its full-resolution activations never coexist with
+        the denoiser's. tile=True decodes in overlapping tiles (diffusers' tiled decode).
+        """
+        vae = self.vae
+
+        def run(z):
+            vae.use_tiling = bool(tile)
+            img = vae.decode(self._to_vae(z, height, width).to(vae.dtype), return_dict=False)[0]
+            return (img.float() / 2 + 0.5).clamp(0, 1)
+
+        if checkpoint and torch.is_grad_enabled() and x0.requires_grad:
+            decoder = getattr(vae, "decoder", None)
+            if decoder is not None and hasattr(decoder, "gradient_checkpointing"):
+                vae.enable_gradient_checkpointing()
+            return _checkpoint(run, x0)
+        if getattr(getattr(vae, "decoder", None), "gradient_checkpointing", False):
+            vae.disable_gradient_checkpointing()
+        return run(x0)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """Images float [n, 3, H, W] in [0, 1] -> clean latents in the denoiser's layout (for the pretraining loss)."""
+        if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected a float tensor [n, 3, H, W], got "
+                             f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+        h, w = images.shape[-2:]
+        self.check_size(int(h), int(w))
+        z = self.vae.encode((images * 2 - 1).to(self.vae.device, self.vae.dtype)).latent_dist.sample(generator)
+        return self._from_vae(z).to(self.dtype)
+
+    def positive(self, cond: tuple) -> tuple:
+        """The conditional (prompt) part of a cond tuple (all of it without classifier-free guidance)."""
+        return cond
+
+    def set_gradient_checkpointing(self, enabled: bool):
+        """Activation checkpointing in the denoiser's blocks (diffusers' own, non-reentrant)."""
+        if enabled:
+            self.model.enable_gradient_checkpointing()
+        else:
+            self.model.disable_gradient_checkpointing()
+
+
+class FluxAdapter(PipelineAdapter):
+    family = "flux"
+    default_guidance = 3.5
+
+    def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int = 512):
+        super().__init__(pipe, guidance_scale, negative_prompt)
+        self.latent_multiple = self.vae_scale * 2  # FLUX packs 2x2 latent patches
+        self.max_sequence_length = max_sequence_length
+        self._img_ids = {}
+
+    @property
+    def model(self):
+        return self.pipe.transformer
+
+    def latent_shape(self, height, width):
+        h, w = height // self.vae_scale, width // self.vae_scale
+        c = self.model.config.in_channels // 4
+        self._ids(h // 2, w // 2)
+        return (h // 2 * (w // 2), c * 4)
+
+    def _ids(self, h2, w2):
+        key = h2 * w2
+        if key not in self._img_ids:
+            self._img_ids[key] = self.pipe._prepare_latent_image_ids(1, h2, w2, self.device, self.dtype)
+        return self._img_ids[key]
+
+    def _set_timesteps(self, sched, num_steps, height, width):
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        cfg = sched.config
+        seq = (height // self.vae_scale // 2) * (width // self.vae_scale // 2)
+        mu = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)  # as FluxPipeline.__call__
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple:
+        prompts = self.check_prompts(prompts)
+        pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
+                                                max_sequence_length=self.max_sequence_length)
+        return pe.to(self.dtype), pooled.to(self.dtype)
+
+    def denoise(self, x, t, prompt_embeds, pooled):
+        n = x.shape[0]
+        guidance = None
+        if self.model.config.guidance_embeds:
+            guidance = torch.full((n,), self.guidance_scale, device=x.device, dtype=torch.float32)
+        txt_ids = torch.zeros(prompt_embeds.shape[1], 3, device=x.device, dtype=x.dtype)
+        return self.model(hidden_states=x, timestep=t / 1000, guidance=guidance, pooled_projections=pooled,
+                          encoder_hidden_states=prompt_embeds, txt_ids=txt_ids, img_ids=self._img_ids[x.shape[1]],
+                          return_dict=False)[0]
+
+    def predict(self, x, t, *cond):
+        """The unguided model output for positive cond (FLUX's distilled guidance is part of the model)."""
+        return self.denoise(x, t, *cond)
+
+    def _to_vae(self, latents, height, width):
+        z = self.pipe._unpack_latents(latents, height, width, self.vae_scale)
+        return super()._to_vae(z, height, width)
+
+    def encode_images(self, images, generator=None):
+        z = super().encode_images(images, generator)
+        n, c, h, w = z.shape
+        self._ids(h // 2, w // 2)
+        return self.pipe._pack_latents(z, n, c, h, w)
+
+
+class _CFGAdapter(PipelineAdapter):
+    default_guidance = 7.0
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    n_positive = 1
+
+    def positive(self, cond: tuple) -> tuple:
+        """The conditional (prompt) part of a cond tuple, without the negatives."""
+        return cond[: self.n_positive]
+
+    def predict(self, x, t, *cond):
+        """The unguided conditional model output (for the pretraining loss)."""
+        return self._run(x, t, *cond)
+
+    def _guided(self, run, x, t, cond_pos: tuple, cond_neg: tuple):
+        if not self.cfg:
+            return run(x, t, *cond_pos)
+        # both halves in one forward, as the pipelines do: [uncond, cond]
+        both = run(torch.cat([x, x]), torch.cat([t, t]), *(torch.cat([n, p]) for n, p in zip(cond_neg, cond_pos)))
+        uncond, cond = both.chunk(2)
+        from .sampler import guide
+
+        return guide(cond, uncond, self.guidance_scale)
+
+
+class SD3Adapter(_CFGAdapter):
+    family = "sd3"
+
+    def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int = 256):
+        super().__init__(pipe, guidance_scale, negative_prompt)
+        self.latent_multiple = self.vae_scale * self.model.config.patch_size
+        self.max_sequence_length = max_sequence_length
+
+    @property
+    def model(self):
+        return self.pipe.transformer
+
+    def latent_shape(self, height, width):
+        return (self.model.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+
+    def _set_timesteps(self, sched, num_steps, height, width):
+        kwargs = {}
+        if sched.config.get("use_dynamic_shifting"):
+            from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+            p = self.model.config.patch_size
+            seq = (height // self.vae_scale // p) * (width // self.vae_scale // p)
+            c = sched.config
+            kwargs["mu"] = calculate_shift(seq, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                                           c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+        sched.set_timesteps(num_steps, **kwargs)
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple:
+        prompts = self.check_prompts(prompts)
+        pe, npe, pooled, npooled = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=self.cfg,
+            negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None,
+            max_sequence_length=self.max_sequence_length)
+        out = (pe, pooled) + ((npe, npooled) if self.cfg else ())
+        return tuple(c.to(self.dtype) for c in out)
+
+    def _run(self, x, t, pe, pooled):
+        return self.model(hidden_states=x, timestep=t, encoder_hidden_states=pe, pooled_projections=pooled,
+                          return_dict=False)[0]
+
+    def denoise(self, x, t, *cond):
+        return self._guided(self._run, x, t, cond[:2], cond[2:])
+
+    n_positive = 2
+
+
+class SDAdapter(_CFGAdapter):
+    family = "sd"
+
+    @property
+    def model(self):
+        return self.pipe.unet
+
+    def latent_shape(self, height, width):
+        return (self.model.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple:
+        prompts = self.check_prompts(prompts)
+        pe, npe = self.pipe.encode_prompt(prompts, self.device, 1, self.cfg,
+                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None)
+        out = (pe,) + ((npe,) if self.cfg else ())
+        return tuple(c.to(self.dtype) for c in out)
+
+    def _run(self, x, t, pe):
+        return self.model(x, t, encoder_hidden_states=pe, return_dict=False)[0]
+
+    def denoise(self, x, t, *cond):
+        return self._guided(self._run, x, t, cond[:1], cond[1:])
+
+    n_positive = 1
+
+
+ADAPTERS = {"FluxPipeline": FluxAdapter, "StableDiffusion3Pipeline": SD3Adapter,
+            "StableDiffusionPipeline": SDAdapter}
+
+
+def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineAdapter:
+    """The adapter for a diffusers pipeline (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline);
+    an adapter passes through unchanged. Clear error for other pipelines."""
+    if isinstance(pipe, PipelineAdapter):
+        return pipe
+    name = type(pipe).__name__
+    if name not in ADAPTERS:
+        raise ValueError(f"pipeline {name} is not supported; rdfast.diffusion supports {', '.join(ADAPTERS)}")
+    return ADAPTERS[name](pipe, guidance_scale, **kwargs)
+
+
+def load_pipeline(spec: str, device=None, dtype=None):
+    """A diffusers pipeline from a local directory, or ``tiny:flux|sd3|sd`` for a tiny random one (no network)."""
+    import os
+
+    if spec.startswith("tiny:"):
+        from .testing import tiny_pipeline
+
+        kind, _, size = spec[5:].partition(":")
+        return tiny_pipeline(kind, size or "tiny", device=device or "cpu", dtype=dtype)
+    if not os.path.isdir(spec):
+        raise FileNotFoundError(f"pipeline {spec!r} is not a local directory (rdfast never downloads); "
+                                "use tiny:flux, tiny:sd3 or tiny:sd for a tiny random pipeline")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype or torch.float32, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))

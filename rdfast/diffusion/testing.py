@@ -1,0 +1,192 @@
+"""Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 with DDIM) built from configs.
+
+``tiny_pipeline_dir(kind)`` writes a directory laid out like a real diffusers checkpoint (model_index.json,
+one folder per component, offline tokenizers), so code under test loads it through the same
+``DiffusionPipeline.from_pretrained`` call as a real model. Nothing touches the network.
+
+    >>> from rdfast.diffusion.testing import tiny_pipeline
+    >>> pipe = tiny_pipeline("flux")                  # 32x32 images, built once then cached
+    >>> pipe = tiny_pipeline("flux", size="bench")    # 256x256, 64-channel VAE, 4 blocks (memory benchmark)
+
+The tokenizers are byte-level BPEs trained in-process (``tokenizers``) and wrapped in
+``PreTrainedTokenizerFast``: CLIP-like (model_max_length 77, BOS/EOS added) and T5-like (EOS added).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+KINDS = ("flux", "sd3", "sd")
+SIZES = ("tiny", "bench")
+BUILD_VERSION = 1  # bump whenever the built files change, so stale caches are not reused
+
+_CORPUS = """a photo of a red fox in the snow; a blue car on a long street; a cat sitting on a chair;
+an old house near the river at night; two dogs playing in green grass; a bowl of fruit on a wooden table;
+a painting of a mountain under a bright sky; a small boat on the sea; a tree with yellow leaves;
+a portrait of a smiling woman; a city skyline at sunset; a bird flying over water; a cup of coffee""".split(";")
+
+
+def _bpe(bos: str | None, eos: str, pad: str, unk: str, max_length: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    special = [s for s in (pad, unk, bos, eos) if s]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([s.strip() for s in _CORPUS] * 10, trainer)
+    # CLIP wraps a prompt in BOS ... EOS, T5 appends EOS; the text encoders pool / attend accordingly.
+    single = (f"{bos} $A {eos}" if bos else f"$A {eos}")
+    tok.post_processor = processors.TemplateProcessing(
+        single=single, special_tokens=[(s, tok.token_to_id(s)) for s in (bos, eos) if s])
+    kwargs = dict(eos_token=eos, pad_token=pad, unk_token=unk, model_max_length=max_length)
+    if bos:
+        kwargs["bos_token"] = bos
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+
+
+def clip_tokenizer():
+    """A CLIP-like tokenizer: BOS/EOS ``<|startoftext|>``/``<|endoftext|>``, model_max_length 77."""
+    return _bpe("<|startoftext|>", "<|endoftext|>", "<|endoftext|>", "<|endoftext|>", 77)
+
+
+def t5_tokenizer():
+    """A T5-like tokenizer: appends ``</s>``, pads with ``<pad>``."""
+    return _bpe(None, "</s>", "<pad>", "<unk>", 512)
+
+
+def _clip_text(tok, hidden=32, projection=None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+
+
+def _t5_text(tok, d_model):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    return T5EncoderModel(cfg)
+
+
+def _vae(channels: tuple, latent_channels: int, **extra):
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=channels, layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         latent_channels=latent_channels, norm_num_groups=min(4, channels[0]), sample_size=32,
+                         **extra)
+
+
+def _build(kind: str, size: str, seed: int):
+    import torch
+    from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+                           SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+
+    torch.manual_seed(seed)  # same seed -> same weights
+    bench = size == "bench"
+    if kind == "flux":
+        clip, t5 = clip_tokenizer(), t5_tokenizer()
+        # bench: 4 VAE blocks (8x) with 64 channels, so 256 px images give 32x32 latents (256 packed tokens)
+        vae = _vae((64,) * 4 if bench else (4,), 4 if bench else 1, shift_factor=0.0609, scaling_factor=1.5035,
+                   use_quant_conv=False, use_post_quant_conv=False)
+        latent = 4 if bench else 1
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=4 * latent, num_layers=2 if bench else 1, num_single_layers=2 if bench else 1,
+            attention_head_dim=16, num_attention_heads=4 if bench else 2, joint_attention_dim=32,
+            pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+        return FluxPipeline(scheduler=sched, vae=vae, text_encoder=_clip_text(clip), tokenizer=clip,
+                            text_encoder_2=_t5_text(t5, 32), tokenizer_2=t5, transformer=transformer)
+    if kind == "sd3":
+        clip, t5 = clip_tokenizer(), t5_tokenizer()
+        # two VAE blocks: the latent is half the image side (a one-block VAE makes 64 px images slow)
+        vae = _vae((8, 16), 4, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
+                   use_post_quant_conv=False)
+        transformer = SD3Transformer2DModel(
+            sample_size=32, patch_size=1, in_channels=4, num_layers=4 if bench else 1, attention_head_dim=8,
+            num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+            out_channels=4)
+        sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        return StableDiffusion3Pipeline(
+            scheduler=sched, vae=vae, transformer=transformer,
+            text_encoder=_clip_text(clip, 32, projection=32), tokenizer=clip,
+            text_encoder_2=_clip_text(clip, 32, projection=32), tokenizer_2=clip,
+            text_encoder_3=_t5_text(t5, 64), tokenizer_3=t5)
+    if kind == "sd":
+        clip = clip_tokenizer()
+        vae = _vae((8, 16), 4, scaling_factor=0.18215)
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=4)
+        # SD 1.5's scheduler settings, DDIM instead of PNDM (DDIM can be rewound for search)
+        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+        return StableDiffusionPipeline(vae=vae, text_encoder=_clip_text(clip), tokenizer=clip, unet=unet,
+                                       scheduler=sched, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
+
+
+#: the image side each tiny pipeline is meant to run at (pixels)
+DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("sd3", "tiny"): 32, ("sd3", "bench"): 64,
+                ("sd", "tiny"): 32, ("sd", "bench"): 64}
+
+
+def default_cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("RDFAST_CACHE") or pathlib.Path.home() / ".cache" / "rdfast" / "tiny")
+
+
+def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=None) -> pathlib.Path:
+    """Directory of a tiny random diffusers pipeline (``kind`` in KINDS, ``size`` in SIZES), built once and cached.
+
+    size="tiny": 32 px images, one or two blocks everywhere (tests). size="bench": FLUX at 256 px with a 64-channel
+    four-block VAE and four transformer blocks, so that activations dominate memory (bench/refl_memory.py).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = hashlib.sha256(json.dumps({"v": BUILD_VERSION, "kind": kind, "size": size}).encode()).hexdigest()[:10]
+    path = root / f"pipe-{kind}-{size}-seed{seed}-{key}"
+    if (path / "model_index.json").exists():
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
+    try:
+        _build(kind, size, seed).save_pretrained(tmp, safe_serialization=True)
+        os.chmod(tmp, 0o755)
+        try:
+            os.replace(tmp, path)  # atomic: readers see nothing or a complete pipeline
+        except OSError:  # another process finished first
+            if not (path / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
+    """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir(kind, size, seed), dtype=dtype or torch.float32,
+                                             local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
