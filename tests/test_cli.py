@@ -61,3 +61,60 @@ def test_cli_score_command(tmp_path, capsys):
     expected = rm.score(images=[Image.open(tmp_path / n) for n in names], prompts=["a tree"] * 2)
     torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), expected, atol=1e-7, rtol=1e-5)
     assert "wrote 2 scores" in capsys.readouterr().out
+
+
+def _items_file(tmp_path, n, seed):
+    names = write_images(tmp_path, seed, n)
+    prompts = ["a red circle", "two dogs", "a tree at night"]
+    lines = [json.dumps({"prompt": prompts[k % 3], "image": name}) for k, name in enumerate(names)]
+    (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "items.jsonl"
+
+
+def test_resume_scores_only_what_is_missing(tmp_path, gen):
+    rm = load_rm("qwen2_vl")
+    src = _items_file(tmp_path, 7, int(torch.randint(0, 10_000, (1,), generator=gen)))
+    full = tmp_path / "full.jsonl"
+    assert score_file(rm, "score", str(src), str(full), batch_size=3, log=io.StringIO()) == 7
+    expected = [json.loads(line) for line in full.read_text().splitlines()]
+    # A job killed after 3 lines, in the middle of writing the 4th.
+    killed = tmp_path / "killed.jsonl"
+    kept = full.read_text().splitlines(keepends=True)[:3]
+    killed.write_text("".join(kept) + kept[0][:17])
+    assert score_file(rm, "score", str(src), str(killed), batch_size=3, log=io.StringIO(), resume=True) == 4
+    resumed = [json.loads(line) for line in killed.read_text().splitlines()]
+    assert [r["line"] for r in resumed] == list(range(1, 8))
+    torch.testing.assert_close(torch.tensor([r["score"] for r in resumed]), torch.tensor([r["score"] for r in expected]),
+                               atol=1e-7, rtol=1e-5)
+
+
+def test_torchrun_shards_and_merges_in_input_order(tmp_path, gen):
+    import os
+    import subprocess
+    import sys
+
+    from rdfast.testing import tiny_checkpoint
+
+    src = _items_file(tmp_path, 5, int(torch.randint(0, 10_000, (1,), generator=gen)))
+    model = str(tiny_checkpoint("qwen2_vl"))
+    single = tmp_path / "single.jsonl"
+    main(["score", "--model", model, "--input", str(src), "--output", str(single), "--device", "cpu"])
+    merged = tmp_path / "merged.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", port,
+           "-m", "rdfast.cli", "score", "--model", model, "--input", str(src), "--output", str(merged),
+           "--device", "cpu", "--batch-size", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a = [json.loads(line) for line in single.read_text().splitlines()]
+    b = [json.loads(line) for line in merged.read_text().splitlines()]
+    assert [r["line"] for r in b] == [1, 2, 3, 4, 5] and [r["image"] for r in b] == [r["image"] for r in a]
+    torch.testing.assert_close(torch.tensor([r["score"] for r in b]), torch.tensor([r["score"] for r in a]),
+                               atol=1e-7, rtol=1e-5)
+    assert not list(tmp_path.glob("merged.jsonl.rank*"))
