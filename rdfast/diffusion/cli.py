@@ -1,0 +1,217 @@
+"""``rdfast refl`` and ``rdfast search``: ReFL finetuning and Search over Paths from the command line.
+
+    rdfast refl   --pipeline DIR --reward DIR --prompts prompts.txt --out runs/refl   [--steps 100 --lora-rank 16]
+    rdfast search --pipeline DIR --verifier DIR --prompt "a red fox" --out runs/search [--n 4 --m 4 --baseline]
+
+``--pipeline tiny:flux|tiny:sd3|tiny:sd`` and ``--reward/--verifier tiny:qwen2_vl`` use tiny random models
+built locally (nothing is downloaded): the pipeline is the real one, the pictures are noise.
+Prompt files: one prompt per line (.txt) or JSON lines with a "prompt" field (.jsonl).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    """Add the ``refl`` and ``search`` subcommands to rdfast's argparse subparsers."""
+    p = subparsers.add_parser("refl", help="ReFL finetuning of a diffusers pipeline against a reward model")
+    _common(p)
+    p.add_argument("--reward", required=True, help="reward model directory, or tiny:qwen2_vl")
+    p.add_argument("--steps", type=int, default=100, help="optimizer updates")
+    p.add_argument("--batch-size", type=int, default=1, help="prompts per update")
+    p.add_argument("--grad-steps", type=int, default=1, help="K: sampling steps taken with gradient")
+    p.add_argument("--late-range", type=float, nargs=2, default=(0.7, 1.0), metavar=("LO", "HI"),
+                   help="where the last gradient step falls, as fractions of the schedule")
+    p.add_argument("--loss", default="relu", choices=("relu", "neg"), help="relu(margin - r) or -r")
+    p.add_argument("--margin", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--lora-rank", type=int, default=16, help="0: full finetuning")
+    p.add_argument("--best-of", type=int, default=16, help="Best-of-N candidates per reference")
+    p.add_argument("--top-k", type=int, default=2, help="references per prompt (rewards averaged)")
+    p.add_argument("--debias", action="store_true", help="judge both image orders")
+    p.add_argument("--no-memory-efficient", action="store_true", help="no activation checkpointing (naive path)")
+    p.add_argument("--tile-vae", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the denoiser and VAE")
+    p.add_argument("--reward-device", default=None, help="device of the reward model (default: --device)")
+    p.add_argument("--save-every", type=int, default=0, help="also save every N updates")
+    p.set_defaults(func=cmd_refl)
+
+    p = subparsers.add_parser("search", help="Search over Paths with a pointwise verifier (and Best-of-N)")
+    _common(p)
+    p.add_argument("--verifier", required=True, help="pointwise reward model directory, or tiny:qwen2_vl")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    p.add_argument("--n", type=int, default=4, help="survivors N (and starting noises)")
+    p.add_argument("--m", type=int, default=4, help="branches per survivor M")
+    p.add_argument("--start-step", type=int, default=None, help="step where rounds begin (default: half)")
+    p.add_argument("--delta-f", type=int, default=1, help="steps re-noised back per round")
+    p.add_argument("--delta-b", type=int, default=2, help="steps denoised forward per round (> delta-f)")
+    p.add_argument("--batch-size", type=int, default=None, help="cap on the denoiser/verifier batch")
+    p.add_argument("--baseline", action="store_true", help="also run Best-of-N at equal NFE")
+    p.add_argument("--verifier-device", default=None)
+    p.set_defaults(func=cmd_search)
+
+
+def _common(p):
+    p.add_argument("--pipeline", required=True, help="diffusers pipeline directory, or tiny:flux / tiny:sd3 / tiny:sd")
+    p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line) or .jsonl ({'prompt': ...})")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--num-inference-steps", type=int, default=20)
+    p.add_argument("--height", type=int, default=None, help="default: 32 for tiny pipelines, else 512")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--instruction", default=None, help="reward instruction: overall, alignment, quality or text")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-graphs", action="store_true", help="turn CUDA graphs off")
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a .txt (one per line, blank lines skipped) or .jsonl file; errors name the line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--prompts: file not found: {path}")
+    out = []
+    with open(path) as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if path.endswith(".jsonl"):
+                try:
+                    rec = json.loads(line)
+                except ValueError as err:
+                    raise ValueError(f"{path}:{number}: bad JSON: {err}") from err
+                prompt = rec.get("prompt") if isinstance(rec, dict) else None
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise ValueError(f"{path}:{number}: 'prompt' must be a non-empty string")
+                out.append(prompt)
+            else:
+                out.append(line.strip())
+    if not out:
+        raise ValueError(f"{path}: no prompts")
+    return out
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(getattr(args, "prompt", None) or [])
+    if args.prompts:
+        prompts += read_prompts(args.prompts)
+    if not prompts:
+        raise SystemExit("rdfast: give --prompts FILE" + (" or --prompt TEXT" if hasattr(args, "prompt") else ""))
+    return prompts
+
+
+def _size(args):
+    default = 32 if args.pipeline.startswith("tiny:") else 512
+    return args.height or default, args.width or default
+
+
+def _load_rm(spec: str, device):
+    from ..model import RewardModel
+
+    if spec.startswith("tiny:"):
+        from ..testing import tiny_checkpoint
+
+        spec = str(tiny_checkpoint(spec[5:]))
+    return RewardModel.from_pretrained(spec, device=device)
+
+
+def _check_spec(value: str, flag: str):
+    if not value.startswith("tiny:") and not os.path.isdir(value):
+        raise SystemExit(f"rdfast: {flag} {value!r} is not a local directory (rdfast never downloads)")
+
+
+def cmd_refl(args):
+    from tqdm import tqdm
+
+    from .pipelines import load_pipeline
+    from .refl import ReFLTrainer
+    from .reward import PairwiseReward
+
+    _check_spec(args.pipeline, "--pipeline")
+    _check_spec(args.reward, "--reward")
+    prompts = _prompts(args)
+    height, width = _size(args)
+    os.makedirs(args.out, exist_ok=True)
+    pipe = load_pipeline(args.pipeline, device=args.device)
+    rm = _load_rm(args.reward, args.reward_device or args.device)
+    reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias)
+    trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_steps=args.num_inference_steps,
+                          grad_steps=args.grad_steps, late_range=tuple(args.late_range),
+                          guidance_scale=args.guidance_scale, loss=args.loss, margin=args.margin, lr=args.lr,
+                          lora_rank=args.lora_rank or None, memory_efficient=not args.no_memory_efficient,
+                          tile_vae=args.tile_vae, autocast="bf16" if args.bf16 else None,
+                          graphs=not args.no_graphs, seed=args.seed)
+    trainer.prepare_references(prompts)
+    log_path = os.path.join(args.out, "log.jsonl")
+    with open(log_path, "w") as log, tqdm(total=args.steps, desc="rdfast refl", unit="step") as bar:
+        for step in range(args.steps):
+            batch = [prompts[(step * args.batch_size + i) % len(prompts)] for i in range(args.batch_size)]
+            info = trainer.step(batch)
+            log.write(json.dumps({"step": step + 1, **info}) + "\n")
+            log.flush()
+            bar.set_postfix(reward=f"{info['reward']:.4f}", loss=f"{info['loss']:.4f}")
+            bar.update(1)
+            if args.save_every and (step + 1) % args.save_every == 0:
+                trainer.save(os.path.join(args.out, f"step-{step + 1}"))
+    trainer.save(os.path.join(args.out, "final"))
+    print(f"wrote {log_path} and {os.path.join(args.out, 'final')}")
+
+
+def cmd_search(args):
+    import torch
+    from PIL import Image
+
+    from .pipelines import load_pipeline
+    from .reward import PointwiseReward
+    from .search import best_of_n, equal_nfe_k, pipeline_problem, search_over_paths
+
+    _check_spec(args.pipeline, "--pipeline")
+    _check_spec(args.verifier, "--verifier")
+    prompts = _prompts(args)
+    height, width = _size(args)
+    os.makedirs(args.out, exist_ok=True)
+    pipe = load_pipeline(args.pipeline, device=args.device)
+    verifier = PointwiseReward(_load_rm(args.verifier, args.verifier_device or args.device), args.instruction)
+
+    def save_png(img, path):
+        Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
+
+    summary = []
+    for i, prompt in enumerate(prompts):
+        problem = pipeline_problem(pipe, prompt, args.num_inference_steps, height, width, args.guidance_scale,
+                                   graphs=not args.no_graphs)
+        res = search_over_paths(problem, verifier, n=args.n, m=args.m, start_step=args.start_step,
+                                delta_f=args.delta_f, delta_b=args.delta_b,
+                                generator=torch.Generator().manual_seed(args.seed + i), batch_size=args.batch_size)
+        stem = os.path.join(args.out, f"{i:03d}")
+        save_png(res.best_image, stem + "_best.png")
+        res.save_json(stem + "_tree.json")
+        row = {"prompt": prompt, "search_reward": res.best_reward, "nfe_search": res.nfe["denoiser"],
+               "verifier_calls_search": res.nfe["verifier"]}
+        base = None
+        if args.baseline:
+            k = equal_nfe_k(res.nfe["denoiser"], args.num_inference_steps, problem.sampler.evals_per_step)
+            base = best_of_n(problem, verifier, k, generator=torch.Generator().manual_seed(10_000 + args.seed + i),
+                             batch_size=args.batch_size)
+            save_png(base.best_image, stem + "_bon.png")
+            row.update(bon_reward=base.best_reward, nfe_bon=base.nfe["denoiser"], bon_k=k)
+        res.save_figure(stem + "_tree.png", baseline=base)
+        summary.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    with open(os.path.join(args.out, "summary.jsonl"), "w") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in summary)
+    print(f"wrote {len(summary)} result(s) to {args.out}")
+
+
+def main(argv=None):
+    """Stand-alone entry (``python -m rdfast.diffusion.cli``) until rdfast's own CLI registers these commands."""
+    parser = argparse.ArgumentParser(prog="rdfast")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
