@@ -8,8 +8,9 @@ Three optimisations, each switchable (``EngineOptions``), all equal to the plain
   the reference image) run that prefix once; its KV cache is reused by the batched suffixes (the
   candidate image and the question). Positions come from the family adapter on the full sequence, then
   are cut, so Qwen2-VL's multimodal rotary positions stay exact.
-- packing: suffixes are batched by equal length, so no padding is computed. (On CPU torch has no varlen
-  attention; equal-length batches beat block-diagonal masks there.) Off: right-padded batches.
+- packing: suffixes are batched by equal length, so no padding is computed (CPU default: torch has no
+  varlen attention on CPU), or packed into one row with variable-length attention (``packing="varlen"``,
+  see rdfast.attention). Off: right-padded batches.
 
 All answer positions go through the fused head in one call (``RewardModel.head_logprobs``).
 """
@@ -26,7 +27,11 @@ import torch
 class EngineOptions:
     feature_cache: bool = True
     prefix_cache: bool = True
-    packing: bool = True
+    #: True: batch suffixes of equal length (no padding; the CPU default). "varlen": pack suffixes into one
+    #: row with variable-length attention (rdfast.attention; flash-attn or torch's kernel on CUDA).
+    #: False: right-padded batches.
+    packing: bool | str = True
+    varlen_backend: str = "auto"
     #: most sequences (or images, for the vision tower) per forward; halved on CUDA out-of-memory
     batch_size: int = 16
 
@@ -148,10 +153,16 @@ class Engine:
             ones = torch.ones(1, cut, dtype=torch.long, device=embeds.device)
             prefix_kv = self._forward(embeds[None, :cut], positions[:, None, :cut], ones, None)[1]
             self.stats["prefix_tokens"] += cut
+        retry = OutOfMemoryRetry(options.batch_size)
+        if options.packing == "varlen":
+            self._install_varlen()
+            hs = retry.map(lambda chunk: self._run_packed([full[i] for i in chunk], cut, prefix_kv, options), members)
+            for i, h in zip(members, hs):
+                hidden[i] = h
+            return
         by_length = defaultdict(list)
         for i in members:
             by_length[full[i][0].shape[0] if options.packing else 0].append(i)
-        retry = OutOfMemoryRetry(options.batch_size)
         for batch_members in by_length.values():
             hs = retry.map(lambda chunk: self._run_suffixes([full[i] for i in chunk], cut, prefix_kv), batch_members)
             for i, h in zip(batch_members, hs):
@@ -176,7 +187,28 @@ class Engine:
         self.stats["padded_tokens"] += len(sequences) * longest - sum(lengths)
         return [out[row, n - 1] for row, n in enumerate(lengths)]
 
-    def _forward(self, embeds, positions, mask, prefix_kv):
+    def _install_varlen(self):
+        if self.text_config._attn_implementation != "rdfast_varlen":
+            from .attention import install
+
+            install(self.rm.model)
+
+    def _run_packed(self, sequences, cut, prefix_kv, options) -> list[torch.Tensor]:
+        """Suffixes packed into one row, each attending to the shared prefix and itself (varlen attention)."""
+        from .attention import packed_suffix_layout
+
+        lengths = [s[0].shape[0] - cut for s in sequences]
+        embeds = torch.cat([e[cut:] for e, _ in sequences])[None]
+        positions = torch.cat([p[:, cut:] for _, p in sequences], dim=1)[:, None]
+        cu_q, cu_k, key_index = packed_suffix_layout(lengths, cut, embeds.device)
+        mask = torch.ones(1, cut + embeds.shape[1], dtype=torch.long, device=embeds.device)
+        out, _ = self._forward(embeds, positions, mask, prefix_kv, cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k,
+                               max_length_q=max(lengths), max_length_k=max(lengths) + cut,
+                               rdfast_key_index=key_index, rdfast_varlen_backend=options.varlen_backend)
+        self.stats["suffix_tokens"] += sum(lengths)
+        return [out[0, end - 1] for end in cu_q[1:].tolist()]
+
+    def _forward(self, embeds, positions, mask, prefix_kv, **attention_kwargs):
         """One language-model forward; the prefix KV (per layer [1, heads, cut, dim]) is expanded to the batch."""
         from transformers import DynamicCache
 
@@ -187,6 +219,7 @@ class Engine:
                 cache.update(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1), layer)
         if positions.shape[0] == 1:
             positions = positions[0]
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{self.cache_kw: cache})
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                      **{self.cache_kw: cache}, **attention_kwargs)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return out.last_hidden_state, kv

@@ -22,7 +22,7 @@ def run(rm, items, **options):
         rm.options = old
 
 
-@pytest.mark.parametrize("feature_cache,prefix_cache,packing", list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("feature_cache,prefix_cache,packing", list(itertools.product([False, True], [False, True], [False, True, "varlen"])))
 def test_every_combination_equals_the_plain_path(family, feature_cache, prefix_cache, packing, gen):
     rm = load_rm(family)
     seed = int(torch.randint(0, 2**30, (1,), generator=gen))
