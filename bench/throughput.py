@@ -269,11 +269,14 @@ def main(argv=None):
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--packing", default="equal", choices=("equal", "varlen", "off"),
+                        help="engine packing: equal-length batches (CPU default), varlen attention, or padding")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput.csv"))
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     rm = load_model(args, preset)
+    rm.options = replace(rm.options, packing={"equal": True, "varlen": "varlen", "off": False}[args.packing])
     device = device_name(rm.device)
     rows = []
     print(f"{'scenario':9s} {'rdfast/s':>10s} {'hf_batched/s':>13s} {'naive/s':>9s} {'vs hf':>7s} {'vs naive':>9s} {'ideal':>7s} {'of ideal':>9s}")
@@ -282,7 +285,8 @@ def main(argv=None):
         rows.append(r)
         print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
               f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
-    result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__, "scenarios": rows}
+    result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
+              "packing": args.packing, "scenarios": rows}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

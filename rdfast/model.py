@@ -94,6 +94,7 @@ class RewardModel:
         trust_remote_code=False,
         max_length=None,
         batch_size=8,
+        device_map=None,
     ) -> "RewardModel":
         """Load a reward model from a local checkpoint directory (no network).
 
@@ -101,6 +102,8 @@ class RewardModel:
         ("sdpa"); "flash_attention_2" needs flash-attn installed. normalize defaults to "vocab" and
         answer_words to ("yes", "no"), unless the directory was written by ``rdfast.train`` (its
         ``rdfast_config.json`` then supplies them, the instruction, and the base model of a LoRA adapter).
+        ``device_map`` (e.g. "auto") spreads a large reward model over several GPUs through accelerate;
+        ``device`` is then ignored.
         """
         from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -128,6 +131,8 @@ class RewardModel:
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
         image_processor = AutoImageProcessor.from_pretrained(path, **common)
         kwargs = dict(dtype=dtype, **common)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
@@ -135,7 +140,7 @@ class RewardModel:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        model = model.to(device).eval()
+        model = (model if device_map is not None else model.to(device)).eval()
         model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
         adapter = adapter_for(config, tokenizer, image_processor)
         answer_words = answer_words or tuple(trained.get("answer_words", ("yes", "no")))
@@ -156,7 +161,8 @@ class RewardModel:
 
     @property
     def device(self) -> torch.device:
-        return self._head_weight.device
+        """Where inputs go: the input embeddings' device (the first one under a device_map)."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -317,7 +323,8 @@ class RewardModel:
         """(logp [B, K], lse [B]) of ``token_ids`` ([K] or [B, K]) over the full vocabulary, from hidden [B, H]."""
         from .ops import token_logprobs
 
-        return token_logprobs(hidden, self._head_weight, token_ids.to(hidden.device), bias=self._head_bias)
+        w = self._head_weight
+        return token_logprobs(hidden.to(w.device), w, token_ids.to(w.device), bias=self._head_bias)
 
     def answer_logprobs(self, inputs: dict) -> torch.Tensor:
         """log P(yes), log P(no) over the full vocabulary at each sequence's last real token: [B, 2]."""

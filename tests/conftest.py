@@ -16,7 +16,7 @@ def load_rm(family, **kwargs):
     from rdfast import RewardModel
     from rdfast.testing import tiny_checkpoint
 
-    key = (family, tuple(sorted(kwargs.items())))
+    key = (family, repr(sorted(kwargs.items())))
     if key not in _MODELS:
         _MODELS[key] = RewardModel.from_pretrained(tiny_checkpoint(family), device="cpu", **kwargs)
     return _MODELS[key]

@@ -264,3 +264,10 @@ def test_import_is_light():
     code = "import sys, rdfast; print(sorted(m for m in ('triton', 'transformers', 'diffusers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_device_map_loading_scores_the_same(gen):
+    images = random_images(2, seed=seed_of(gen))
+    a = load_rm("qwen2_vl").score(images=images, prompts=PROMPTS[:2])
+    b = load_rm("qwen2_vl", device_map={"": "cpu"}).score(images=images, prompts=PROMPTS[:2])
+    torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
