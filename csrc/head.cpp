@@ -16,6 +16,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <omp.h>
@@ -23,10 +24,13 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RD_X86 1
+// AVX-512 BF16 needs GCC >= 11 or Clang >= 11 to compile (the CPU check happens at run time).
+#if (defined(__clang__) && __clang_major__ >= 11) || (!defined(__clang__) && __GNUC__ >= 11)
+#define RD_BF16_ISA 1
+#endif
 #endif
 
 namespace py = pybind11;
-#define RD_PF 2048
 
 
 namespace {
@@ -45,9 +49,9 @@ struct Problem {
 
 // Vocabulary rows per chunk: the chunk's weight (re-read once per block of hidden rows) stays in L2.
 int64_t chunk_rows(int64_t H, size_t elt, int nvr) {
-    int64_t rows = int64_t((192 * 1024) / (size_t(H) * elt));
+    int64_t rows = int64_t((256 * 1024) / (size_t(H) * elt));
     rows = std::max<int64_t>(nvr, std::min<int64_t>(rows, 256));
-    return rows / nvr * nvr;
+    return rows >= 16 ? rows / 16 * 16 : rows / nvr * nvr;  // whole vectors for the exps when possible
 }
 
 // Thread t of nt gets a contiguous slice of the vocabulary, aligned to the register tile.
@@ -87,27 +91,23 @@ std::vector<float> padded_hidden(const Problem& p, int64_t ldh) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
 namespace rd_avx512 {
-typedef __m512 vec;
-constexpr int VL = 16, NVR = 4, NRB = 4;  // 16 accumulators + 4 weight + 1 hidden register of 32
-static inline vec vzero() { return _mm512_setzero_ps(); }
-static inline vec vset1(float x) { return _mm512_set1_ps(x); }
-static inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
-static inline vec vload(const uint16_t* p) {
-    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-static inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
-static inline void vstore(uint16_t* p, vec v) {  // round to nearest even (NaN handling left to inputs)
-    __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    u = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(u));
-}
-static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+#include "head_avx512.h"
 #include "head_kernel.h"
 }  // namespace rd_avx512
 #pragma GCC pop_options
+
+#if RD_BF16_ISA
+// AVX-512 BF16: bf16 logits with vdpbf16ps (pairs of bf16 products accumulated in fp32, half the instructions).
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma")
+namespace rd_avx512bf16 {
+#include "head_avx512.h"
+#define RD_DPBF16 1
+#include "head_kernel.h"
+#undef RD_DPBF16
+}  // namespace rd_avx512bf16
+#pragma GCC pop_options
+#endif
 #pragma GCC diagnostic pop
 
 #pragma GCC push_options
@@ -130,6 +130,21 @@ static inline void vstore(uint16_t* p, vec v) {
     for (int i = 0; i < 8; ++i) st1(p + i, tmp[i]);
 }
 static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vexp(vec x) {  // as in head_avx512.h, with 2^n built in the exponent bits
+    x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-87.f), x));
+    const vec n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    vec r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    vec p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
 static inline float vsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -165,6 +180,7 @@ static inline void vstore(uint16_t* p, vec v) {
     for (int i = 0; i < 4; ++i) st1(p + i, v[i]);
 }
 static inline vec vfma(vec a, vec b, vec c) { return a * b + c; }
+static inline vec vexp(vec x) { return vec{std::exp(x[0]), std::exp(x[1]), std::exp(x[2]), std::exp(x[3])}; }
 static inline float vsum(vec v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 #include "head_kernel.h"
 }  // namespace rd_generic
@@ -192,6 +208,12 @@ std::vector<Isa> supported_isas() {
     std::vector<Isa> out;  // best first
 #if RD_X86
     __builtin_cpu_init();
+#if RD_BF16_ISA
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bf16"))
+        out.push_back(RD_ISA("avx512bf16", rd_avx512bf16));
+#endif
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         out.push_back(RD_ISA("avx512", rd_avx512));

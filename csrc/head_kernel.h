@@ -4,7 +4,7 @@
 //   vec, VL (lanes), NVR (weight rows per register tile), NRB (hidden rows per register tile),
 //   vzero(), vset1(float), vload(const float*), vload(const uint16_t*) (bf16 -> fp32, shift left 16),
 //   vstore(float*, vec), vstore(uint16_t*, vec) (fp32 -> bf16, round to nearest even), vfma(a, b, c) = a*b+c,
-//   vsum(vec).
+//   vsum(vec), vexp(vec); + and - on vec.
 // Not a standalone header: no includes, no include guard (it is meant to be included several times).
 //
 // Layout: weight W [V, H] row-major (fp32 or bf16 as uint16_t), hidden copied once to fp32 `hp` [B, ldh]
@@ -27,6 +27,25 @@ static inline void st1(uint16_t* p, float x) {
     *p = uint16_t(u >> 16);
 }
 
+// sum_j exp(z[j] - m) for j < n.
+static inline float sum_exp(const float* z, int64_t n, float m) {
+    const vec mv = vset1(m);
+    vec acc = vzero();
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) acc = acc + vexp(vload(z + j) - mv);
+    float s = vsum(acc);
+    for (; j < n; ++j) s += std::exp(z[j] - m);
+    return s;
+}
+
+// z[j] = -c * exp(z[j] - l) for j < n: the dense part of dlogits.
+static inline void neg_scaled_softmax(float* z, int64_t n, float c, float l) {
+    const vec lv = vset1(l), cv = vset1(-c);
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) vstore(z + j, cv * vexp(vload(z + j) - lv));
+    for (; j < n; ++j) z[j] = -c * std::exp(z[j] - l);
+}
+
 // z[b*ldz + r] = <w[r], h[b]> for r < NV, b < NB: NV*NB accumulators stay in registers for the whole row,
 // each weight vector loaded once is used NB times (register blocking over hidden rows).
 template <typename WT, int NV, int NB>
@@ -40,10 +59,7 @@ static inline void dot_tile(const WT* w, int64_t H, const float* h, int64_t ldh,
     for (int64_t k = 0; k < Hv; k += VL) {
         vec wv[NV];
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r) {
-            __builtin_prefetch(w + r * H + k + RD_PF / sizeof(WT));
-            wv[r] = vload(w + r * H + k);
-        }
+        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * H + k);
 #pragma GCC unroll 8
         for (int b = 0; b < NB; ++b) {
             const vec hv = vload(h + b * ldh + k);
@@ -58,6 +74,94 @@ static inline void dot_tile(const WT* w, int64_t H, const float* h, int64_t ldh,
             z[b * ldz + r] = s;
         }
 }
+
+// One weight row against NB <= 2 hidden rows, two accumulators each: for B <= 2 the weight is streamed one
+// row at a time, which reads memory as fast as a plain sum (several concurrent row streams are slower).
+template <typename WT, int NB>
+static inline void dot_row(const WT* w, int64_t H, const float* h, int64_t ldh, float* z, int64_t ldz) {
+    vec a0[NB], a1[NB];
+    for (int b = 0; b < NB; ++b) a0[b] = a1[b] = vzero();
+    const int64_t H2 = H - H % (2 * VL), Hv = H - H % VL;
+    int64_t k = 0;
+    for (; k < H2; k += 2 * VL) {
+        const vec w0 = vload(w + k), w1 = vload(w + k + VL);
+        for (int b = 0; b < NB; ++b) {
+            a0[b] = vfma(w0, vload(h + b * ldh + k), a0[b]);
+            a1[b] = vfma(w1, vload(h + b * ldh + k + VL), a1[b]);
+        }
+    }
+    for (; k < Hv; k += VL) {
+        const vec w0 = vload(w + k);
+        for (int b = 0; b < NB; ++b) a0[b] = vfma(w0, vload(h + b * ldh + k), a0[b]);
+    }
+    for (int b = 0; b < NB; ++b) {
+        float s = vsum(a0[b]) + vsum(a1[b]);
+        for (int64_t kk = Hv; kk < H; ++kk) s += ld1(w + kk) * h[b * ldh + kk];
+        z[b * ldz] = s;
+    }
+}
+
+#ifdef RD_DPBF16
+template <int NB>
+static inline void dot_row_dp(const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z, int64_t ldz) {
+    vec a0[NB], a1[NB];
+    for (int b = 0; b < NB; ++b) a0[b] = a1[b] = vzero();
+    const int64_t H4 = H - H % 64, H2 = H - H % 32;
+    int64_t k = 0;
+    for (; k < H4; k += 64) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
+        for (int b = 0; b < NB; ++b) {
+            a0[b] = _mm512_dpbf16_ps(a0[b], w0, (__m512bh)_mm512_loadu_si512(h + b * ldh + k));
+            a1[b] = _mm512_dpbf16_ps(a1[b], w1, (__m512bh)_mm512_loadu_si512(h + b * ldh + k + 32));
+        }
+    }
+    for (; k < H2; k += 32) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k);
+        for (int b = 0; b < NB; ++b) a0[b] = _mm512_dpbf16_ps(a0[b], w0, (__m512bh)_mm512_loadu_si512(h + b * ldh + k));
+    }
+    for (int b = 0; b < NB; ++b) {
+        float s = vsum(a0[b]) + vsum(a1[b]);
+        for (int64_t kk = H2; kk < H; ++kk) s += ld1(w + kk) * ld1(h + b * ldh + kk);
+        z[b * ldz] = s;
+    }
+}
+
+// The same tile for bf16 weight and bf16 hidden (row stride ldh) with vdpbf16ps: 32 products per instruction.
+template <int NV, int NB>
+static inline void dot_tile_dp(const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z, int64_t ldz) {
+    vec acc[NV][NB];
+#pragma GCC unroll 8
+    for (int r = 0; r < NV; ++r)
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; ++b) acc[r][b] = vzero();
+    const int64_t H2 = H - H % 32;
+    for (int64_t k = 0; k < H2; k += 32) {
+        __m512bh wv[NV];
+#pragma GCC unroll 8
+        for (int r = 0; r < NV; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * H + k);
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; ++b) {
+            const __m512bh hv = (__m512bh)_mm512_loadu_si512(h + b * ldh + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < NV; ++r) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], hv);
+        }
+    }
+    for (int r = 0; r < NV; ++r)
+        for (int b = 0; b < NB; ++b) {
+            float s = vsum(acc[r][b]);
+            for (int64_t k = H2; k < H; ++k) s += ld1(w + r * H + k) * ld1(h + b * ldh + k);
+            z[b * ldz + r] = s;
+        }
+}
+template <int NV, int NB = NRB>
+static inline void dot_tile_dp_n(int nb, const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z,
+                                 int64_t ldz) {
+    if constexpr (NB >= 1) {
+        if (nb == NB) dot_tile_dp<NV, NB>(w, H, h, ldh, z, ldz);
+        else dot_tile_dp_n<NV, NB - 1>(nb, w, H, h, ldh, z, ldz);
+    }
+}
+#endif
 
 // dh[b] += sum_r d[b*ldd + r] * w[r] for r < NV, b < NB (the dlogits @ W product, one weight tile at a time).
 template <typename WT, int NV, int NB>
@@ -149,10 +253,24 @@ static inline void axpy_tile_n(int nb, const WT* w, int64_t H, const float* d, i
 // stay in L2) come from memory for the first block of hidden rows and from cache for the others.
 template <typename WT>
 static void logits_chunk(const WT* W, const float* bias, int64_t H, int64_t v0, int64_t nv, const float* hp,
-                         int64_t ldh, int64_t B, float* z, int64_t ZC) {
+                         int64_t ldh, const uint16_t* hb, int64_t B, float* z, int64_t ZC) {
     for (int64_t b0 = 0; b0 < B; b0 += NRB) {
         const int nb = int(std::min<int64_t>(NRB, B - b0));
         int64_t r = 0;
+#ifdef RD_DPBF16
+        if constexpr (std::is_same<WT, uint16_t>::value) {  // bf16 hidden hb [B, H] used as is
+            if (B <= 2)
+                for (; r < nv; ++r)
+                    (nb == 1 ? dot_row_dp<1> : dot_row_dp<2>)(W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
+            for (; r + NVR <= nv; r += NVR) dot_tile_dp_n<NVR>(nb, W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
+            for (; r < nv; ++r) dot_tile_dp_n<1>(nb, W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
+        }
+#else
+        (void)hb;
+#endif
+        if (B <= 2)
+            for (; r < nv; ++r)
+                (nb == 1 ? dot_row<WT, 1> : dot_row<WT, 2>)(W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
         for (; r + NVR <= nv; r += NVR) dot_tile_n<WT, NVR>(nb, W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
         for (; r < nv; ++r) dot_tile_n<WT, 1>(nb, W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
     }
@@ -182,16 +300,14 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
         double* s = &part_s[size_t(t) * B];
         for (int64_t v0 = vs; v0 < ve; v0 += ZC) {
             const int64_t nv = std::min(ZC, ve - v0);
-            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, B, z.data(), ZC);
+            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
             for (int64_t b = 0; b < B; ++b) {  // online logsumexp, rescaled only when the running max grows
                 const float* zb = &z[size_t(b) * ZC];
                 float cm = -INFINITY;
                 for (int64_t j = 0; j < nv; ++j) cm = std::max(cm, zb[j]);
                 if (cm == -INFINITY) continue;
                 if (cm > m[b]) { s[b] *= std::exp(double(m[b]) - double(cm)); m[b] = cm; }
-                float acc = 0.f;
-                for (int64_t j = 0; j < nv; ++j) acc += std::exp(zb[j] - m[b]);
-                s[b] += acc;
+                s[b] += sum_exp(zb, nv, m[b]);
             }
         }
         // The K target logits: a few direct dot products, accumulated in double.
@@ -236,11 +352,10 @@ static void backward_impl(const Problem& p, const float* lse, const float* g, co
         float* dht = dh ? &dh_part[size_t(t) * B * ldh] : nullptr;
         for (int64_t v0 = vs; v0 < ve; v0 += ZC) {
             const int64_t nv = std::min(ZC, ve - v0);
-            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, B, z.data(), ZC);
+            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
             for (int64_t b = 0; b < B; ++b) {
                 float* zb = &z[size_t(b) * ZC];
-                const float c = coef[b], l = lse[b];
-                for (int64_t j = 0; j < nv; ++j) zb[j] = -c * std::exp(zb[j] - l);
+                neg_scaled_softmax(zb, nv, coef[b], lse[b]);
                 for (int64_t k = 0; k < K; ++k) {  // repeated ids add up
                     const int64_t id = p.ids[b * K + k];
                     if (id >= v0 && id < v0 + nv) zb[id - v0] += g[b * K + k];
