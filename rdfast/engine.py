@@ -42,14 +42,6 @@ def _cache_keyword(language_model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _features_from_output(output, sizes: list[int]) -> list[torch.Tensor]:
-    """Per-image features [n_tokens, D] from get_image_features, whatever container this version returns."""
-    feats = getattr(output, "pooler_output", output)
-    if isinstance(feats, torch.Tensor):
-        feats = feats.reshape(-1, feats.shape[-1]).split(sizes)
-    return [f.reshape(-1, f.shape[-1]) for f in feats]
-
-
 class OutOfMemoryRetry:
     """Run ``fn(chunk)`` over ``items`` in chunks of ``size``, halving the size on CUDA out-of-memory."""
 
@@ -86,9 +78,9 @@ class Engine:
         self.stats = defaultdict(int)  # what the last calls computed: images encoded, tokens run
 
     # ---- vision ---------------------------------------------------------------------------------------
-    def image_features(self, items: list, options: EngineOptions) -> list[list[torch.Tensor]]:
-        """Features [n_tokens, D] of each item's images. With the cache each distinct image is encoded once;
-        without it every occurrence is (the baseline the cache is measured against)."""
+    def media_features(self, items: list, options: EngineOptions) -> list[list[torch.Tensor]]:
+        """Features [n_tokens, D] of each item's images and videos. With the cache each distinct one is encoded
+        once; without it every occurrence is (the baseline the cache is measured against)."""
         occurrences = [e for it in items for e in it.images]
         todo = list({id(e): e for e in occurrences}.values()) if options.feature_cache else occurrences
         feats = OutOfMemoryRetry(options.batch_size).map(self._encode_images, todo)
@@ -103,10 +95,7 @@ class Engine:
         return out
 
     def _encode_images(self, chunk: list) -> list[torch.Tensor]:
-        adapter = self.rm.adapter
-        pixels = adapter.collate_images(chunk, self.rm.dtype, self.rm.device)
-        out = adapter.image_features(self.base, pixels)
-        return _features_from_output(out, [e.n_tokens for e in chunk])
+        return self.rm.adapter.features(self.base, chunk, self.rm.dtype, self.rm.device)
 
     # ---- language model -------------------------------------------------------------------------------
     def sequence_inputs(self, item, feats: list[torch.Tensor]):
@@ -114,21 +103,21 @@ class Engine:
         ids = torch.tensor(item.input_ids, device=self.rm.device)
         embeds = self.embed(ids)
         if feats:
-            is_image = ids == self.rm.adapter.image_token_id
-            embeds = embeds.masked_scatter(is_image[:, None], torch.cat(feats).to(embeds.dtype))
+            is_media = torch.isin(ids, torch.tensor(self.rm.adapter.media_token_ids, device=ids.device))
+            embeds = embeds.masked_scatter(is_media[:, None], torch.cat(feats).to(embeds.dtype))
         return embeds, self.rm.adapter.position_ids(item.input_ids, item.images).to(self.rm.device)
 
     def prefix_length(self, item) -> int:
-        """Tokens before the last image's expansion: shared by items with the same context and reference."""
+        """Tokens before the last media item's expansion: shared by items with the same context and reference."""
         if not item.images:
             return 0
         start = self.rm.tokenizer.convert_tokens_to_ids(self.rm.adapter.expansion_start_token)
         starts = [k for k, t in enumerate(item.input_ids) if t == start]
-        return starts[-1] if starts else 0
+        return starts[-item.images[-1].n_starts]
 
     def answer_logprobs(self, items: list, options: EngineOptions) -> torch.Tensor:
         """log P(yes), log P(no) [N, 2] for encoded items, optimised as ``options`` allow."""
-        feats = self.image_features(items, options)
+        feats = self.media_features(items, options)
         groups: dict = defaultdict(list)
         for index, it in enumerate(items):
             cut = self.prefix_length(it) if options.prefix_cache else 0

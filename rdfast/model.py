@@ -17,6 +17,7 @@ import torch
 from . import prompts as P
 from .engine import Engine, EngineOptions
 from .images import InputError, as_image_list, load_image
+from .videos import as_video_list, load_video
 
 NORMALIZATIONS = ("vocab", "yes_no")
 #: written by rdfast.train next to a trained model: how it was trained, so it scores exactly that way.
@@ -26,13 +27,14 @@ RDFAST_CONFIG = "rdfast_config.json"
 
 @dataclass
 class Encoded:
-    """One sequence ready to batch: token ids and its images in the family's pixel layout."""
+    """One sequence ready to batch: token ids and its images/videos (in sequence order) in the family's layout."""
 
     input_ids: list[int]
     images: list
     prompt: str
     instruction: str | None
     index: int
+    n_condition: int = 0  # leading conditioning images (image-to-video) before the judged media
 
 
 @dataclass
@@ -169,34 +171,45 @@ class RewardModel:
         return self._head_weight.dtype
 
     # ---- public scoring -------------------------------------------------------------------------------
-    def score(self, images=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
-        """Pointwise reward P(yes | image, prompt, instruction).
+    def score(self, images=None, prompts=None, instruction=None, batch_size=None, *, videos=None,
+              condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
+        """Pointwise reward P(yes | image or video, prompt, instruction).
 
-        images: N PIL images, paths, float tensors [3,H,W] in [0,1], or a tensor [N,3,H,W].
+        images: N PIL images, paths, float tensors [3,H,W] in [0,1], or a tensor [N,3,H,W]. Or videos:
+        N float tensors [T,3,H,W] in [0,1], frame lists, or video files (sampled to ``num_frames`` or at
+        ``fps``); ``condition_images`` adds an image-to-video conditioning image to each item's context.
         prompts: N non-empty strings. Returns float32 [N] on the model's device; differentiable with
-        respect to tensor images that require grad.
+        respect to tensor images and videos that require grad.
         """
-        items = self.encode(prompts, [images], instruction)
+        columns, kind = self._media(images, None, videos, None)
+        items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
+                            num_frames=num_frames, fps=fps)
         return self._probabilities(self._run(items, batch_size))
 
-    def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None) -> torch.Tensor:
-        """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference).
+    def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None, *,
+                videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
+        """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference);
+        the same for ``videos1`` / ``videos2``.
 
         ``debias=True`` averages with 1 - P(yes) of the swapped order, removing position bias.
         Returns float32 [N].
         """
-        items = self.encode(prompts, [images1, images2], instruction)
+        columns, kind = self._media(images1, images2, videos1, videos2, pairwise=True)
+        items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
+                            num_frames=num_frames, fps=fps)
         p = self._probabilities(self._run(items, batch_size))
         if not debias:
             return p
-        swapped = [self._tokenize(it.prompt, it.images[::-1], it.instruction, it.index) for it in items]
+        swapped = [self._tokenize(it.prompt, it.images[: it.n_condition] + it.images[it.n_condition :][::-1],
+                                  it.instruction, it.index, it.n_condition) for it in items]
         return 0.5 * (p + 1.0 - self._probabilities(self._run(swapped, batch_size)))
 
     def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None) -> RankResult:
         """Best-of-N by pairwise win counts over every ordered pair (the paper's reference selection).
 
         Each unordered pair is judged in both orders and averaged; the candidate with P > 0.5 gets a hard
-        win. Ties in win count are broken by the summed win probabilities.
+        win. Ties in win count are broken by the summed win probabilities. All N(N-1) pairs go through the
+        engine and the head in one call (each candidate encoded once).
         """
         cands = as_image_list(candidates, "candidates")
         n = len(cands)
@@ -224,30 +237,53 @@ class RewardModel:
         order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
         return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
 
-    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None) -> dict:
+    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None, *,
+                     videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> dict:
         """The exact padded keyword inputs of the underlying transformers model for this batch.
 
         ``model(**rm.build_inputs(...))`` reproduces the scores: take the logits at the last non-padding
         position (attention_mask) and read the answer tokens.
         """
-        image_args = [images1] if images2 is None else [images1, images2]
-        items = self.encode(prompts, image_args, instruction)
+        columns, kind = self._media(images1, images2, videos1, videos2, pairwise=images2 is not None or videos2 is not None)
+        items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
+                            num_frames=num_frames, fps=fps)
         return self.collate(items, padding_side or self.padding_side)
 
     # ---- internals ------------------------------------------------------------------------------------
-    def encode(self, prompts, image_args: list, instruction=None) -> list[Encoded]:
+    @staticmethod
+    def _media(first, second, video_first, video_second, pairwise=False):
+        """(columns, kind) from the image or video arguments of a call; exactly one kind may be given."""
+        has_images = first is not None or second is not None
+        has_videos = video_first is not None or video_second is not None
+        if has_images and has_videos:
+            raise InputError("pass images or videos, not both (use condition_images for image-to-video context)")
+        if has_videos:
+            return ([video_first, video_second] if pairwise else [video_first]), "video"
+        return ([first, second] if pairwise else [first]), "image"
+
+    def encode(self, prompts, image_args: list, instruction=None, *, kind: str = "image", condition=None,
+               num_frames=None, fps=None) -> list[Encoded]:
         """Validate every item up front (clear errors before any model work), then tokenise.
 
-        image_args: [images] (pointwise) or [images1, images2] (pairwise). Returns one Encoded per prompt.
+        image_args: [media] (pointwise) or [media1, media2] (pairwise), images or videos as ``kind`` says;
+        ``condition``: optional conditioning images (image-to-video). Returns one Encoded per prompt.
         """
         instruction = instruction if instruction is not None else self.instruction
-        fields = ["images"] if len(image_args) == 1 else ["images1", "images2"]
+        base = f"{kind}s"
+        fields = [base] if len(image_args) == 1 else [f"{base}1", f"{base}2"]
+        kinds = [kind] * len(fields)
         if prompts is None or any(a is None for a in image_args):
             raise InputError(f"{', '.join(fields)} and prompts are required")
         if isinstance(prompts, str):
             raise InputError("expected a list of prompts, got a single string", field="prompts")
         prompts = list(prompts)
-        columns = [as_image_list(a, f) for a, f in zip(image_args, fields)]
+        columns = [as_image_list(a, f) if kind == "image" else as_video_list(a, f) for a, f in zip(image_args, fields)]
+        if condition is not None:
+            if kind != "video":
+                raise InputError("condition_images go with videos (image-to-video)", field="condition_images")
+            columns.insert(0, as_image_list(condition, "condition_images"))
+            fields.insert(0, "condition_images")
+            kinds.insert(0, "image")
         for f, col in zip(fields, columns):
             if len(col) != len(prompts):
                 raise InputError(f"{f} has {len(col)} items but prompts has {len(prompts)}")
@@ -257,31 +293,35 @@ class RewardModel:
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
         P.instruction_text(instruction)  # validates it before any work
-        # The same image (object, or path) given several times is loaded and preprocessed once; the engine
-        # then encodes it once too (its vision-feature cache keys on the EncodedImage).
+        # The same image or video (object, or path) given several times is loaded and preprocessed once; the
+        # engine then encodes it once too (its vision-feature cache keys on the EncodedImage).
         encoded: dict = {}
         columns_encoded = []
-        for f, col in zip(fields, columns):
+        for f, col, k in zip(fields, columns, kinds):
             out = []
-            for i, img in enumerate(col):
-                key = ("path", os.path.abspath(os.fspath(img))) if isinstance(img, (str, os.PathLike)) else ("obj", id(img))
-                if key not in encoded:
+            for i, media in enumerate(col):
+                key = ("path", os.path.abspath(os.fspath(media))) if isinstance(media, (str, os.PathLike)) else ("obj", id(media))
+                if (k, key) not in encoded:
                     try:
-                        encoded[key] = self.adapter.encode_image(load_image(img, i, f))
+                        if k == "image":
+                            encoded[k, key] = self.adapter.encode_image(load_image(media, i, f))
+                        else:
+                            encoded[k, key] = self.adapter.encode_video(*load_video(media, i, f, num_frames, fps))
                     except InputError as err:
                         raise InputError(str(err).split(": ", 1)[-1], i, f) from err
-                out.append(encoded[key])
+                out.append(encoded[k, key])
             columns_encoded.append(out)
-        items = [
-            self._tokenize(prompt, [col[i] for col in columns_encoded], instruction, i)
+        n_condition = 1 if condition is not None else 0
+        return [
+            self._tokenize(prompt, [col[i] for col in columns_encoded], instruction, i, n_condition)
             for i, prompt in enumerate(prompts)
         ]
-        return items
 
-    def _tokenize(self, prompt, images, instruction, index) -> Encoded:
-        messages = P.build_messages(prompt, len(images), instruction)
-        text = P.render(self.tokenizer, messages, self.adapter.image_placeholder)
-        text = self.adapter.expand_placeholders(text, [e.expansion for e in images], index)
+    def _tokenize(self, prompt, media, instruction, index, n_condition=0) -> Encoded:
+        messages = P.build_messages(prompt, len(media) - n_condition, instruction, kind=media[-1].kind,
+                                    condition=n_condition > 0)
+        text = P.render(self.tokenizer, messages, self.adapter.image_placeholder, self.adapter.video_placeholder)
+        text = self.adapter.expand_placeholders(text, media, index)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_length:
             raise InputError(
@@ -290,7 +330,7 @@ class RewardModel:
                 index,
                 "prompts",
             )
-        return Encoded(ids, images, prompt, instruction, index)
+        return Encoded(ids, media, prompt, instruction, index, n_condition)
 
     def collate(self, items: list[Encoded], padding_side="left") -> dict:
         if padding_side not in ("left", "right"):

@@ -22,11 +22,23 @@ INSTRUCTIONS = {
     "quality": (
         "Judge visual quality: sharpness, lighting, composition, anatomy and the absence of artifacts."
     ),
+    "motion": (
+        "Judge motion quality: smooth, physically plausible movement, stable subjects, and no flicker, "
+        "jitter or morphing between frames."
+    ),
+    "t2v": (
+        "Judge text-to-video alignment: whether the subjects, attributes, actions and camera motion in the "
+        "video match the text description."
+    ),
+    "i2v": (
+        "Judge image-to-video alignment: whether the video starts from the conditioning image, keeps its "
+        "subjects and style consistent, and animates them as the text description says."
+    ),
 }
 DEFAULT_INSTRUCTION = "overall"
 
-POINTWISE_QUESTION = "Does the image satisfy these criteria well? Answer yes or no."
-PAIRWISE_QUESTION = "Is image 2 better than image 1? Answer yes or no."
+POINTWISE_QUESTION = "Does the {kind} satisfy these criteria well? Answer yes or no."
+PAIRWISE_QUESTION = "Is {kind} 2 better than {kind} 1? Answer yes or no."
 
 
 def instruction_text(instruction: str | None) -> str:
@@ -38,33 +50,43 @@ def instruction_text(instruction: str | None) -> str:
     return INSTRUCTIONS.get(instruction, instruction)
 
 
-def build_messages(prompt: str, n_images: int, instruction: str | None = None) -> list[dict]:
-    """Chat messages for one item: 1 image (pointwise) or 2 images (pairwise: image 1 is the reference).
+def build_messages(prompt: str, n_media: int, instruction: str | None = None, kind: str = "image",
+                   condition: bool = False) -> list[dict]:
+    """Chat messages for one item: 1 image/video (pointwise) or 2 (pairwise: item 1 is the reference).
 
-    Images appear as ``{"type": "image"}`` items, which chat templates render as the family's placeholder.
+    ``condition=True`` puts a conditioning image (image-to-video) into the context before the media.
+    Media appear as ``{"type": "image"}`` / ``{"type": "video"}`` items, which chat templates render as
+    the family's placeholders. Instruction, prompt, conditioning image and reference come first: everything
+    before the last media item is shared by all candidates judged against one reference (a shared prefix).
     """
-    if n_images not in (1, 2):
-        raise ValueError(f"a reward prompt holds 1 or 2 images, got {n_images}")
-    # Instruction and prompt first, then the reference image: everything before image 2 is shared by all
-    # candidates compared against one reference, so it can run once (a shared prefix).
-    text = f"{instruction_text(instruction)}\nText description: {prompt}\n"
-    if n_images == 1:
-        content = [{"type": "text", "text": text}, {"type": "image"}, {"type": "text", "text": "\n" + POINTWISE_QUESTION}]
+    if n_media not in (1, 2):
+        raise ValueError(f"a reward prompt holds 1 or 2 images or videos, got {n_media}")
+    if kind not in ("image", "video"):
+        raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
+    label = kind.capitalize()
+    content = [{"type": "text", "text": f"{instruction_text(instruction)}\nText description: {prompt}\n"}]
+    if condition:
+        content += [{"type": "text", "text": "Conditioning image: "}, {"type": "image"}, {"type": "text", "text": "\n"}]
+    if n_media == 1:
+        content += [{"type": "text", "text": f"{label}: "}, {"type": kind},
+                    {"type": "text", "text": "\n" + POINTWISE_QUESTION.format(kind=kind)}]
     else:
-        content = [
-            {"type": "text", "text": text + "Image 1: "},
-            {"type": "image"},
-            {"type": "text", "text": "\nImage 2: "},
-            {"type": "image"},
-            {"type": "text", "text": "\n" + PAIRWISE_QUESTION},
-        ]
-    return [{"role": "user", "content": content}]
+        content += [{"type": "text", "text": f"{label} 1: "}, {"type": kind}, {"type": "text", "text": f"\n{label} 2: "},
+                    {"type": kind}, {"type": "text", "text": "\n" + PAIRWISE_QUESTION.format(kind=kind)}]
+    # adjacent text items are merged: templates concatenate them anyway, and fewer items render the same
+    merged = []
+    for c in content:
+        if merged and c["type"] == "text" and merged[-1]["type"] == "text":
+            merged[-1] = {"type": "text", "text": merged[-1]["text"] + c["text"]}
+        else:
+            merged.append(c)
+    return [{"role": "user", "content": merged}]
 
 
-def render(tokenizer, messages: list[dict], image_placeholder: str) -> str:
+def render(tokenizer, messages: list[dict], image_placeholder: str, video_placeholder: str = "<video>") -> str:
     """Render messages with the model's chat template and the generation prompt.
 
-    Without a chat template, a plain "USER: ... ASSISTANT:" layout is used, images as ``image_placeholder``.
+    Without a chat template, a plain "USER: ... ASSISTANT:" layout is used, media as the placeholders.
     """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -73,7 +95,8 @@ def render(tokenizer, messages: list[dict], image_placeholder: str) -> str:
         content = message["content"]
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        body = "".join(image_placeholder if c["type"] == "image" else c["text"] for c in content)
+        placeholders = {"image": image_placeholder, "video": video_placeholder}
+        body = "".join(placeholders.get(c["type"]) or c["text"] for c in content)
         parts.append(f"{message['role'].upper()}: {body}\n")
     return "".join(parts) + "ASSISTANT:"
 

@@ -50,8 +50,13 @@ class InternVLAdapter(VisionAdapter):
         self.start_token = getattr(tokenizer, "start_image_token", None) or "<img>"
         self.end_token = getattr(tokenizer, "end_image_token", None) or "</img>"
         self.image_placeholder = self.context_token
+        self.video_placeholder = getattr(tokenizer, "video_token", None) or "<video>"
         self.image_token_id = config.image_token_id
         self.expansion_start_token = self.start_token
+
+    @property
+    def media_token_ids(self):
+        return (self.image_token_id,)
 
     def tiles(self, image) -> list[torch.Tensor]:
         """Normalised tiles [3, S, S]: the grid tiles in row-major order, then a thumbnail if more than one."""
@@ -72,12 +77,24 @@ class InternVLAdapter(VisionAdapter):
         expansion = f"{self.start_token}{self.context_token * n_tokens}{self.end_token}"
         return EncodedImage(tiles, expansion, n_tokens, (tiles.shape[0],))
 
+    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedImage:
+        """Frames as images: each resized to one tile, labelled "Frame i:" (InternVLProcessor's layout)."""
+        s = self.tile
+        pixels = self.normalized(self.resized(frames, s, s))
+        frame = f"{self.start_token}{self.context_token * self.image_seq_length}{self.end_token}"
+        expansion = "\n".join(f"Frame{i + 1}: {frame}" for i in range(pixels.shape[0]))
+        n = pixels.shape[0]
+        return EncodedImage(pixels, expansion, self.image_seq_length * n, (n,), kind="video", n_starts=n, fps=fps)
+
     def collate_images(self, encoded, dtype, device) -> dict:
+        # images' tiles and videos' frames in sequence order, as InternVLProcessor lays them out
         return {"pixel_values": torch.cat([e.pixels for e in encoded]).to(device=device, dtype=dtype)}
 
-    def image_features(self, base_model, pixels: dict):
-        return base_model.get_image_features(
-            pixel_values=pixels["pixel_values"],
+    def features(self, base_model, encoded, dtype, device) -> list[torch.Tensor]:
+        pixels = self.collate_images(encoded, dtype, device)["pixel_values"]
+        out = base_model.get_image_features(
+            pixel_values=pixels,
             vision_feature_layer=self.config.vision_feature_layer,
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
         )
+        return self.split_features(out, [e.n_tokens for e in encoded])
