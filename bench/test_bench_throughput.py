@@ -21,7 +21,7 @@ def workload(scenario):
     rm = RewardModel.from_pretrained(tiny_checkpoint(preset.family), device="cpu")
     data = T.scenario_inputs(scenario, preset)
     images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
-    return rm, rm.encode(data["prompts"], images, preset.instruction)
+    return rm, rm.encode(data["prompts"], images, preset.instruction, kind=data.get("kind", "image"))
 
 
 @pytest.mark.parametrize("scenario", T.SCENARIOS)

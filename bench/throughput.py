@@ -6,7 +6,8 @@
     python bench/throughput.py --model /ckpts/Qwen2-VL-2B-Instruct      # a real checkpoint
 
 Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairwise), rank8 (all 56 ordered
-pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts). Baselines on the same inputs:
+pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts), video16 (16 candidate clips
+against 1 reference clip per prompt, 4 prompts). Baselines on the same inputs:
 naive (one sequence at a time with full-sequence logits, as public scorers do; timed on a subset, reported
 per pair) and hf_batched (padded batches of 16 through plain transformers with logits_to_keep=1).
 ideal_ratio = FLOPs of the hf_batched work / FLOPs of the unique work (each distinct image encoded once,
@@ -47,6 +48,7 @@ class Preset:
     prompt_words: int = 6
     naive_subset: int = 8
     repeats: int = 3
+    video_frames: int = 4
 
 
 PRESETS = {
@@ -112,13 +114,20 @@ def scenario_inputs(name: str, preset: Preset, seed: int = 0) -> dict:
         pairs = [(p, i, j) for p in range(n_prompts) for i in range(8) for j in range(8) if i != j]
         return {"images1": [cands[8 * p + i] for p, i, _ in pairs], "images2": [cands[8 * p + j] for p, _, j in pairs],
                 "prompts": [prompts[p] for p, _, _ in pairs]}
+    if name == "video16":  # 16 candidate clips against 1 reference clip per prompt, 4 prompts
+        g = torch.Generator().manual_seed(seed)
+        w, h = preset.image_size
+        clips = [torch.rand(preset.video_frames, 3, h, w, generator=g) for _ in range(4 + 64)]
+        prompts = make_prompts(4, preset.prompt_words, seed)
+        return {"images1": [clips[k // 16] for k in range(64)], "images2": clips[4:], "kind": "video",
+                "prompts": [prompts[k // 16] for k in range(64)]}
     if name == "point64":
         prompts = make_prompts(8, preset.prompt_words, seed)
         return {"images1": random_images(64, sizes=size, seed=seed), "images2": None, "prompts": [prompts[k // 8] for k in range(64)]}
     raise ValueError(f"unknown scenario {name!r}")
 
 
-SCENARIOS = ("ref16", "rank8", "point64")
+SCENARIOS = ("ref16", "rank8", "point64", "video16")
 
 
 # ---- FLOPs ------------------------------------------------------------------------------------------------
@@ -231,7 +240,7 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     data = scenario_inputs(name, preset)
     images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
     t0 = time.perf_counter()
-    items = rm.encode(data["prompts"], images, preset.instruction)
+    items = rm.encode(data["prompts"], images, preset.instruction, kind=data.get("kind", "image"))
     preprocess_s = time.perf_counter() - t0
     repeats = preset.repeats if repeats is None else repeats
     subset = items[: naive_subset or preset.naive_subset]
