@@ -1,12 +1,23 @@
-"""CUDA graphs for the denoiser step: eager on CPU and when switched off; on a GPU, replay equals eager."""
+"""CUDA graphs for the denoiser step: eager on CPU and when switched off; on a GPU, replay equals eager.
+No diffusers needed (the GPU machines may lack it): the schedule is a rectified-flow one written out."""
 import pytest
 import torch
 
 from rdfast.diffusion.graphs import GraphRunner, graphs_available
-from rdfast.diffusion.sampler import Sampler, Schedule
+from rdfast.diffusion.sampler import FLOW, Sampler, Schedule
 
-diffusers = pytest.importorskip("diffusers")
 CUDA = torch.cuda.is_available()
+
+
+def flow_schedule(steps, shift=3.0):
+    """FlowMatchEulerDiscreteScheduler's sigmas (static shift), as a Schedule."""
+    def shifted(x):
+        return shift * x / (1 + (shift - 1) * x)
+
+    # diffusers spaces the inference sigmas down to its (already shifted) smallest training sigma, then shifts
+    s = shifted(torch.linspace(1.0, shifted(1.0 / 1000), steps, dtype=torch.float64))
+    levels = torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+    return Schedule(FLOW, "flow", s * 1000, s.clone(), levels, True, "FlowMatchEulerDiscreteScheduler")
 
 
 class TinyDenoiser(torch.nn.Module):
@@ -25,11 +36,19 @@ class TinyDenoiser(torch.nn.Module):
 
 
 def _sampler(device, graphs, steps=6):
-    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
-    sched.set_timesteps(steps)
     torch.manual_seed(0)
     net = TinyDenoiser().to(device).eval()
-    return Sampler(net, Schedule.from_scheduler(sched), graphs=graphs), net
+    return Sampler(net, flow_schedule(steps), graphs=graphs), net
+
+
+def test_written_out_schedule_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(6)
+    ref = Schedule.from_scheduler(sched)
+    ours = flow_schedule(6)
+    torch.testing.assert_close(ours.levels, ref.levels, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours.timesteps, ref.timesteps, rtol=1e-6, atol=1e-4)
 
 
 def _run(sampler, x, cond):

@@ -53,8 +53,10 @@ def test_decode_is_differentiable_and_checkpointed_equal(kind, gen):
         (img * w).sum().backward()
         grads.append(z.grad.clone())
         z.grad = None
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
-    assert grads[0].abs().sum() > 0
+    # per-sample (checkpointed) vs batched convolutions sum in another order: float32 rounding, scaled
+    scale = grads[0].abs().max().item()
+    assert scale > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4 * scale)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -140,9 +140,10 @@ class PipelineAdapter:
                tile: bool = False) -> torch.Tensor:
         """Clean latents [n, ...] -> images float32 [n, 3, H, W] in [0, 1] (differentiable).
 
-        checkpoint=True keeps only the latents for backward and recomputes the decoder then, block by block
-        (the decoder's own gradient checkpointing), so its full-resolution activations never coexist with
-        the denoiser's. tile=True decodes in overlapping tiles (diffusers' tiled decode).
+        checkpoint=True keeps only the latents for backward and recomputes the decoder then, one sample at a
+        time and block by block (the decoder's own gradient checkpointing): its full-resolution activations
+        never coexist with the denoiser's, nor with another sample's. tile=True decodes in overlapping tiles
+        (diffusers' tiled decode).
         """
         vae = self.vae
 
@@ -155,7 +156,8 @@ class PipelineAdapter:
             decoder = getattr(vae, "decoder", None)
             if decoder is not None and hasattr(decoder, "gradient_checkpointing"):
                 vae.enable_gradient_checkpointing()
-            return _checkpoint(run, x0)
+            # one checkpoint per sample: backward recomputes (and frees) one sample's decoder at a time
+            return torch.cat([_checkpoint(run, x0[i:i + 1]) for i in range(x0.shape[0])])
         if getattr(getattr(vae, "decoder", None), "gradient_checkpointing", False):
             vae.disable_gradient_checkpointing()
         return run(x0)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 
 KINDS = ("flux", "sd3", "sd")
-SIZES = ("tiny", "bench")
+SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
 
 _CORPUS = """a photo of a red fox in the snow; a blue car on a long street; a cat sitting on a chair;
@@ -97,16 +97,21 @@ def _build(kind: str, size: str, seed: int):
 
     torch.manual_seed(seed)  # same seed -> same weights
     bench = size == "bench"
+    if size == "gpu":
+        if kind != "flux":
+            raise ValueError("size='gpu' exists for kind='flux' only")
+        return _flux_shaped()
     if kind == "flux":
         clip, t5 = clip_tokenizer(), t5_tokenizer()
         # bench: 4 VAE blocks (8x) with 64 channels, so 256 px images give 32x32 latents (256 packed tokens)
         vae = _vae((64,) * 4 if bench else (4,), 4 if bench else 1, shift_factor=0.1159, scaling_factor=0.3611,
                    use_quant_conv=False, use_post_quant_conv=False)
         latent = 4 if bench else 1
+        # bench: 4 double + 4 single blocks, width 128: FLUX's shape (not its size), activations dominate weights
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=4 * latent, num_layers=2 if bench else 1, num_single_layers=2 if bench else 1,
-            attention_head_dim=16, num_attention_heads=4 if bench else 2, joint_attention_dim=32,
-            pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
+            patch_size=1, in_channels=4 * latent, num_layers=4 if bench else 1, num_single_layers=4 if bench else 1,
+            attention_head_dim=32 if bench else 16, num_attention_heads=4 if bench else 2, joint_attention_dim=32,
+            pooled_projection_dim=32, axes_dims_rope=[8, 12, 12] if bench else [4, 4, 8], guidance_embeds=True)
         sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
         return FluxPipeline(scheduler=sched, vae=vae, text_encoder=_clip_text(clip), tokenizer=clip,
@@ -142,8 +147,25 @@ def _build(kind: str, size: str, seed: int):
     raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
 
 
+def _flux_shaped():
+    """FLUX.1's block shapes (width 3072 = 24 heads x 128, FLUX's VAE) with 2 double + 4 single blocks and tiny text
+    encoders: about 0.9 B random parameters, for GPU memory checks (512 px images)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip, t5 = clip_tokenizer(), t5_tokenizer()
+    vae = _vae((128, 256, 512, 512), 16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
+               use_post_quant_conv=False)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=2, num_single_layers=4,
+                                         attention_head_dim=128, num_attention_heads=24, joint_attention_dim=256,
+                                         pooled_projection_dim=64, axes_dims_rope=[16, 56, 56], guidance_embeds=True)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=sched, vae=vae, text_encoder=_clip_text(clip, 64), tokenizer=clip,
+                        text_encoder_2=_t5_text(t5, 256), tokenizer_2=t5, transformer=transformer)
+
+
 #: the image side each tiny pipeline is meant to run at (pixels)
-DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("sd3", "tiny"): 32, ("sd3", "bench"): 64,
+DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("flux", "gpu"): 512, ("sd3", "tiny"): 32, ("sd3", "bench"): 64,
                 ("sd", "tiny"): 32, ("sd", "bench"): 64}
 
 
@@ -155,7 +177,8 @@ def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=No
     """Directory of a tiny random diffusers pipeline (``kind`` in KINDS, ``size`` in SIZES), built once and cached.
 
     size="tiny": 32 px images, one or two blocks everywhere (tests). size="bench": FLUX at 256 px with a 64-channel
-    four-block VAE and four transformer blocks, so that activations dominate memory (bench/refl_memory.py).
+    four-block VAE and eight transformer blocks of width 128, so that activations dominate memory
+    (bench/refl_memory.py).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
@@ -182,9 +205,18 @@ def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=No
 
 
 def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
-    """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``)."""
+    """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``).
+
+    size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks, ~0.9 B params.
+    """
     import torch
     from diffusers import DiffusionPipeline
+
+    if size == "gpu":
+        with torch.device(device):
+            pipe = _build(kind, size, seed)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device) if dtype is None else pipe.to(device, dtype)
 
     pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir(kind, size, seed), dtype=dtype or torch.float32,
                                              local_files_only=True)

@@ -1,0 +1,250 @@
+"""Peak memory of one ReFL step: rdfast's memory-efficient path against the naive path.
+
+Both paths run the same ReFL step (same pipeline, seed, stop step, K gradient steps, float32, VAE tiling off)
+on a FLUX-shaped pipeline sized so activations dominate (256x256 images, a four-block VAE with 64 channels,
+eight transformer blocks of width 128; rdfast.diffusion.testing "bench"), with the tiny Qwen2-VL reward model
+as the pairwise reward against a Best-of-2 reference:
+    naive:  no activation checkpointing anywhere (denoiser, VAE decode, reward model store everything);
+    rdfast: ReFLTrainer(memory_efficient=True): checkpointed denoiser blocks, VAE decode and reward model.
+
+Each path runs in a fresh subprocess (no allocator state shared), which loads everything, builds the
+references and takes one warm-up step (lazy initialisations, oneDNN caches), frees the gradients and then
+measures one step (loss + backward) above that post-load baseline:
+
+* CUDA: torch.cuda.max_memory_allocated() minus memory_allocated() before the step.
+* CPU (primary figure): a tensor-tracking allocator view. A TorchDispatchMode sees every tensor an operator
+  returns (forward, backward and checkpoint recomputation alike), records each new storage's bytes and
+  drops them when the storage is freed (a weakref finalizer; PyTorch keeps one Python object per storage).
+  The peak of that running sum is the peak of tensor bytes allocated by the step and alive at once: exact,
+  and free of allocator caching and fragmentation.
+* CPU (reported beside it): peak RSS above the RSS before the step (VmHWM after resetting it through
+  /proc/self/clear_refs), with glibc's mmap threshold pinned at 64 KiB so freed tensors leave RSS. It adds
+  allocator and library overheads, so it is a looser upper bound.
+
+The gradients of both paths are saved and compared: ``grad_cosine`` must be ~1 (same step, same maths).
+
+    python bench/refl_memory.py --json bench/results/refl_memory_cpu.json   # default: about 1-2 min on 2 cores
+    python bench/refl_memory.py --size tiny --json /tmp/refl.json            # half a minute
+    python bench/refl_memory.py --size gpu --device cuda --json bench/results/refl_memory_<gpu>.json
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+PROMPTS = ["a red fox in the snow", "a blue car on a long street"]
+
+
+# ---- measuring ------------------------------------------------------------------------------------------
+class TensorPeak:
+    """Context manager: peak bytes of tensor storages created inside it and alive at the same time (CPU/GPU)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        tracker._track(t)
+                return out
+
+        self._mode = _Mode()
+        self.live, self.current, self.peak = {}, 0, 0
+
+    def _track(self, t):
+        st = t.untyped_storage()
+        key = (st.device, st.data_ptr())
+        if not key[1] or key in self.live:  # views and in-place results share a known storage
+            return
+        n = st.nbytes()
+        self.live[key] = n
+        self.current += n
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(st, self._free, key)
+
+    def _free(self, key):
+        self.current -= self.live.pop(key, 0)
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+
+
+def _status(key):
+    with open("/proc/self/status") as fh:
+        return int(re.search(key + r":\s+(\d+)", fh.read()).group(1)) * 1024
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = re.search(r"model name\s*:\s*(.+)", fh.read()).group(1).strip()
+    except (OSError, AttributeError):
+        pass
+    return f"{model} x{os.cpu_count()}"
+
+
+# ---- one path, in its own process ---------------------------------------------------------------------------
+def child(args):
+    from rdfast import RewardModel
+    from rdfast.diffusion.refl import ReFLTrainer
+    from rdfast.diffusion.reward import PairwiseReward
+    from rdfast.diffusion.testing import DEFAULT_SIDE, tiny_pipeline
+    from rdfast.testing import tiny_checkpoint
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    side = DEFAULT_SIDE[("flux", args.size)]
+    pipe = tiny_pipeline("flux", args.size, device=device)
+    rm = RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device=device, dtype=torch.float32)
+    trainer = ReFLTrainer(pipe, PairwiseReward(rm, n=2, top_k=1), height=side, width=side,
+                          num_steps=args.num_steps, grad_steps=args.grad_steps, late_range=(0.5, 1.0),
+                          lora_rank=8, memory_efficient=args.path == "rdfast", tile_vae=False, autocast=None,
+                          graphs=False, seed=args.seed)
+    with torch.random.fork_rng(devices=[]):  # nonzero LoRA B, so every LoRA tensor has a gradient to compare
+        torch.manual_seed(args.seed)
+        for n, p in trainer.ad.model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+    prompts = PROMPTS[: args.batch] + PROMPTS[: max(0, args.batch - len(PROMPTS))]
+    trainer.prepare_references(prompts, progress=False)
+
+    def step():
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.generator.manual_seed(args.seed + 1)  # the same noise and stop step in both paths
+        loss, info = trainer.loss(prompts)
+        loss.backward()
+        return info
+
+    step()  # warm-up: lazy initialisations and library caches stay out of the measured step
+    trainer.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        base = _status("VmRSS")
+    t0 = time.perf_counter()
+    with TensorPeak() as tracked:
+        info = step()
+    seconds = time.perf_counter() - t0
+    if cuda:
+        torch.cuda.synchronize()
+        peak, rss = torch.cuda.max_memory_allocated() - base, None
+    else:
+        peak, rss = tracked.peak, max(0, _status("VmHWM") - base)
+    grads = torch.cat([p.grad.detach().double().flatten().cpu() for p in trainer.parameters])
+    torch.save(grads, args.grads_out)
+    out = {"path": args.path, "peak_bytes": int(peak), "tracked_peak_bytes": int(tracked.peak),
+           "rss_peak_bytes": rss, "step_seconds": seconds, "stop_step": info["stop_step"], "reward": info["reward"],
+           "params": sum(p.numel() for p in trainer.ad.model.parameters()),
+           "trainable": sum(p.numel() for p in trainer.parameters)}
+    with open(args.result_out, "w") as fh:
+        json.dump(out, fh)
+
+
+# ---- the comparison ----------------------------------------------------------------------------------------
+def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, threads=1, log=sys.stdout) -> dict:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    results, grads = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in ("naive", "rdfast"):
+            res, gr = os.path.join(tmp, f"{path}.json"), os.path.join(tmp, f"{path}.pt")
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--size", size, "--batch", str(batch),
+                   "--grad-steps", str(grad_steps), "--num-steps", str(num_steps), "--seed", str(seed),
+                   "--device", device, "--threads", str(threads), "--result-out", res, "--grads-out", gr]
+            t0 = time.time()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{path} path failed:\n{proc.stderr[-4000:]}")
+            with open(res) as fh:
+                results[path] = json.load(fh)
+            results[path]["process_seconds"] = time.time() - t0
+            grads[path] = torch.load(gr)
+    cos = torch.nn.functional.cosine_similarity(grads["naive"], grads["rdfast"], dim=0).item()
+    naive, ours = results["naive"], results["rdfast"]
+    out = {
+        "naive_peak_bytes": naive["peak_bytes"], "rdfast_peak_bytes": ours["peak_bytes"],
+        "peak_ratio": ours["peak_bytes"] / naive["peak_bytes"], "grad_cosine": cos,
+        "naive_rss_peak_bytes": naive["rss_peak_bytes"], "rdfast_rss_peak_bytes": ours["rss_peak_bytes"],
+        "rss_peak_ratio": (ours["rss_peak_bytes"] / naive["rss_peak_bytes"]) if naive["rss_peak_bytes"] else None,
+        "naive_step_seconds": naive["step_seconds"], "rdfast_step_seconds": ours["step_seconds"],
+        "device": machine(torch.device(device)), "device_type": device, "torch": torch.__version__,
+        "method": ("cuda max_memory_allocated above the pre-step baseline" if device == "cuda" else
+                   "tracked tensor storages (TorchDispatchMode) alive at once during the step, above the post-load "
+                   "baseline; RSS VmHWM above the pre-step RSS reported as rss_peak_bytes"),
+        "setup": {"pipeline": f"random FLUX ({size})", "image_side": {"bench": 256, "gpu": 512}.get(size, 32),
+                  "batch": batch,
+                  "grad_steps": grad_steps, "num_steps": num_steps, "seed": seed, "dtype": "float32",
+                  "vae_tiling": False, "lora_rank": 8, "threads": threads, "reward": "tiny Qwen2-VL pairwise, Best-of-2 reference",
+                  "denoiser_params": naive["params"], "trainable_params": naive["trainable"],
+                  "stop_step": [naive["stop_step"], ours["stop_step"]]},
+    }
+    mb = 1 / 2**20
+    print(f"{'path':8} {'peak MiB':>10} {'RSS peak MiB':>13} {'step s':>8}", file=log)
+    for name, r in (("naive", naive), ("rdfast", ours)):
+        rss = f"{r['rss_peak_bytes'] * mb:13.1f}" if r["rss_peak_bytes"] is not None else f"{'-':>13}"
+        print(f"{name:8} {r['peak_bytes'] * mb:10.1f} {rss} {r['step_seconds']:8.2f}", file=log)
+    print(f"peak ratio {out['peak_ratio']:.3f}  grad cosine {cos:.8f}  ({out['device']})", file=log)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--size", default="bench", choices=("bench", "tiny", "gpu"),
+                   help="bench: 256 px FLUX-like (CPU default); gpu: FLUX-shaped blocks at 512 px (~0.9 B params)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--grad-steps", type=int, default=2)
+    p.add_argument("--num-steps", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process (1: robust on a shared, busy CPU; memory does not depend on it)")
+    p.add_argument("--child", choices=("naive", "rdfast"), help=argparse.SUPPRESS)
+    p.add_argument("--result-out", help=argparse.SUPPRESS)
+    p.add_argument("--grads-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.path = args.child
+        args.device = args.device or "cpu"
+        return child(args)
+    out = run(args.size, args.batch, args.grad_steps, args.num_steps, args.seed, args.device, args.threads)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""pytest-benchmark cases for rdfast.diffusion (tiny models: ``pytest bench --benchmark-disable`` is a
+few-second smoke). Real numbers come from bench/refl_memory.py and bench/search.py. Nothing here asserts
+timings."""
+import functools
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+import refl_memory  # noqa: E402  bench/refl_memory.py (pytest puts this directory on sys.path)
+import search as search_bench  # noqa: E402  bench/search.py
+from rdfast.diffusion.testing import torch_threads  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+def brightness(images, prompts):
+    return images.mean(dim=(1, 2, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def trainer(memory_efficient):
+    from rdfast.diffusion.refl import ReFLTrainer
+    from rdfast.diffusion.testing import tiny_pipeline
+
+    return ReFLTrainer(tiny_pipeline("flux"), brightness, height=32, width=32, num_steps=4, grad_steps=2,
+                       late_range=(0.5, 1.0), lora_rank=4, memory_efficient=memory_efficient, seed=0)
+
+
+@pytest.mark.parametrize("memory_efficient", [True, False], ids=["rdfast", "naive"])
+def test_refl_step(benchmark, memory_efficient):
+    tr = trainer(memory_efficient)
+    benchmark.group = "refl step tiny flux 32px"
+    info = benchmark(tr.step, ["a red fox", "a blue car"])
+    assert info["stop_step"] in (2, 3)
+
+
+def test_refl_memory_tracker_smoke():
+    """The benchmark's tensor tracker on one tiny ReFL loss + backward, in process (the script uses subprocesses)."""
+    peaks = {}
+    for me in (False, True):
+        tr = trainer(me)
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.generator.manual_seed(1)
+        with refl_memory.TensorPeak() as tracked:
+            loss, _ = tr.loss(["a red fox", "a blue car"])
+            loss.backward()
+        peaks[me] = tracked.peak
+        assert tracked.peak > 0 and tracked.current <= tracked.peak
+    assert peaks[True] <= peaks[False]  # at 32 px the peak may sit in text encoding, before any backward
+
+
+def test_search_vs_best_of_n(benchmark):
+    benchmark.group = "search toy"
+    row = benchmark.pedantic(search_bench.compare, args=(8, 12, 2, 4, 6, 1, 3), rounds=1, iterations=1)
+    assert row["nfe_bon"] <= row["nfe_search"] and row["seeds"] == 8
+    assert set(row) >= {"search_mean_reward", "bon_mean_reward", "nfe_search", "nfe_bon", "seeds"}
