@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -54,16 +55,36 @@ int64_t chunk_rows(int64_t H, size_t elt, int nvr) {
     return rows >= 16 ? rows / 16 * 16 : rows / nvr * nvr;  // whole vectors for the exps when possible
 }
 
-// Thread t of nt gets a contiguous slice of the vocabulary, aligned to the register tile.
-void thread_slice(int64_t V, int align, int t, int nt, int64_t* vs, int64_t* ve) {
+// Part t of nt of the vocabulary: a contiguous slice, aligned to the register tile.
+void thread_slice(int64_t V, int align, int64_t t, int64_t nt, int64_t* vs, int64_t* ve) {
     const int64_t tiles = (V + align - 1) / align;
     *vs = std::min<int64_t>(V, tiles * t / nt * align);
     *ve = std::min<int64_t>(V, tiles * (t + 1) / nt * align);
 }
 
+// Zero-initialised float buffer aligned to a cache line: vector loads never split across lines.
+template <typename T>
+struct AlignedAllocator {
+    using value_type = T;
+    AlignedAllocator() = default;
+    template <typename U>
+    AlignedAllocator(const AlignedAllocator<U>&) {}
+    T* allocate(size_t n) {
+        void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t) { std::free(p); }
+    template <typename U>
+    bool operator==(const AlignedAllocator<U>&) const { return true; }
+    template <typename U>
+    bool operator!=(const AlignedAllocator<U>&) const { return false; }
+};
+using Buf = std::vector<float, AlignedAllocator<float>>;
+
 // Hidden rows as fp32 with rows padded to a multiple of the vector width: O(B*H) extra memory.
-std::vector<float> padded_hidden(const Problem& p, int64_t ldh) {
-    std::vector<float> hp(size_t(p.B) * ldh, 0.f);
+Buf padded_hidden(const Problem& p, int64_t ldh) {
+    Buf hp(size_t(p.B) * ldh, 0.f);
     for (int64_t b = 0; b < p.B; ++b)
         for (int64_t k = 0; k < p.H; ++k) {
             float x;
@@ -131,6 +152,7 @@ static inline void vstore(uint16_t* p, vec v) {
 }
 static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vec vexp(vec x) {  // as in head_avx512.h, with 2^n built in the exponent bits
+    const vec keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_NLT_UQ);
     x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-87.f), x));
     const vec n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     vec r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -143,7 +165,7 @@ static inline vec vexp(vec x) {  // as in head_avx512.h, with 2^n built in the e
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_and_ps(keep, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 static inline float vsum(vec v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -17,8 +17,10 @@ static inline void vstore(uint16_t* p, vec v) {  // round to nearest even (NaN h
 }
 static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
 static inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
-// exp with Cephes' expf reduction and polynomial (about 1e-7 relative); NaN passes through.
+// exp with Cephes' expf reduction and polynomial (about 1e-7 relative); 0 below -87.3 (so exp(-inf) = 0),
+// NaN passes through.
 static inline vec vexp(vec x) {
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
     x = _mm512_min_ps(_mm512_set1_ps(88.f), _mm512_max_ps(_mm512_set1_ps(-87.f), x));
     const vec n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
     vec r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -30,5 +32,5 @@ static inline vec vexp(vec x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-    return _mm512_scalef_ps(p, n);
+    return _mm512_maskz_scalef_ps(keep, p, n);
 }

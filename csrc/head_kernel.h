@@ -9,7 +9,8 @@
 //
 // Layout: weight W [V, H] row-major (fp32 or bf16 as uint16_t), hidden copied once to fp32 `hp` [B, ldh]
 // (ldh a multiple of VL, zero padded), logits of a chunk of ZC vocabulary rows kept in z [B, ZC].
-// Each thread owns one contiguous slice of the vocabulary, so the weight is read from memory once.
+// Each thread owns one contiguous slice of the vocabulary, so the weight is read from memory once. The slice
+// is read as NVR interleaved runs (see Runs): a register tile takes one row from each run.
 
 static inline float ld1(const float* p) { return *p; }
 static inline float ld1(const uint16_t* p) {
@@ -46,10 +47,11 @@ static inline void neg_scaled_softmax(float* z, int64_t n, float c, float l) {
     for (; j < n; ++j) z[j] = -c * std::exp(z[j] - l);
 }
 
-// z[b*ldz + r] = <w[r], h[b]> for r < NV, b < NB: NV*NB accumulators stay in registers for the whole row,
-// each weight vector loaded once is used NB times (register blocking over hidden rows).
+// z[b*ldz + r*zr] = <w + r*ldw, h + b*ldh> for r < NV, b < NB: NV*NB accumulators stay in registers for
+// the whole row, each weight vector loaded once is used NB times (register blocking over hidden rows).
 template <typename WT, int NV, int NB>
-static inline void dot_tile(const WT* w, int64_t H, const float* h, int64_t ldh, float* z, int64_t ldz) {
+static inline void dot_tile(const WT* w, int64_t ldw, int64_t H, const float* h, int64_t ldh, float* z, int64_t ldz,
+                            int64_t zr) {
     vec acc[NV][NB];
 #pragma GCC unroll 8
     for (int r = 0; r < NV; ++r)
@@ -59,7 +61,7 @@ static inline void dot_tile(const WT* w, int64_t H, const float* h, int64_t ldh,
     for (int64_t k = 0; k < Hv; k += VL) {
         vec wv[NV];
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * H + k);
+        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * ldw + k);
 #pragma GCC unroll 8
         for (int b = 0; b < NB; ++b) {
             const vec hv = vload(h + b * ldh + k);
@@ -70,65 +72,16 @@ static inline void dot_tile(const WT* w, int64_t H, const float* h, int64_t ldh,
     for (int r = 0; r < NV; ++r)
         for (int b = 0; b < NB; ++b) {
             float s = vsum(acc[r][b]);
-            for (int64_t k = Hv; k < H; ++k) s += ld1(w + r * H + k) * h[b * ldh + k];
-            z[b * ldz + r] = s;
+            for (int64_t k = Hv; k < H; ++k) s += ld1(w + r * ldw + k) * h[b * ldh + k];
+            z[b * ldz + r * zr] = s;
         }
-}
-
-// One weight row against NB <= 2 hidden rows, two accumulators each: for B <= 2 the weight is streamed one
-// row at a time, which reads memory as fast as a plain sum (several concurrent row streams are slower).
-template <typename WT, int NB>
-static inline void dot_row(const WT* w, int64_t H, const float* h, int64_t ldh, float* z, int64_t ldz) {
-    vec a0[NB], a1[NB];
-    for (int b = 0; b < NB; ++b) a0[b] = a1[b] = vzero();
-    const int64_t H2 = H - H % (2 * VL), Hv = H - H % VL;
-    int64_t k = 0;
-    for (; k < H2; k += 2 * VL) {
-        const vec w0 = vload(w + k), w1 = vload(w + k + VL);
-        for (int b = 0; b < NB; ++b) {
-            a0[b] = vfma(w0, vload(h + b * ldh + k), a0[b]);
-            a1[b] = vfma(w1, vload(h + b * ldh + k + VL), a1[b]);
-        }
-    }
-    for (; k < Hv; k += VL) {
-        const vec w0 = vload(w + k);
-        for (int b = 0; b < NB; ++b) a0[b] = vfma(w0, vload(h + b * ldh + k), a0[b]);
-    }
-    for (int b = 0; b < NB; ++b) {
-        float s = vsum(a0[b]) + vsum(a1[b]);
-        for (int64_t kk = Hv; kk < H; ++kk) s += ld1(w + kk) * h[b * ldh + kk];
-        z[b * ldz] = s;
-    }
 }
 
 #ifdef RD_DPBF16
-template <int NB>
-static inline void dot_row_dp(const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z, int64_t ldz) {
-    vec a0[NB], a1[NB];
-    for (int b = 0; b < NB; ++b) a0[b] = a1[b] = vzero();
-    const int64_t H4 = H - H % 64, H2 = H - H % 32;
-    int64_t k = 0;
-    for (; k < H4; k += 64) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + k + 32);
-        for (int b = 0; b < NB; ++b) {
-            a0[b] = _mm512_dpbf16_ps(a0[b], w0, (__m512bh)_mm512_loadu_si512(h + b * ldh + k));
-            a1[b] = _mm512_dpbf16_ps(a1[b], w1, (__m512bh)_mm512_loadu_si512(h + b * ldh + k + 32));
-        }
-    }
-    for (; k < H2; k += 32) {
-        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k);
-        for (int b = 0; b < NB; ++b) a0[b] = _mm512_dpbf16_ps(a0[b], w0, (__m512bh)_mm512_loadu_si512(h + b * ldh + k));
-    }
-    for (int b = 0; b < NB; ++b) {
-        float s = vsum(a0[b]) + vsum(a1[b]);
-        for (int64_t kk = H2; kk < H; ++kk) s += ld1(w + kk) * ld1(h + b * ldh + kk);
-        z[b * ldz] = s;
-    }
-}
-
 // The same tile for bf16 weight and bf16 hidden (row stride ldh) with vdpbf16ps: 32 products per instruction.
 template <int NV, int NB>
-static inline void dot_tile_dp(const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z, int64_t ldz) {
+static inline void dot_tile_dp(const uint16_t* w, int64_t ldw, int64_t H, const uint16_t* h, int64_t ldh, float* z,
+                               int64_t ldz, int64_t zr) {
     vec acc[NV][NB];
 #pragma GCC unroll 8
     for (int r = 0; r < NV; ++r)
@@ -138,7 +91,7 @@ static inline void dot_tile_dp(const uint16_t* w, int64_t H, const uint16_t* h, 
     for (int64_t k = 0; k < H2; k += 32) {
         __m512bh wv[NV];
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * H + k);
+        for (int r = 0; r < NV; ++r) wv[r] = (__m512bh)_mm512_loadu_si512(w + r * ldw + k);
 #pragma GCC unroll 8
         for (int b = 0; b < NB; ++b) {
             const __m512bh hv = (__m512bh)_mm512_loadu_si512(h + b * ldh + k);
@@ -149,31 +102,32 @@ static inline void dot_tile_dp(const uint16_t* w, int64_t H, const uint16_t* h, 
     for (int r = 0; r < NV; ++r)
         for (int b = 0; b < NB; ++b) {
             float s = vsum(acc[r][b]);
-            for (int64_t k = H2; k < H; ++k) s += ld1(w + r * H + k) * ld1(h + b * ldh + k);
-            z[b * ldz + r] = s;
+            for (int64_t k = H2; k < H; ++k) s += ld1(w + r * ldw + k) * ld1(h + b * ldh + k);
+            z[b * ldz + r * zr] = s;
         }
 }
 template <int NV, int NB = NRB>
-static inline void dot_tile_dp_n(int nb, const uint16_t* w, int64_t H, const uint16_t* h, int64_t ldh, float* z,
-                                 int64_t ldz) {
+static inline void dot_tile_dp_n(int nb, const uint16_t* w, int64_t ldw, int64_t H, const uint16_t* h, int64_t ldh,
+                                 float* z, int64_t ldz, int64_t zr) {
     if constexpr (NB >= 1) {
-        if (nb == NB) dot_tile_dp<NV, NB>(w, H, h, ldh, z, ldz);
-        else dot_tile_dp_n<NV, NB - 1>(nb, w, H, h, ldh, z, ldz);
+        if (nb == NB) dot_tile_dp<NV, NB>(w, ldw, H, h, ldh, z, ldz, zr);
+        else dot_tile_dp_n<NV, NB - 1>(nb, w, ldw, H, h, ldh, z, ldz, zr);
     }
 }
 #endif
 
-// dh[b] += sum_r d[b*ldd + r] * w[r] for r < NV, b < NB (the dlogits @ W product, one weight tile at a time).
+// dh[b] += sum_r d[b*ldd + r*dr] * w[r*ldw] for r < NV, b < NB (dlogits @ W, one weight tile at a time).
 template <typename WT, int NV, int NB>
-static inline void axpy_tile(const WT* w, int64_t H, const float* d, int64_t ldd, float* dh, int64_t ldh) {
+static inline void axpy_tile(const WT* w, int64_t ldw, int64_t H, const float* d, int64_t ldd, int64_t dr, float* dh,
+                             int64_t ldh) {
     vec c[NV][NB];
     for (int r = 0; r < NV; ++r)
-        for (int b = 0; b < NB; ++b) c[r][b] = vset1(d[b * ldd + r]);
+        for (int b = 0; b < NB; ++b) c[r][b] = vset1(d[b * ldd + r * dr]);
     const int64_t Hv = H - H % VL;
     for (int64_t k = 0; k < Hv; k += VL) {
         vec wv[NV];
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * H + k);
+        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * ldw + k);
 #pragma GCC unroll 8
         for (int b = 0; b < NB; ++b) {
             vec a = vload(dh + b * ldh + k);
@@ -185,15 +139,16 @@ static inline void axpy_tile(const WT* w, int64_t H, const float* d, int64_t ldd
     for (int64_t k = Hv; k < H; ++k)
         for (int b = 0; b < NB; ++b) {
             float a = dh[b * ldh + k];
-            for (int r = 0; r < NV; ++r) a += d[b * ldd + r] * ld1(w + r * H + k);
+            for (int r = 0; r < NV; ++r) a += d[b * ldd + r * dr] * ld1(w + r * ldw + k);
             dh[b * ldh + k] = a;
         }
 }
 
-// dw[r] = sum_b d[b*ldd + r] * h[b] for r < NV over all B rows (the dlogits^T @ hidden product), written once.
+// dw[r*lddw] = sum_b d[b*ldd + r*dr] * h[b] for r < NV over all B rows (dlogits^T @ hidden), written once.
 // Four vectors of H per step so each broadcast of d is used four times.
 template <typename DT, int NV>
-static inline void outer_rows(const float* d, int64_t ldd, const float* h, int64_t ldh, int64_t B, int64_t H, DT* dw) {
+static inline void outer_rows(const float* d, int64_t ldd, int64_t dr, const float* h, int64_t ldh, int64_t B,
+                              int64_t H, DT* dw, int64_t lddw) {
     const int64_t H4 = H - H % (4 * VL), Hv = H - H % VL;
     int64_t k = 0;
     for (; k < H4; k += 4 * VL) {
@@ -208,75 +163,109 @@ static inline void outer_rows(const float* d, int64_t ldd, const float* h, int64
             for (int j = 0; j < 4; ++j) hv[j] = vload(h + b * ldh + k + j * VL);
 #pragma GCC unroll 8
             for (int r = 0; r < NV; ++r) {
-                const vec c = vset1(d[b * ldd + r]);
+                const vec c = vset1(d[b * ldd + r * dr]);
 #pragma GCC unroll 4
                 for (int j = 0; j < 4; ++j) acc[r][j] = vfma(c, hv[j], acc[r][j]);
             }
         }
         for (int r = 0; r < NV; ++r)
-            for (int j = 0; j < 4; ++j) vstore(dw + r * H + k + j * VL, acc[r][j]);
+            for (int j = 0; j < 4; ++j) vstore(dw + r * lddw + k + j * VL, acc[r][j]);
     }
     for (; k < Hv; k += VL) {
         vec acc[NV];
         for (int r = 0; r < NV; ++r) acc[r] = vzero();
         for (int64_t b = 0; b < B; ++b) {
             const vec hv = vload(h + b * ldh + k);
-            for (int r = 0; r < NV; ++r) acc[r] = vfma(vset1(d[b * ldd + r]), hv, acc[r]);
+            for (int r = 0; r < NV; ++r) acc[r] = vfma(vset1(d[b * ldd + r * dr]), hv, acc[r]);
         }
-        for (int r = 0; r < NV; ++r) vstore(dw + r * H + k, acc[r]);
+        for (int r = 0; r < NV; ++r) vstore(dw + r * lddw + k, acc[r]);
     }
     for (; k < H; ++k)
         for (int r = 0; r < NV; ++r) {
             float a = 0.f;
-            for (int64_t b = 0; b < B; ++b) a += d[b * ldd + r] * h[b * ldh + k];
-            st1(dw + r * H + k, a);
+            for (int64_t b = 0; b < B; ++b) a += d[b * ldd + r * dr] * h[b * ldh + k];
+            st1(dw + r * lddw + k, a);
         }
 }
 
 // Run a tile kernel with NB = nb (1..NRB) known at compile time.
 template <typename WT, int NV, int NB = NRB>
-static inline void dot_tile_n(int nb, const WT* w, int64_t H, const float* h, int64_t ldh, float* z, int64_t ldz) {
+static inline void dot_tile_n(int nb, const WT* w, int64_t ldw, int64_t H, const float* h, int64_t ldh, float* z,
+                              int64_t ldz, int64_t zr) {
     if constexpr (NB >= 1) {
-        if (nb == NB) dot_tile<WT, NV, NB>(w, H, h, ldh, z, ldz);
-        else dot_tile_n<WT, NV, NB - 1>(nb, w, H, h, ldh, z, ldz);
+        if (nb == NB) dot_tile<WT, NV, NB>(w, ldw, H, h, ldh, z, ldz, zr);
+        else dot_tile_n<WT, NV, NB - 1>(nb, w, ldw, H, h, ldh, z, ldz, zr);
     }
 }
 template <typename WT, int NV, int NB = NRB>
-static inline void axpy_tile_n(int nb, const WT* w, int64_t H, const float* d, int64_t ldd, float* dh, int64_t ldh) {
+static inline void axpy_tile_n(int nb, const WT* w, int64_t ldw, int64_t H, const float* d, int64_t ldd, int64_t dr,
+                               float* dh, int64_t ldh) {
     if constexpr (NB >= 1) {
-        if (nb == NB) axpy_tile<WT, NV, NB>(w, H, d, ldd, dh, ldh);
-        else axpy_tile_n<WT, NV, NB - 1>(nb, w, H, d, ldd, dh, ldh);
+        if (nb == NB) axpy_tile<WT, NV, NB>(w, ldw, H, d, ldd, dr, dh, ldh);
+        else axpy_tile_n<WT, NV, NB - 1>(nb, w, ldw, H, d, ldd, dr, dh, ldh);
     }
 }
 
-// z[b*ZC + j] = <W[v0+j], hp[b]> (+ bias) for j < nv, all rows b. The nv weight rows (one chunk, sized to
-// stay in L2) come from memory for the first block of hidden rows and from cache for the others.
+// A thread's slice [vs, ve) read as NVR interleaved runs: run s holds rows vs + s*q + i, i < len[s], and a
+// register tile takes row i of every run. Each thread then keeps NVR far-apart sequential streams in flight,
+// which reads memory measurably faster than one stream or NVR adjacent rows. A chunk covers offsets
+// [i0, i0 + L) of every run (L = ZC / NVR); the logit of (run s, offset i0 + i) sits in column s*L + i of z.
+struct Runs {
+    int64_t vs, q, len[NVR];
+    Runs(int64_t vs_, int64_t ve) : vs(vs_) {
+        const int64_t n = ve - vs_;
+        q = (n + NVR - 1) / NVR;
+        for (int s = 0; s < NVR; ++s) len[s] = std::max<int64_t>(0, std::min(q, n - s * q));
+    }
+    // Calls f(std::integral_constant<int, NV>, first row, row stride, first column): full tiles of NVR rows
+    // (one per run, columns L apart), then the rows only some runs have, one at a time.
+    template <typename F>
+    void tiles(int64_t i0, int64_t L, F&& f) const {
+        const int64_t full = std::max<int64_t>(0, std::min(L, len[NVR - 1] - i0));  // len is non-increasing
+        for (int64_t i = 0; i < full; ++i) f(std::integral_constant<int, NVR>(), vs + i0 + i, q, i);
+        for (int s = 0; s < NVR; ++s)
+            for (int64_t i = full; i < std::min(L, len[s] - i0); ++i) f(std::integral_constant<int, 1>(), vs + s * q + i0 + i, q, s * L + i);
+    }
+    // Calls f(row, column) for every row of the chunk.
+    template <typename F>
+    void rows(int64_t i0, int64_t L, F&& f) const {
+        for (int s = 0; s < NVR; ++s)
+            for (int64_t i = 0; i < std::min(L, len[s] - i0); ++i) f(vs + s * q + i0 + i, s * L + i);
+    }
+    // The column of row v in the chunk at i0, or -1.
+    int64_t column(int64_t v, int64_t i0, int64_t L) const {
+        if (v < vs || q == 0) return -1;
+        const int64_t s = (v - vs) / q, i = (v - vs) % q - i0;
+        return (s < NVR && i >= 0 && i < L && i0 + i < len[s]) ? s * L + i : -1;
+    }
+    bool ragged(int64_t i0, int64_t L) const { return i0 + L > len[NVR - 1]; }
+};
+
+// z[b*ZC + column] = <W[row], hp[b]> (+ bias) for the rows of the chunk at i0, all rows b; columns no row
+// maps to (the ragged end of a slice) hold -inf. The chunk's weight rows (sized to stay in L2) come from
+// memory for the first block of hidden rows and from cache for the others.
 template <typename WT>
-static void logits_chunk(const WT* W, const float* bias, int64_t H, int64_t v0, int64_t nv, const float* hp,
-                         int64_t ldh, const uint16_t* hb, int64_t B, float* z, int64_t ZC) {
+static void logits_chunk(const WT* W, const float* bias, int64_t H, const Runs& R, int64_t i0, int64_t L,
+                         const float* hp, int64_t ldh, const uint16_t* hb, int64_t B, float* z, int64_t ZC) {
+    if (R.ragged(i0, L)) std::fill(z, z + B * ZC, -INFINITY);
     for (int64_t b0 = 0; b0 < B; b0 += NRB) {
         const int nb = int(std::min<int64_t>(NRB, B - b0));
-        int64_t r = 0;
+        R.tiles(i0, L, [&](auto nv, int64_t v, int64_t stride, int64_t col) {
+            constexpr int NV = decltype(nv)::value;
 #ifdef RD_DPBF16
-        if constexpr (std::is_same<WT, uint16_t>::value) {  // bf16 hidden hb [B, H] used as is
-            if (B <= 2)
-                for (; r < nv; ++r)
-                    (nb == 1 ? dot_row_dp<1> : dot_row_dp<2>)(W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
-            for (; r + NVR <= nv; r += NVR) dot_tile_dp_n<NVR>(nb, W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
-            for (; r < nv; ++r) dot_tile_dp_n<1>(nb, W + (v0 + r) * H, H, hb + b0 * H, H, z + b0 * ZC + r, ZC);
-        }
-#else
-        (void)hb;
+            if constexpr (std::is_same<WT, uint16_t>::value) {  // bf16 hidden hb [B, H] used as is
+                dot_tile_dp_n<NV>(nb, W + v * H, stride * H, H, hb + b0 * H, H, z + b0 * ZC + col, ZC, L);
+                return;
+            }
 #endif
-        if (B <= 2)
-            for (; r < nv; ++r)
-                (nb == 1 ? dot_row<WT, 1> : dot_row<WT, 2>)(W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
-        for (; r + NVR <= nv; r += NVR) dot_tile_n<WT, NVR>(nb, W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
-        for (; r < nv; ++r) dot_tile_n<WT, 1>(nb, W + (v0 + r) * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + r, ZC);
+            (void)hb;
+            dot_tile_n<WT, NV>(nb, W + v * H, stride * H, H, hp + b0 * ldh, ldh, z + b0 * ZC + col, ZC, L);
+        });
     }
     if (bias)
-        for (int64_t b = 0; b < B; ++b)
-            for (int64_t j = 0; j < nv; ++j) z[b * ZC + j] += bias[v0 + j];
+        R.rows(i0, L, [&](int64_t v, int64_t col) {
+            for (int64_t b = 0; b < B; ++b) z[b * ZC + col] += bias[v];
+        });
 }
 
 template <typename WT>
@@ -284,30 +273,35 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
     const WT* W = static_cast<const WT*>(p.weight);
     const int64_t B = p.B, H = p.H, V = p.V, K = p.K;
     const int64_t ldh = (H + VL - 1) / VL * VL;
-    const int64_t ZC = chunk_rows(H, sizeof(WT), NVR);
-    std::vector<float> hp = padded_hidden(p, ldh);
+    const int64_t ZC = chunk_rows(H, sizeof(WT), NVR), L = ZC / NVR;
+    Buf hp = padded_hidden(p, ldh);
     const int T = int(std::max<int64_t>(1, std::min<int64_t>(p.nthreads, (V + NVR - 1) / NVR)));
-    std::vector<float> part_m(size_t(T) * B, -INFINITY);
-    std::vector<double> part_s(size_t(T) * B, 0.0);
+    // Pieces of the vocabulary are handed out dynamically, so a thread whose core is busy with other work
+    // takes fewer; partial results are kept per piece and merged in a fixed order (deterministic).
+    const int64_t P = std::max<int64_t>(T, std::min<int64_t>(int64_t(T) * 4, V / 4096));
+    std::vector<float> part_m(size_t(P) * B, -INFINITY);
+    std::vector<double> part_s(size_t(P) * B, 0.0);
 
 #pragma omp parallel num_threads(T)
     {
-        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-        int64_t vs, ve;
-        thread_slice(V, NVR, t, nt, &vs, &ve);
-        std::vector<float> z(size_t(B) * ZC);
-        float* m = &part_m[size_t(t) * B];
-        double* s = &part_s[size_t(t) * B];
-        for (int64_t v0 = vs; v0 < ve; v0 += ZC) {
-            const int64_t nv = std::min(ZC, ve - v0);
-            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
-            for (int64_t b = 0; b < B; ++b) {  // online logsumexp, rescaled only when the running max grows
-                const float* zb = &z[size_t(b) * ZC];
-                float cm = -INFINITY;
-                for (int64_t j = 0; j < nv; ++j) cm = std::max(cm, zb[j]);
-                if (cm == -INFINITY) continue;
-                if (cm > m[b]) { s[b] *= std::exp(double(m[b]) - double(cm)); m[b] = cm; }
-                s[b] += sum_exp(zb, nv, m[b]);
+        Buf z(size_t(B) * ZC);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t piece = 0; piece < P; ++piece) {
+            int64_t vs, ve;
+            thread_slice(V, NVR, piece, P, &vs, &ve);
+            const Runs R(vs, ve);
+            float* m = &part_m[size_t(piece) * B];
+            double* s = &part_s[size_t(piece) * B];
+            for (int64_t i0 = 0; i0 < R.q; i0 += L) {
+                logits_chunk<WT>(W, p.bias, H, R, i0, L, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
+                for (int64_t b = 0; b < B; ++b) {  // online logsumexp, rescaled only when the running max grows
+                    const float* zb = &z[size_t(b) * ZC];
+                    float cm = -INFINITY;
+                    for (int64_t j = 0; j < ZC; ++j) cm = std::max(cm, zb[j]);
+                    if (cm == -INFINITY) continue;
+                    if (cm > m[b]) { s[b] *= std::exp(double(m[b]) - double(cm)); m[b] = cm; }
+                    s[b] += sum_exp(zb, ZC, m[b]);
+                }
             }
         }
         // The K target logits: a few direct dot products, accumulated in double.
@@ -320,12 +314,12 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
             tgt[i] = float(a + (p.bias ? double(p.bias[id]) : 0.0));
         }
     }
-    for (int64_t b = 0; b < B; ++b) {  // merge the per-thread partial logsumexps
+    for (int64_t b = 0; b < B; ++b) {  // merge the per-piece partial logsumexps
         float M = -INFINITY;
-        for (int t = 0; t < T; ++t) M = std::max(M, part_m[size_t(t) * B + b]);
+        for (int64_t t = 0; t < P; ++t) M = std::max(M, part_m[size_t(t) * B + b]);
         double S = 0.0;
         if (M != -INFINITY)
-            for (int t = 0; t < T; ++t) S += part_s[size_t(t) * B + b] * std::exp(double(part_m[size_t(t) * B + b]) - M);
+            for (int64_t t = 0; t < P; ++t) S += part_s[size_t(t) * B + b] * std::exp(double(part_m[size_t(t) * B + b]) - M);
         lse[b] = float(double(M) + std::log(S));
     }
 }
@@ -338,49 +332,47 @@ static void backward_impl(const Problem& p, const float* lse, const float* g, co
     const WT* W = static_cast<const WT*>(p.weight);
     const int64_t B = p.B, H = p.H, V = p.V, K = p.K;
     const int64_t ldh = (H + VL - 1) / VL * VL;
-    const int64_t ZC = chunk_rows(H, sizeof(WT), NVR);
-    std::vector<float> hp = padded_hidden(p, ldh);
+    const int64_t ZC = chunk_rows(H, sizeof(WT), NVR), L = ZC / NVR;
+    Buf hp = padded_hidden(p, ldh);
     const int T = int(std::max<int64_t>(1, std::min<int64_t>(p.nthreads, (V + NVR - 1) / NVR)));
-    std::vector<float> dh_part(dh ? size_t(T) * B * ldh : 0, 0.f);
+    Buf dh_part(dh ? size_t(T) * B * ldh : 0, 0.f);
 
 #pragma omp parallel num_threads(T)
     {
         const int t = omp_get_thread_num(), nt = omp_get_num_threads();
         int64_t vs, ve;
         thread_slice(V, NVR, t, nt, &vs, &ve);
-        std::vector<float> z(size_t(B) * ZC);
+        Buf z(size_t(B) * ZC);
         float* dht = dh ? &dh_part[size_t(t) * B * ldh] : nullptr;
-        for (int64_t v0 = vs; v0 < ve; v0 += ZC) {
-            const int64_t nv = std::min(ZC, ve - v0);
-            logits_chunk<WT>(W, p.bias, H, v0, nv, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
+        const Runs R(vs, ve);
+        for (int64_t i0 = 0; i0 < R.q; i0 += L) {
+            logits_chunk<WT>(W, p.bias, H, R, i0, L, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
             for (int64_t b = 0; b < B; ++b) {
                 float* zb = &z[size_t(b) * ZC];
-                neg_scaled_softmax(zb, nv, coef[b], lse[b]);
-                for (int64_t k = 0; k < K; ++k) {  // repeated ids add up
-                    const int64_t id = p.ids[b * K + k];
-                    if (id >= v0 && id < v0 + nv) zb[id - v0] += g[b * K + k];
+                neg_scaled_softmax(zb, ZC, coef[b], lse[b]);  // exactly 0 in unused (-inf) columns
+                for (int64_t k = 0; k < K; ++k) {             // repeated ids add up
+                    const int64_t col = R.column(p.ids[b * K + k], i0, L);
+                    if (col >= 0) zb[col] += g[b * K + k];
                 }
             }
             if (db)
-                for (int64_t j = 0; j < nv; ++j) {
+                R.rows(i0, L, [&](int64_t v, int64_t col) {
                     float a = 0.f;
-                    for (int64_t b = 0; b < B; ++b) a += z[size_t(b) * ZC + j];
-                    db[v0 + j] = a;
-                }
+                    for (int64_t b = 0; b < B; ++b) a += z[size_t(b) * ZC + col];
+                    db[v] = a;
+                });
             if (dht)
                 for (int64_t b0 = 0; b0 < B; b0 += NRB) {
                     const int nb = int(std::min<int64_t>(NRB, B - b0));
-                    int64_t r = 0;
-                    for (; r + NVR <= nv; r += NVR)
-                        axpy_tile_n<WT, NVR>(nb, W + (v0 + r) * H, H, &z[size_t(b0) * ZC + r], ZC, dht + b0 * ldh, ldh);
-                    for (; r < nv; ++r)
-                        axpy_tile_n<WT, 1>(nb, W + (v0 + r) * H, H, &z[size_t(b0) * ZC + r], ZC, dht + b0 * ldh, ldh);
+                    R.tiles(i0, L, [&](auto nv, int64_t v, int64_t stride, int64_t col) {
+                        axpy_tile_n<WT, decltype(nv)::value>(nb, W + v * H, stride * H, H, &z[size_t(b0) * ZC + col], ZC,
+                                                             L, dht + b0 * ldh, ldh);
+                    });
                 }
-            if (dw) {
-                int64_t r = 0;
-                for (; r + NVR <= nv; r += NVR) outer_rows<DWT, NVR>(&z[r], ZC, hp.data(), ldh, B, H, dw + (v0 + r) * H);
-                for (; r < nv; ++r) outer_rows<DWT, 1>(&z[r], ZC, hp.data(), ldh, B, H, dw + (v0 + r) * H);
-            }
+            if (dw)
+                R.tiles(i0, L, [&](auto nv, int64_t v, int64_t stride, int64_t col) {
+                    outer_rows<DWT, decltype(nv)::value>(&z[col], ZC, L, hp.data(), ldh, B, H, dw + v * H, stride * H);
+                });
         }
         if (dh) {
 #pragma omp barrier
