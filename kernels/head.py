@@ -151,16 +151,19 @@ def _backward_kernel(h_ptr, w_ptr, bias_ptr, ids_ptr, lse_ptr, g_ptr, coef_ptr, 
             tl.debug_barrier()  # before the next tile overwrites the scratch
 
 
-def _config(B, H, V, device):
+def _config(hidden, V, row_blocks_in_grid):
     """Block sizes and the vocabulary slice per program. The interpreter runs each tile op in numpy, so it gets
-    few, large tiles; GPUs get tensor-core friendly tiles and enough programs to fill the SMs."""
+    few, large tiles; GPUs get tensor-core friendly tiles (smaller H blocks for fp32, whose tiles are twice as
+    large in shared memory) and about two programs per SM."""
+    (B, H), device = hidden.shape, hidden.device
     block_b = min(64, max(16, triton.next_power_of_2(B)))
     if _INTERPRET or device.type != "cuda":
         block_v, block_h, programs, warps = 1024, min(256, max(16, triton.next_power_of_2(H))), 4, 4
     else:
-        block_v, block_h, warps = 128, 64, 8 if block_b >= 64 else 4
+        block_v, block_h = 128, 32 if hidden.dtype == torch.float32 else 64
+        warps = 8 if block_b >= 64 else 4
         programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
-    n_b = triton.cdiv(B, block_b)
+    n_b = triton.cdiv(B, block_b) if row_blocks_in_grid else 1
     tiles = triton.cdiv(V, block_v)
     per_prog = triton.cdiv(tiles, max(1, min(tiles, triton.cdiv(programs, n_b)))) * block_v
     return block_b, block_v, block_h, per_prog, warps
@@ -175,7 +178,7 @@ def forward(hidden, weight, bias, ids):
     """hidden [B,H], weight [V,H] (contiguous, same dtype), bias fp32 [V] or None, ids int64 [B,K] ->
     (target logits [B,K] fp32, lse [B] fp32)."""
     (B, H), V, K = hidden.shape, weight.shape[0], ids.shape[1]
-    block_b, block_v, block_h, per_prog, warps = _config(B, H, V, hidden.device)
+    block_b, block_v, block_h, per_prog, warps = _config(hidden, V, row_blocks_in_grid=True)
     grid = (triton.cdiv(B, block_b), triton.cdiv(V, per_prog))
     m = torch.empty(grid[1], B, device=hidden.device, dtype=torch.float32)
     s = torch.empty_like(m)
@@ -192,7 +195,7 @@ def backward(hidden, weight, bias, ids, lse, g, coef, need_dh, need_dw, need_db)
     """Gradients of the head from g [B,K] on the target logits' log-probs and coef [B] = sum_k g - g_lse:
     (dh fp32 [B,H] | None, dw [V,H] in weight's dtype | None, db fp32 [V] | None)."""
     (B, H), V, K = hidden.shape, weight.shape[0], ids.shape[1]
-    block_b, block_v, block_h, per_prog, warps = _config(B, H, V, hidden.device)
+    block_b, block_v, block_h, per_prog, warps = _config(hidden, V, row_blocks_in_grid=False)
     programs = triton.cdiv(V, per_prog)
     dev = hidden.device
     dh = torch.zeros(B, H, device=dev, dtype=torch.float32) if need_dh else None

@@ -32,7 +32,8 @@ SUPPORTED = {"torch": set(TOL), "triton": set(TOL), "cpp": {torch.float32, torch
 
 # (B, H, V, K, per_row): nothing a multiple of a block size; K from 1 to 4; V=2100 spans several
 # vocabulary slices/chunks in every backend.
-SHAPES = [(1, 77, 1003, 1, False), (5, 77, 1003, 2, True), (2, 130, 517, 4, False), (7, 33, 2100, 3, True)]
+SHAPES = [(1, 77, 1003, 1, False), (5, 77, 1003, 2, True), (2, 130, 517, 4, False), (7, 33, 2100, 3, True),
+          (70, 24, 1100, 2, False)]  # B=70: more than one block of rows in every backend
 
 
 @pytest.fixture(autouse=True)
@@ -91,15 +92,17 @@ def test_forward_matches_float64(backend, dtype, shape):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("through", ["both", "logp", "lse"])
-def test_gradients_match_float64(backend, dtype, through):
+@pytest.mark.parametrize("shape", [(6, 77, 1003, 3, True), (70, 24, 1100, 2, False)], ids=["B6", "B70"])
+def test_gradients_match_float64(backend, dtype, through, shape):
     skip_unsupported(backend, dtype)
     if through != "both" and dtype != torch.float32:
         pytest.skip("single-output gradients are checked in fp32")
-    inputs = make_inputs(6, 77, 1003, 3, True, dtype, seed=1)
+    B, K = shape[0], shape[3]
+    inputs = make_inputs(*shape, dtype, seed=1)
     hidden, weight, bias = (t.clone().requires_grad_() for t in inputs[:3])
     ids = inputs[3]
     gen = torch.Generator().manual_seed(2)
-    g, g_lse = torch.randn(6, 3, generator=gen), torch.randn(6, generator=gen)
+    g, g_lse = torch.randn(B, K, generator=gen), torch.randn(B, generator=gen)
     g = g if through != "lse" else torch.zeros_like(g)
     g_lse = g_lse if through != "logp" else torch.zeros_like(g_lse)
 
