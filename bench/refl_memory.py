@@ -205,7 +205,8 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
         "setup": {"pipeline": f"random FLUX ({size})", "image_side": {"bench": 256, "gpu": 512}.get(size, 32),
                   "batch": batch,
                   "grad_steps": grad_steps, "num_steps": num_steps, "seed": seed, "dtype": "float32",
-                  "vae_tiling": False, "lora_rank": 8, "threads": threads, "reward": "tiny Qwen2-VL pairwise, Best-of-2 reference",
+                  "vae_tiling": False, "lora_rank": 8, "threads": threads,
+                  "reward": "tiny Qwen2-VL pairwise, Best-of-2 reference",
                   "denoiser_params": naive["params"], "trainable_params": naive["trainable"],
                   "stop_step": [naive["stop_step"], ours["stop_step"]]},
     }

@@ -81,6 +81,7 @@ def test_sampler_same_with_and_without_graphs_on_cpu(gen):
         torch.testing.assert_close(a0, b0, rtol=0, atol=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("batch", [1, 3])
 def test_graph_replay_equals_eager_on_gpu(batch):
@@ -100,6 +101,7 @@ def test_graph_replay_equals_eager_on_gpu(batch):
     assert graphed.graphs.replays == 2 * graphed.schedule.num_steps
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 def test_graph_outputs_are_clones_and_grad_steps_stay_eager():
     dev = torch.device("cuda")

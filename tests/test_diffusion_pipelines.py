@@ -10,7 +10,7 @@ from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.sampler import Sampler  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
-KINDS = ("flux", "sd3", "sd")
+KINDS = ("flux", "sd3", "sd", "sdxl")
 
 
 @pytest.fixture(autouse=True)

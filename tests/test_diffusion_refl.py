@@ -13,7 +13,7 @@ from rdfast.diffusion.refl import ReFLConfig, ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import PairwiseReward, activation_checkpointing, reward_fn  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
-KINDS = ("flux", "sd3", "sd")
+KINDS = ("flux", "sd3", "sd", "sdxl")
 SMALL = dict(height=32, width=32, num_steps=4, late_range=(0.5, 1.0))
 
 

@@ -1,4 +1,4 @@
-"""Adapters over diffusers pipelines: what ReFL and search need from FLUX, SD3 and SD 1.5, in one interface.
+"""Adapters over diffusers pipelines: what ReFL and search need from FLUX, SD3, SD 1.5 and SDXL, in one interface.
 
 ``adapt(pipe)`` returns a ``PipelineAdapter`` whose methods are pure tensor functions (no pipeline ``__call__``,
 which runs under no_grad):
@@ -10,10 +10,12 @@ which runs under no_grad):
     images = ad.decode(x0, height, width)      # float32 [n, 3, H, W] in [0, 1], differentiable
 
 Guidance: FLUX-dev is guidance-distilled (``guidance_scale`` feeds its guidance embedding: one evaluation per
-step); SD3 and SD use classifier-free guidance when ``guidance_scale > 1`` (two evaluations per step, batched
+step); SD3, SD and SDXL use classifier-free guidance when ``guidance_scale > 1`` (two evaluations per step, batched
 into one forward, negative prompt "" by default). Family code stays here; sampler.py never sees a pipeline.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -24,6 +26,36 @@ def _checkpoint(fn, *args):
     from torch.utils.checkpoint import checkpoint
 
     return checkpoint(fn, *args, use_reentrant=False)
+
+
+#: decoder submodules checkpointed one by one when a decode is checkpointed
+_FINE_TYPES = ("ResnetBlock2D", "Upsample2D", "Attention")
+
+
+def _fine_forward(orig, decoder, *args, **kwargs):
+    if decoder._rdfast_fine_checkpointing and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(orig, *args, use_reentrant=False, **kwargs)
+    return orig(*args, **kwargs)
+
+
+def _fine_checkpointing(decoder: torch.nn.Module, enabled: bool):
+    """Switch per-submodule activation checkpointing in a VAE decoder on or off.
+
+    The first call wraps the ``forward`` of each resnet, attention and upsampler (an instance attribute: the
+    class, the weights and the state dict are untouched); the flag then decides at call time, so the
+    checkpointed decode's backward recomputation sees the same setting as its forward. Diffusers' own
+    per-block checkpointing is turned off: nesting both would recompute every block twice.
+    """
+    if not getattr(decoder, "_rdfast_fine_installed", False):
+        for m in decoder.modules():
+            if type(m).__name__ in _FINE_TYPES:
+                m.forward = functools.partial(_fine_forward, m.forward, decoder)
+        decoder._rdfast_fine_installed = True
+    decoder._rdfast_fine_checkpointing = bool(enabled)
+    if getattr(decoder, "gradient_checkpointing", False):
+        decoder.gradient_checkpointing = False
 
 
 class PipelineAdapter:
@@ -75,7 +107,8 @@ class PipelineAdapter:
         m = self.latent_multiple
         for name, v in (("height", height), ("width", width)):
             if not isinstance(v, int) or v <= 0 or v % m:
-                raise ValueError(f"{name} must be a positive multiple of {m} for this {self.family} pipeline, got {v!r}")
+                raise ValueError(f"{name} must be a positive multiple of {m} for this {self.family} pipeline, "
+                                 f"got {v!r}")
 
     @staticmethod
     def check_prompts(prompts) -> list[str]:
@@ -141,8 +174,9 @@ class PipelineAdapter:
         """Clean latents [n, ...] -> images float32 [n, 3, H, W] in [0, 1] (differentiable).
 
         checkpoint=True keeps only the latents for backward and recomputes the decoder then, one sample at a
-        time and block by block (the decoder's own gradient checkpointing): its full-resolution activations
-        never coexist with the denoiser's, nor with another sample's. tile=True decodes in overlapping tiles
+        time and one resnet / attention / upsampler at a time (finer than diffusers' per-block checkpointing,
+        whose last block alone holds a dozen full-resolution activations): the decoder's activations never
+        coexist with the denoiser's, nor with another sample's. tile=True decodes in overlapping tiles
         (diffusers' tiled decode).
         """
         vae = self.vae
@@ -152,14 +186,14 @@ class PipelineAdapter:
             img = vae.decode(self._to_vae(z, height, width).to(vae.dtype), return_dict=False)[0]
             return (img.float() / 2 + 0.5).clamp(0, 1)
 
+        decoder = getattr(vae, "decoder", None)
         if checkpoint and torch.is_grad_enabled() and x0.requires_grad:
-            decoder = getattr(vae, "decoder", None)
-            if decoder is not None and hasattr(decoder, "gradient_checkpointing"):
-                vae.enable_gradient_checkpointing()
+            if decoder is not None:
+                _fine_checkpointing(decoder, True)
             # one checkpoint per sample: backward recomputes (and frees) one sample's decoder at a time
             return torch.cat([_checkpoint(run, x0[i:i + 1]) for i in range(x0.shape[0])])
-        if getattr(getattr(vae, "decoder", None), "gradient_checkpointing", False):
-            vae.disable_gradient_checkpointing()
+        if decoder is not None:
+            _fine_checkpointing(decoder, False)
         return run(x0)
 
     @torch.no_grad()
@@ -355,13 +389,68 @@ class SDAdapter(_CFGAdapter):
     n_positive = 1
 
 
+class SDXLAdapter(_CFGAdapter):
+    """SDXL: SD's UNet loop plus pooled text embeddings and size/crop conditioning ("time ids")."""
+
+    family = "sdxl"
+    n_positive = 2
+
+    def __init__(self, pipe, guidance_scale=None, negative_prompt=""):
+        super().__init__(pipe, guidance_scale, negative_prompt)
+        self._time_ids = {}
+
+    @property
+    def model(self):
+        return self.pipe.unet
+
+    def latent_shape(self, height, width):
+        h, w = height // self.vae_scale, width // self.vae_scale
+        self._register_size(h, w)
+        return (self.model.config.in_channels, h, w)
+
+    def _register_size(self, h, w):
+        # original size = target size = the image size, crop (0, 0): SDXL's defaults. Built outside the denoiser
+        # so a captured CUDA graph never copies from the host.
+        if (h, w) not in self._time_ids:
+            te2 = getattr(self.pipe, "text_encoder_2", None)
+            ucfg = self.model.config
+            proj = (te2.config.projection_dim if te2 is not None
+                    else ucfg.projection_class_embeddings_input_dim - 6 * ucfg.addition_time_embed_dim)
+            size = (h * self.vae_scale, w * self.vae_scale)
+            ids = self.pipe._get_add_time_ids(size, (0, 0), size, dtype=self.dtype, text_encoder_projection_dim=proj)
+            self._time_ids[(h, w)] = ids.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple:
+        prompts = self.check_prompts(prompts)
+        # negative None = "" with SDXL's force_zeros_for_empty_prompt honoured, as the pipeline's own default
+        neg = None if self.negative_prompt == "" else [self.negative_prompt] * len(prompts)
+        pe, npe, pooled, npooled = self.pipe.encode_prompt(prompt=prompts, device=self.device,
+                                                           do_classifier_free_guidance=self.cfg, negative_prompt=neg)
+        out = (pe, pooled) + ((npe, npooled) if self.cfg else ())
+        return tuple(c.to(self.dtype) for c in out)
+
+    def _run(self, x, t, pe, pooled):
+        ids = self._time_ids[tuple(x.shape[-2:])].expand(x.shape[0], -1)
+        return self.model(x, t, encoder_hidden_states=pe, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
+                          return_dict=False)[0]
+
+    def denoise(self, x, t, *cond):
+        return self._guided(self._run, x, t, cond[:2], cond[2:])
+
+    def encode_images(self, images, generator=None):
+        z = super().encode_images(images, generator)
+        self._register_size(*z.shape[-2:])
+        return z
+
+
 ADAPTERS = {"FluxPipeline": FluxAdapter, "StableDiffusion3Pipeline": SD3Adapter,
-            "StableDiffusionPipeline": SDAdapter}
+            "StableDiffusionPipeline": SDAdapter, "StableDiffusionXLPipeline": SDXLAdapter}
 
 
 def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineAdapter:
-    """The adapter for a diffusers pipeline (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline);
-    an adapter passes through unchanged. Clear error for other pipelines."""
+    """The adapter for a diffusers pipeline (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+    StableDiffusionXLPipeline); an adapter passes through unchanged. Clear error for other pipelines."""
     if isinstance(pipe, PipelineAdapter):
         return pipe
     name = type(pipe).__name__

@@ -112,7 +112,8 @@ class PairwiseReward:
         refs = [self.references[p][j].to(device) for p in prompts for j in range(min(k, len(self.references[p])))]
         counts = [min(k, len(self.references[p])) for p in prompts]
         rows = torch.repeat_interleave(torch.arange(len(prompts), device=device), torch.tensor(counts, device=device))
-        ctx = activation_checkpointing(self.rm) if self.checkpoint and images.requires_grad else contextlib.nullcontext()
+        ckpt = self.checkpoint and images.requires_grad
+        ctx = activation_checkpointing(self.rm) if ckpt else contextlib.nullcontext()
         with ctx:
             p = self.rm.compare(images1=refs, images2=list(cands.index_select(0, rows).unbind(0)),
                                 prompts=[prompts[int(r)] for r in rows], instruction=self.instruction,

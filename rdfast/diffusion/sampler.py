@@ -246,7 +246,8 @@ class Sampler:
         key = (i, str(device))
         if key not in self._level_cache:
             s = self.schedule
-            self._level_cache[key] = (s.model_levels[i].to(device, torch.float32), s.levels[i + 1].to(device, torch.float32))
+            self._level_cache[key] = (s.model_levels[i].to(device, torch.float32),
+                                      s.levels[i + 1].to(device, torch.float32))
         return self._level_cache[key]
 
     def _step_tensors(self, x, t, level, level_next, *cond):

@@ -1,4 +1,4 @@
-"""Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 with DDIM) built from configs.
+"""Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 and SDXL with DDIM) built from configs.
 
 ``tiny_pipeline_dir(kind)`` writes a directory laid out like a real diffusers checkpoint (model_index.json,
 one folder per component, offline tokenizers), so code under test loads it through the same
@@ -20,7 +20,7 @@ import pathlib
 import shutil
 import tempfile
 
-KINDS = ("flux", "sd3", "sd")
+KINDS = ("flux", "sd3", "sd", "sdxl")
 SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
 
@@ -136,7 +136,8 @@ def _build(kind: str, size: str, seed: int):
         vae = _vae((8, 16), 4, scaling_factor=0.18215)
         unet = UNet2DConditionModel(
             sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=4)
         # SD 1.5's scheduler settings, DDIM instead of PNDM (DDIM can be rewound for search)
         sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -144,6 +145,24 @@ def _build(kind: str, size: str, seed: int):
         return StableDiffusionPipeline(vae=vae, text_encoder=_clip_text(clip), tokenizer=clip, unet=unet,
                                        scheduler=sched, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
+    if kind == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        clip = clip_tokenizer()
+        vae = _vae((8, 16), 4, scaling_factor=0.13025)
+        # cross-attention on both text encoders' hidden states (32 + 32); added embedding: 6 size ids x 8 + pooled 32
+        unet = UNet2DConditionModel(
+            sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=64, attention_head_dim=(2, 4), norm_num_groups=4, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+            transformer_layers_per_block=(1, 1))
+        sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=_clip_text(clip),
+                                         text_encoder_2=_clip_text(clip, 32, 32), tokenizer=clip, tokenizer_2=clip,
+                                         unet=unet, scheduler=sched, add_watermarker=False)
     raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
 
 
@@ -165,8 +184,9 @@ def _flux_shaped():
 
 
 #: the image side each tiny pipeline is meant to run at (pixels)
-DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("flux", "gpu"): 512, ("sd3", "tiny"): 32, ("sd3", "bench"): 64,
-                ("sd", "tiny"): 32, ("sd", "bench"): 64}
+DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("flux", "gpu"): 512, ("sd3", "tiny"): 32,
+                ("sd3", "bench"): 32, ("sd", "tiny"): 32, ("sd", "bench"): 32, ("sdxl", "tiny"): 32,
+                ("sdxl", "bench"): 32}
 
 
 def default_cache_dir() -> pathlib.Path:
