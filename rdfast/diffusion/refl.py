@@ -275,7 +275,7 @@ class ReFLTrainer:
 
     @torch.no_grad()
     def evaluate(self, prompts, seed: int = 0, reward=None) -> torch.Tensor:
-        """Mean-free report: the reward [N] of full samples from fixed noise (``seed``), no gradient."""
+        """The reward [N] of full samples from fixed noise (``seed``), without gradient: a before/after check."""
         images = self.sample(prompts, generator=torch.Generator().manual_seed(seed))
         return (reward or self.reward)(images, list(prompts)).float()
 

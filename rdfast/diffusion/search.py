@@ -128,8 +128,8 @@ class SearchResult:
         is_image = bool(thumbs) and thumbs[0].dim() == 4
         cols = max((t.shape[0] for t in thumbs), default=1) if is_image else 0
         rows = len(thumbs) if is_image else 0
-        fig = plt.figure(figsize=(2.0 * cols + 5, max(3.5, 1.6 * rows + 1)))
-        grid = fig.add_gridspec(max(rows, 1), cols + 3 if is_image else 1)
+        fig = plt.figure(figsize=(1.3 * cols + 5, max(3.5, 1.3 * rows + 0.8)))
+        grid = fig.add_gridspec(max(rows, 1), cols + 1, width_ratios=[1] * cols + [4.0])
         if is_image:
             offset = len(self.thumbnails) - len(thumbs)
             for r, t in enumerate(thumbs):
@@ -140,14 +140,15 @@ class SearchResult:
                     if c == 0:
                         ax.set_ylabel(f"round {offset + r + 1}", fontsize=8)
                     kept = rounds[offset + r]["kept"] if rounds else list(range(t.shape[0]))
-                    ax.set_title(f"{rounds[offset + r]['rewards'][kept[c]]:.3g}" if rounds else "", fontsize=7)
-        ax = fig.add_subplot(grid[:, cols:] if is_image else grid[0, 0])
+                    ax.set_title(f"{rounds[offset + r]['rewards'][kept[c]]:.5g}" if rounds else "", fontsize=7)
+        ax = fig.add_subplot(grid[:, cols])
         for r, rd in enumerate(rounds, start=1):
             rw = rd["rewards"]
             ax.scatter([r] * len(rw), rw, s=8, color="0.6", zorder=1)
             ax.scatter([r] * len(rd["kept"]), [rw[k] for k in rd["kept"]], s=14, color="C0", zorder=2)
         if rounds:
             ax.plot(range(1, len(rounds) + 1), [max(rd["rewards"]) for rd in rounds], color="C0", label="search: best")
+            ax.set_xticks(range(1, len(rounds) + 1))
         if baseline is not None:
             ax.axhline(baseline.best_reward, color="C3", ls="--",
                        label=f"Best-of-{len(baseline.final_rewards)} (NFE {baseline.nfe['denoiser']})")
@@ -229,7 +230,10 @@ def search_over_paths(problem: Problem, verifier, n: int = 4, m: int = 4, start_
         xb = sampler.renoise(xb, idx, back, noise)
         xb, x0b = _run(problem, xb, back, end, batch_size)
         final = end == T
-        images = problem.decode(xb if final else x0b)  # the last round scores the samples themselves
+        # the last round scores the samples themselves; decode in chunks like the denoiser
+        z = xb if final else x0b
+        bs = batch_size or z.shape[0]
+        images = torch.cat([problem.decode(z[s:s + bs]) for s in range(0, z.shape[0], bs)])
         rewards = _score(verifier, images, problem.prompt, nfe, batch_size)
         kept = torch.argsort(rewards, descending=True, stable=True)[:n]
         x, kept_x0 = xb.index_select(0, kept.to(xb.device)), images.index_select(0, kept.to(images.device))
