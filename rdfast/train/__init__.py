@@ -1,0 +1,28 @@
+"""Training and evaluating RewardDance reward models: data, losses, trainer, evaluation, explanations.
+
+    from rdfast.train import Trainer, TrainConfig, load_preferences, evaluate
+    train = load_preferences("train.jsonl")                    # bad lines reported with line numbers
+    Trainer("ckpts/base", TrainConfig(paradigm="pairwise", max_steps=500), train, load_preferences("val.jsonl"),
+            output_dir="out/rm").train(resume="auto")
+    rm = rdfast.RewardModel.from_pretrained("out/rm")          # scores exactly as trained
+
+Paradigms: "pairwise" (generative, with a reference: the paper's main RM), "pointwise" (generative, the
+search verifier), "regressive" (scalar head, the baseline) and "cot" (pairwise with reasons).
+"""
+from .data import (COT_FORMATS, LABELS, PARADIGMS, TIE, Batch, Collator, DataError, PreferenceRecord,
+                   load_preferences, parse_label, save_preferences)
+from .evaluate import (accuracy, accuracy_with_ties, evaluate, load_trained, pair_probabilities,
+                       predict_with_ties, tune_tie_threshold)
+from .explain import explain
+from .losses import (answer_ce, bradley_terry_loss, cot_loss, head_logprobs, log_odds, pairwise_loss,
+                     pointwise_loss, sequence_logprobs)
+from .regressive import RegressiveHead, RegressiveRewardModel
+from .trainer import TrainConfig, Trainer, list_checkpoints
+
+__all__ = [
+    "COT_FORMATS", "LABELS", "PARADIGMS", "TIE", "Batch", "Collator", "DataError", "PreferenceRecord",
+    "load_preferences", "parse_label", "save_preferences", "accuracy", "accuracy_with_ties", "evaluate",
+    "load_trained", "pair_probabilities", "predict_with_ties", "tune_tie_threshold", "explain", "answer_ce",
+    "bradley_terry_loss", "cot_loss", "head_logprobs", "log_odds", "pairwise_loss", "pointwise_loss",
+    "sequence_logprobs", "RegressiveHead", "RegressiveRewardModel", "TrainConfig", "Trainer", "list_checkpoints",
+]

@@ -1,0 +1,319 @@
+"""Preference data: the JSONL format, validation with line numbers, and the batches the losses consume.
+
+One JSON object per line::
+
+    {"prompt": "two red circles", "image1": "a.png", "image2": "b.png", "label": 2,
+     "instruction": "alignment", "reason": "Image 2 shows two red circles; image 1 shows three."}
+
+- ``prompt``: non-empty text; ``image1``, ``image2``: image paths, relative to the JSONL file's folder.
+- ``label``: ``1`` (image 1 preferred), ``2`` (image 2 preferred) or ``"tie"``.
+- ``instruction`` (optional): a named template (``overall``, ``alignment``, ``quality``) or any text.
+- ``reason`` (optional): a teacher's explanation, used by chain-of-thought training.
+
+Other keys are kept in ``PreferenceRecord.extra`` and otherwise ignored. A bad line (bad JSON, missing
+field, missing or unreadable image, unknown label, empty prompt) is reported as ``path:line: skipped:
+why`` and left out; ``strict=True`` reports every bad line and then raises ``DataError``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from ..images import InputError, load_image
+
+TIE = "tie"
+LABELS = (1, 2, TIE)
+
+
+class DataError(ValueError):
+    """Bad preference data. ``errors`` lists ``(line_number, message)`` for every bad line."""
+
+    def __init__(self, path, errors):
+        self.path, self.errors = path, list(errors)
+        shown = "\n".join(f"{path}:{n}: {msg}" for n, msg in self.errors[:20])
+        more = f"\n... and {len(self.errors) - 20} more" if len(self.errors) > 20 else ""
+        super().__init__(f"{len(self.errors)} bad line(s) in {path}:\n{shown}{more}")
+
+
+@dataclass
+class PreferenceRecord:
+    """One preference pair. ``image1``/``image2`` are paths or already loaded images (PIL or [3,H,W] tensors)."""
+
+    prompt: str
+    image1: object
+    image2: object
+    label: int | str
+    instruction: str | None = None
+    reason: str | None = None
+    line: int | None = None  # 1-based line in the source file (None for records built in memory)
+    source: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.label = parse_label(self.label)
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InputError(f"'prompt' must be a non-empty string, got {self.prompt!r}")
+
+    @property
+    def target(self) -> float:
+        """P(image 2 is better): 1.0 for label 2, 0.0 for label 1, 0.5 for a tie."""
+        return {1: 0.0, 2: 1.0, TIE: 0.5}[self.label]
+
+    @property
+    def is_tie(self) -> bool:
+        return self.label == TIE
+
+    def where(self) -> str:
+        """``path:line`` for messages (``<memory>`` for records built in Python)."""
+        return f"{self.source or '<memory>'}:{self.line if self.line is not None else '?'}"
+
+
+def parse_label(label) -> int | str:
+    """1, 2 or "tie" (also accepts "1", "2", "Tie"); anything else raises InputError."""
+    if isinstance(label, bool):  # bool is an int subclass: True would pass as 1
+        raise InputError(f"unknown label {label!r}; expected 1, 2 or \"tie\"")
+    if isinstance(label, str):
+        text = label.strip().lower()
+        if text in ("1", "2"):
+            return int(text)
+        if text == TIE:
+            return TIE
+    elif isinstance(label, int) and label in (1, 2):
+        return label
+    raise InputError(f"unknown label {label!r}; expected 1, 2 or \"tie\"")
+
+
+def parse_line(text: str, base_dir: str, check_images: bool = True) -> PreferenceRecord:
+    """Validate one JSONL line; raises InputError (or ValueError for bad JSON) naming what is wrong."""
+    record = json.loads(text)
+    if not isinstance(record, dict):
+        raise InputError("a line must hold a JSON object")
+    for key in ("prompt", "image1", "image2", "label"):
+        if key not in record:
+            raise InputError(f"missing field {key!r}")
+    images = []
+    for key in ("image1", "image2"):
+        value = record[key]
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{key!r} must be an image path, got {value!r}")
+        path = os.path.join(base_dir, value)
+        if check_images:
+            load_image(path, None, key)  # raises "image file not found" / "cannot read image file"
+        images.append(path)
+    instruction = record.get("instruction")
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise InputError(f"'instruction' must be a non-empty string when given, got {instruction!r}")
+    reason = record.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise InputError(f"'reason' must be a string when given, got {type(reason).__name__}")
+    known = {"prompt", "image1", "image2", "label", "instruction", "reason"}
+    return PreferenceRecord(record["prompt"], images[0], images[1], record["label"], instruction,
+                            reason or None, extra={k: v for k, v in record.items() if k not in known})
+
+
+def load_preferences(path, strict: bool = False, check_images: bool = True, log=sys.stderr) -> list[PreferenceRecord]:
+    """Read and validate a preference JSONL file.
+
+    Every bad line is reported to ``log`` as ``path:line: skipped: why`` and left out; with ``strict=True``
+    all bad lines are reported and then ``DataError`` is raised (its ``errors`` hold ``(line, why)``).
+    ``check_images=True`` opens every image once (catches missing and corrupt files before training).
+    Returns the valid records in file order, each with its ``line`` number.
+    """
+    path = os.fspath(path)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    records, errors = [], []
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                rec = parse_line(text, base_dir, check_images)
+            except (ValueError, InputError) as err:  # json.JSONDecodeError is a ValueError
+                errors.append((number, str(err)))
+                if log is not None:
+                    print(f"{path}:{number}: {'error' if strict else 'skipped'}: {err}", file=log)
+                continue
+            rec.line, rec.source = number, path
+            records.append(rec)
+    if strict and errors:
+        raise DataError(path, errors)
+    return records
+
+
+def save_preferences(records, path) -> None:
+    """Write records with path images as JSONL (paths are written as given)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            row = {"prompt": r.prompt, "image1": os.fspath(r.image1), "image2": os.fspath(r.image2), "label": r.label}
+            if r.instruction is not None:
+                row["instruction"] = r.instruction
+            if r.reason is not None:
+                row["reason"] = r.reason
+            fh.write(json.dumps({**row, **r.extra}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches
+
+PARADIGMS = ("pairwise", "pointwise", "regressive", "cot")
+COT_FORMATS = ("decision_first", "reasons_first")
+IGNORE = -100  # label of positions without a language-model target
+
+
+@dataclass
+class Batch:
+    """What one forward consumes.
+
+    inputs: the collated transformers kwargs (``RewardModel.collate``), rows described by the paradigm:
+      pairwise: one row per (record, order); pointwise/regressive: rows 2k, 2k+1 = image1, image2 of pair k;
+      cot: one row per record, right-padded, with ``labels``.
+    target: float32 [P] P(image 2 better) per pairwise row (pairwise, cot) or per pair (pointwise, regressive).
+    labels: int64 [B, T] next-token targets for cot (IGNORE elsewhere), ``decision_pos`` int64 [B] the index
+      of the decision token in each row (its prediction is read at ``decision_pos - 1``).
+    records: the records in the batch (for accuracy by instruction and messages).
+    """
+
+    inputs: dict
+    target: torch.Tensor
+    records: list
+    labels: torch.Tensor | None = None
+    decision_pos: torch.Tensor | None = None
+
+    def units(self, ties: str) -> int:
+        """How many terms the summed loss of this batch holds (for normalising by the global batch)."""
+        keep = self.target != 0.5 if ties == "skip" else torch.ones_like(self.target, dtype=torch.bool)
+        n = int(keep.sum())
+        if self.labels is not None:  # cot: decision tokens (kept rows) + reason tokens (all rows' labels)
+            reason_tokens = int((self.labels != IGNORE).sum()) - self.labels.shape[0]
+            return n + reason_tokens
+        return n
+
+
+class Collator:
+    """Turns records into a ``Batch`` for one paradigm.
+
+    pairwise: each record gives (image1, image2, target) and, with ``both_orders``, (image2, image1, 1 - target),
+    so the judge learns the comparison and not the position. pointwise/regressive: each image alone with the
+    pointwise question. cot: the pairwise prompt followed by the decision and the reason, in ``cot_format``
+    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + newline + ``yes``
+    + end of turn); the decision is the resolved yes/no token id itself, so it is read at the same position
+    the scorer reads.
+
+    Records the model rejects (e.g. too long with their images) are reported with their line numbers and left
+    out (``strict`` raises instead).
+    """
+
+    def __init__(self, rm, paradigm: str, both_orders: bool = True, instruction=None, cot_format="decision_first",
+                 strict: bool = False, log=sys.stderr):
+        if paradigm not in PARADIGMS:
+            raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
+        if cot_format not in COT_FORMATS:
+            raise ValueError(f"cot_format must be one of {COT_FORMATS}, got {cot_format!r}")
+        self.rm, self.paradigm, self.both_orders = rm, paradigm, both_orders
+        self.instruction, self.cot_format, self.strict, self.log = instruction, cot_format, strict, log
+        self._newline = None
+        self.skipped = []  # (where, message) of records left out
+
+    def _encode(self, rec, images):
+        instruction = rec.instruction if rec.instruction is not None else self.instruction
+        try:
+            return self.rm.encode([rec.prompt], [[im] for im in images], instruction)[0]
+        except InputError as err:
+            message = str(err).split(": ", 1)[-1] if err.field else str(err)
+            if self.strict:
+                raise InputError(f"{rec.where()}: {message}") from err
+            self.skipped.append((rec.where(), message))
+            if self.log is not None:
+                print(f"{rec.where()}: skipped: {message}", file=self.log)
+            return None
+
+    def __call__(self, records) -> Batch | None:
+        """A Batch, or None when every record was rejected."""
+        if self.paradigm == "pairwise":
+            return self._pairwise(records)
+        if self.paradigm == "cot":
+            return self._cot(records)
+        return self._pointwise(records)
+
+    def _pairwise(self, records):
+        items, target, kept = [], [], []
+        for rec in records:
+            fwd = self._encode(rec, (rec.image1, rec.image2))
+            if fwd is None:
+                continue
+            items.append(fwd)
+            target.append(rec.target)
+            if self.both_orders:
+                items.append(self._encode(rec, (rec.image2, rec.image1)))
+                target.append(1.0 - rec.target)
+            kept.append(rec)
+        if not items:
+            return None
+        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept)
+
+    def _pointwise(self, records):
+        items, target, kept = [], [], []
+        for rec in records:
+            a = self._encode(rec, (rec.image1,))
+            b = self._encode(rec, (rec.image2,)) if a is not None else None
+            if a is None or b is None:
+                continue
+            items += [a, b]
+            target.append(rec.target)
+            kept.append(rec)
+        if not items:
+            return None
+        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept)
+
+    def continuation(self, decision_id: int, reason: str | None) -> tuple[list[int], int]:
+        """Token ids after the prompt for one cot target, and the index of the decision among them."""
+        tok = self.rm.tokenizer
+        end = [tok.eos_token_id]  # the chat template's end of turn (<|im_end|> for Qwen and InternVL)
+        if not reason:
+            return [decision_id] + end, 0
+        reason_ids = tok(reason.strip(), add_special_tokens=False)["input_ids"]
+        if self._newline is None:
+            self._newline = tok("\n", add_special_tokens=False)["input_ids"]
+        if self.cot_format == "decision_first":
+            return [decision_id] + self._newline + reason_ids + end, 0
+        ids = reason_ids + self._newline
+        return ids + [decision_id] + end, len(ids)
+
+    def _cot(self, records):
+        items, target, kept, conts = [], [], [], []
+        for rec in records:
+            enc = self._encode(rec, (rec.image1, rec.image2))
+            if enc is None:
+                continue
+            # a tie's decision token is trained softly by the loss; the sequence carries "yes" as a placeholder
+            decision = self.rm.no_token_id if rec.label == 1 else self.rm.yes_token_id
+            cont, at = self.continuation(decision, rec.reason)
+            if len(enc.input_ids) + len(cont) > self.rm.max_length:
+                self._encode_failed(rec, f"too long with its reason ({len(enc.input_ids) + len(cont)} tokens)")
+                continue
+            prompt_len = len(enc.input_ids)
+            enc.input_ids = enc.input_ids + cont
+            items.append(enc)
+            conts.append((prompt_len, len(cont), prompt_len + at))
+            target.append(rec.target)
+            kept.append(rec)
+        if not items:
+            return None
+        inputs = self.rm.collate(items, "right")  # right padding: prompt positions line up from 0
+        labels = torch.full(inputs["input_ids"].shape, IGNORE, dtype=torch.long)
+        decision_pos = torch.empty(len(items), dtype=torch.long)
+        for row, (start, n, at) in enumerate(conts):
+            labels[row, start : start + n] = inputs["input_ids"][row, start : start + n].cpu()
+            decision_pos[row] = at
+        return Batch(inputs, torch.tensor(target, dtype=torch.float32), kept, labels, decision_pos)
+
+    def _encode_failed(self, rec, message):
+        if self.strict:
+            raise InputError(f"{rec.where()}: {message}")
+        self.skipped.append((rec.where(), message))
+        if self.log is not None:
+            print(f"{rec.where()}: skipped: {message}", file=self.log)
