@@ -3,6 +3,7 @@
     rdfast score   --model DIR --input items.jsonl --output scores.jsonl   # {"prompt", "image"}
     rdfast compare --model DIR --input pairs.jsonl --output scores.jsonl   # {"prompt", "image1", "image2"}
     rdfast demo                                                           # tiny model, no checkpoint needed
+    rdfast train | eval | refl | search ...                               # see rdfast.train, rdfast.diffusion
     torchrun --nproc_per_node 8 -m rdfast.cli score ...                   # shard over ranks, one merged output
 
 Image paths are relative to the input file's folder. A bad line is reported (with its line number) and
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from importlib import import_module
 
 from .images import InputError, load_image
 
@@ -220,6 +222,9 @@ def main(argv=None):
     p.add_argument("--out", default="out/demo")
     p.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "internvl"))
     p.set_defaults(func=_cmd_demo)
+    # Training (train, eval) and generator alignment (refl, search) add their own subcommands.
+    for module in ("rdfast.train.cli", "rdfast.diffusion.cli"):
+        import_module(module).register(sub)
     args = parser.parse_args(argv)
     args.func(args)
 
