@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 and SDXL with DDIM) built from configs.
+"""Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 and SDXL with DDIM, Wan 2.1 text-to-video)
+built from configs.
 
 ``tiny_pipeline_dir(kind)`` writes a directory laid out like a real diffusers checkpoint (model_index.json,
 one folder per component, offline tokenizers), so code under test loads it through the same
@@ -7,9 +8,11 @@ one folder per component, offline tokenizers), so code under test loads it throu
     >>> from rdfast.diffusion.testing import tiny_pipeline
     >>> pipe = tiny_pipeline("flux")                  # 32x32 images, built once then cached
     >>> pipe = tiny_pipeline("flux", size="bench")    # 256x256, 64-channel VAE, 4 blocks (memory benchmark)
+    >>> pipe = tiny_pipeline("wan")                   # 32x32 videos of 9 frames (DEFAULT_FRAMES)
 
 The tokenizers are byte-level BPEs trained in-process (``tokenizers``) and wrapped in
-``PreTrainedTokenizerFast``: CLIP-like (model_max_length 77, BOS/EOS added) and T5-like (EOS added).
+``PreTrainedTokenizerFast``: CLIP-like (model_max_length 77, BOS/EOS added) and T5-like (EOS added; also Wan's
+UMT5 tokenizer).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import pathlib
 import shutil
 import tempfile
 
-KINDS = ("flux", "sd3", "sd", "sdxl")
+KINDS = ("flux", "sd3", "sd", "sdxl", "wan")
 SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
 
@@ -77,6 +80,35 @@ def _t5_text(tok, d_model):
                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                    decoder_start_token_id=tok.pad_token_id)
     return T5EncoderModel(cfg)
+
+
+def _umt5_text(tok, d_model):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+                     relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                     decoder_start_token_id=tok.pad_token_id)
+    return UMT5EncoderModel(cfg)
+
+
+def _wan(bench: bool):
+    """Wan 2.1's layout at toy width: a causal video VAE with 8x spatial and 4x temporal compression (so 9 frames
+    are 3 latent frames), per-channel latent statistics, a (1, 2, 2)-patch transformer, UMT5, flow matching."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    tok = t5_tokenizer()
+    z = 4
+    vae = AutoencoderKLWan(base_dim=16 if bench else 8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[-0.1, 0.2, 0.05, -0.3],
+                           latents_std=[1.5, 0.8, 1.2, 2.0], scale_factor_temporal=4, scale_factor_spatial=8)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12 if not bench else 32, in_channels=z,
+        out_channels=z, text_dim=32, freq_dim=32, ffn_dim=32 if not bench else 128, num_layers=2 if not bench else 4,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    # Wan 2.1's flow shift; Euler rather than its UniPC (rdfast samples Euler either way: see WanAdapter)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    return WanPipeline(tokenizer=tok, text_encoder=_umt5_text(tok, 32), vae=vae, scheduler=sched,
+                       transformer=transformer)
 
 
 def _vae(channels: tuple, latent_channels: int, **extra):
@@ -145,6 +177,8 @@ def _build(kind: str, size: str, seed: int):
         return StableDiffusionPipeline(vae=vae, text_encoder=_clip_text(clip), tokenizer=clip, unet=unet,
                                        scheduler=sched, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
+    if kind == "wan":
+        return _wan(bench)
     if kind == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
@@ -186,7 +220,9 @@ def _flux_shaped():
 #: the image side each tiny pipeline is meant to run at (pixels)
 DEFAULT_SIDE = {("flux", "tiny"): 32, ("flux", "bench"): 256, ("flux", "gpu"): 512, ("sd3", "tiny"): 32,
                 ("sd3", "bench"): 32, ("sd", "tiny"): 32, ("sd", "bench"): 32, ("sdxl", "tiny"): 32,
-                ("sdxl", "bench"): 32}
+                ("sdxl", "bench"): 32, ("wan", "tiny"): 32, ("wan", "bench"): 64}
+#: the number of frames each tiny video pipeline is meant to run at
+DEFAULT_FRAMES = {("wan", "tiny"): 9, ("wan", "bench"): 17}
 
 
 def default_cache_dir() -> pathlib.Path:
