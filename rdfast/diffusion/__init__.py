@@ -7,9 +7,9 @@
 | module | job |
 |---|---|
 | sampler.py   | noise levels, x0 prediction, update, exact re-noising, guidance, NFE: each in one place |
-| pipelines.py | FLUX / SD3 / SD 1.5 adapters: encode prompts, noise, guided denoiser, VAE decode |
+| pipelines.py | FLUX / SD3 / SD 1.5 / SDXL / Wan 2.1 (video) adapters: prompts, noise, guided denoiser, VAE decode |
 | graphs.py    | CUDA-graph capture and replay of the fixed-shape denoiser step |
-| reward.py    | the reward model as a reward: pairwise vs cached Best-of-N references, pointwise, reward_fn |
+| reward.py    | the reward model as a reward (images or videos): pairwise vs cached Best-of-N references, pointwise |
 | refl.py      | ReFLTrainer: ReFL with memory-efficient backward |
 | search.py    | Search over Paths, Best-of-N, the search tree (JSON, figure) |
 | toy.py       | the analytic Gaussian-mixture toy for search |
@@ -23,7 +23,7 @@ _LAZY = {
     "split": "sampler", "combine": "sampler", "renoise": "sampler", "guide": "sampler",
     "adapt": "pipelines", "load_pipeline": "pipelines",
     "GraphRunner": "graphs",
-    "PairwiseReward": "reward", "PointwiseReward": "reward", "reward_fn": "reward",
+    "PairwiseReward": "reward", "PointwiseReward": "reward", "reward_fn": "reward", "rank_pairwise": "reward",
     "ReFLTrainer": "refl", "ReFLConfig": "refl",
     "search_over_paths": "search", "best_of_n": "search", "pipeline_problem": "search", "search_nfe": "search",
     "equal_nfe_k": "search", "SearchResult": "search", "Problem": "search",

@@ -1,4 +1,5 @@
-"""The reward model as a generator's reward: pairwise against cached Best-of-N references, or pointwise.
+"""The reward model as a generator's reward: pairwise against cached Best-of-N references, or pointwise; for
+images [N, 3, H, W] and videos [N, T, 3, H, W] alike (the tensor's rank says which).
 
 Every reward-model call made by rdfast.diffusion goes through ``PairwiseReward.__call__`` (ReFL),
 ``PairwiseReward.reference`` (Best-of-N ranking, once per prompt) or ``PointwiseReward.__call__`` (the search
@@ -8,6 +9,11 @@ verifier), so engine-side caches (shared prefixes, vision features) serve all of
     reward.prepare(prompts, generate)                          # references from the base model, cached
     r = reward(images, prompts)                                # mean_k P(image better than reference k), [N]
     fn = reward_fn(reward)                                     # plain fn(images, prompts) -> Tensor for other RL loops
+
+Videos go to the reward model as ``videos1`` / ``videos2`` (pairwise) or ``videos`` (pointwise), judged by the
+text-to-video instruction ("t2v") unless another is given ("motion", or any text); ``num_frames`` limits the frames
+it sees per video. Best-of-N over videos ranks by the same pairwise win counts as ``RewardModel.rank`` (which takes
+images only): ``rank_pairwise``.
 """
 from __future__ import annotations
 
@@ -44,27 +50,83 @@ def activation_checkpointing(rm):
                 m._gradient_checkpointing_func = fn
 
 
-def _check_images(images, prompts) -> tuple[torch.Tensor, list[str]]:
-    if not torch.is_tensor(images) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"images: expected a float tensor [N, 3, H, W] in [0, 1], got {shape}")
-    if isinstance(prompts, str) or len(prompts) != images.shape[0]:
-        raise ValueError(f"prompts: expected a list of {images.shape[0]} strings (one per image), got "
+IMAGE, VIDEO = "image", "video"
+#: what videos are judged by when no instruction is given: text-to-video alignment (RewardDance's T2V reward)
+VIDEO_INSTRUCTION = "t2v"
+
+
+def media_kind(media) -> str:
+    """IMAGE for a float tensor [N, 3, H, W], VIDEO for [N, T, 3, H, W] (T >= 1); a clear error otherwise."""
+    if torch.is_tensor(media) and media.dim() == 4 and media.shape[1] == 3:
+        return IMAGE
+    if torch.is_tensor(media) and media.dim() == 5 and media.shape[2] == 3:
+        if media.shape[1] == 0:
+            raise ValueError(f"videos: zero frames (shape {tuple(media.shape)})")
+        return VIDEO
+    shape = tuple(media.shape) if torch.is_tensor(media) else type(media).__name__
+    raise ValueError(f"expected images, a float tensor [N, 3, H, W], or videos [N, T, 3, H, W], in [0, 1]; "
+                     f"got {shape}")
+
+
+def _check_media(media, prompts) -> tuple[torch.Tensor, list[str], str]:
+    kind = media_kind(media)
+    if isinstance(prompts, str) or len(prompts) != media.shape[0]:
+        raise ValueError(f"prompts: expected a list of {media.shape[0]} strings (one per {kind}), got "
                          f"{prompts!r}" if isinstance(prompts, str) else f"{len(prompts)} prompts")
-    return images, list(prompts)
+    return media, list(prompts), kind
+
+
+def _media_args(kind: str, first, second=None, num_frames=None) -> dict:
+    """The reward model's keyword arguments for one (pointwise) or two (pairwise) columns of images or videos."""
+    if kind == IMAGE:
+        return {"images": first} if second is None else {"images1": first, "images2": second}
+    out = {"videos": first} if second is None else {"videos1": first, "videos2": second}
+    return {**out, "num_frames": num_frames}
+
+
+def _instruction(instruction, kind: str):
+    return VIDEO_INSTRUCTION if instruction is None and kind == VIDEO else instruction
+
+
+@torch.no_grad()
+def rank_pairwise(rm, candidates: torch.Tensor, prompt: str, top_k: int = 1, instruction=None, num_frames=None,
+                  batch_size=None):
+    """Best-of-N by pairwise win counts over images [n, 3, H, W] or videos [n, T, 3, H, W]: ``RewardModel.rank``'s
+    rule (every ordered pair judged, both orders averaged, a hard win for P > 0.5, ties broken by summed win
+    probabilities), computed here for videos (``rank`` takes images only). Returns ``RankResult``."""
+    from ..model import RankResult
+
+    kind = media_kind(candidates)
+    n = candidates.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 Best-of-N candidates for {prompt!r}, got {n}")
+    items = list(candidates.unbind(0))  # the same tensor objects repeat below: the engine preprocesses each once
+    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+    p = rm.compare(**_media_args(kind, [items[i] for i, _ in pairs], [items[j] for _, j in pairs], num_frames),
+                   prompts=[prompt] * len(pairs), instruction=_instruction(instruction, kind), batch_size=batch_size)
+    beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)  # beats[j, i] = P(j better than i)
+    beats[torch.tensor([j for _, j in pairs]), torch.tensor([i for i, _ in pairs])] = p
+    win_prob = 0.5 * (beats + 1.0 - beats.T)
+    win_prob.fill_diagonal_(0.0)
+    wins = (win_prob > 0.5).sum(dim=1)
+    total = win_prob.sum(dim=1)
+    order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
+    return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
 
 
 class PairwiseReward:
     """reward(images, prompts) = mean over the prompt's top-k references of P(image better than reference).
 
     References: per prompt, ``n`` candidates from the base generator ranked Best-of-N by pairwise wins
-    (``rm.rank``); the ``top_k`` best are cached (CPU float tensors [3, H, W]) and reused for every later call.
-    ``checkpoint=True``: the reward model's layers are recomputed in backward instead of stored. The reward
-    model may live on another device than the images; rewards come back on the images' device.
+    (``rm.rank``; ``rank_pairwise`` for videos); the ``top_k`` best are cached (CPU float tensors [3, H, W], or
+    [T, 3, H, W] for videos) and reused for every later call. ``checkpoint=True``: the reward model's layers are
+    recomputed in backward instead of stored. The reward model may live on another device than the images;
+    rewards come back on the images' device. Videos: ``instruction`` None means "t2v"; ``num_frames`` caps the
+    frames the reward model sees per video (evenly spread; None: all).
     """
 
     def __init__(self, rm, n: int = 16, top_k: int = 2, instruction=None, debias: bool = False,
-                 checkpoint: bool = True):
+                 checkpoint: bool = True, num_frames: int | None = None):
         if n < 2:
             raise ValueError(f"n (Best-of-N candidates) must be >= 2, got {n}")
         if not 1 <= top_k <= n:
@@ -74,7 +136,8 @@ class PairwiseReward:
         self.instruction = instruction
         self.debias = debias
         self.checkpoint = checkpoint
-        self.references: dict[str, torch.Tensor] = {}  # prompt -> [top_k, 3, H, W], best first
+        self.num_frames = num_frames
+        self.references: dict[str, torch.Tensor] = {}  # prompt -> [top_k, 3, H, W] or [top_k, T, 3, H, W], best first
         self.reference_wins: dict[str, list[int]] = {}
 
     def has_reference(self, prompt: str) -> bool:
@@ -82,18 +145,28 @@ class PairwiseReward:
 
     @torch.no_grad()
     def reference(self, prompt: str, candidates: torch.Tensor) -> torch.Tensor:
-        """Rank ``candidates`` [n, 3, H, W] by pairwise wins, cache and return the top_k [top_k, 3, H, W]."""
+        """Rank ``candidates`` [n, 3, H, W] (or videos [n, T, 3, H, W]) by pairwise wins, cache and return the
+        top_k [top_k, ...], best first."""
+        kind = media_kind(candidates)
         if candidates.shape[0] < 2:
             raise ValueError(f"need at least 2 Best-of-N candidates for {prompt!r}, got {candidates.shape[0]}")
-        ranked = self.rm.rank(candidates=list(candidates.float().cpu()), prompt=prompt,
-                              top_k=min(self.top_k, candidates.shape[0]), instruction=self.instruction)
-        top = candidates[ranked.top].float().cpu()
+        k = min(self.top_k, candidates.shape[0])
+        if kind == IMAGE:
+            ranked = self.rm.rank(candidates=list(candidates.float().cpu()), prompt=prompt, top_k=k,
+                                  instruction=self.instruction)
+            top_idx = ranked.top
+        else:
+            ranked = rank_pairwise(self.rm, candidates.float().to(self.rm.device), prompt, k, self.instruction,
+                                   self.num_frames)
+            top_idx = ranked.top
+        top = candidates[top_idx].float().cpu()
         self.references[prompt] = top
-        self.reference_wins[prompt] = [int(ranked.wins[k]) for k in ranked.top]
+        self.reference_wins[prompt] = [int(ranked.wins[j]) for j in top_idx]
         return top
 
     def prepare(self, prompts, generate, progress: bool = True):
-        """Build the references of every prompt not cached yet; ``generate(prompt, n)`` -> images [n, 3, H, W]."""
+        """Build the references of every prompt not cached yet; ``generate(prompt, n)`` -> images [n, 3, H, W]
+        (or videos [n, T, 3, H, W])."""
         from tqdm import tqdm
 
         todo = [p for p in dict.fromkeys(prompts) if p not in self.references]
@@ -101,11 +174,16 @@ class PairwiseReward:
             self.reference(p, generate(p, self.n))
 
     def __call__(self, images: torch.Tensor, prompts) -> torch.Tensor:
-        """images float [N, 3, H, W] in [0, 1] (may require grad) -> float32 [N] on the images' device."""
-        images, prompts = _check_images(images, prompts)
+        """images float [N, 3, H, W] or videos [N, T, 3, H, W] in [0, 1] (may require grad) -> float32 [N] on
+        their device."""
+        images, prompts, kind = _check_media(images, prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self.references]
         if missing:
             raise KeyError(f"no Best-of-N reference for prompt {missing[0]!r}; call prepare(prompts, generate) first")
+        for p in dict.fromkeys(prompts):
+            if self.references[p].dim() != images.dim():
+                raise ValueError(f"the references of prompt {p!r} are {media_kind(self.references[p])}s, the "
+                                 f"candidates {kind}s: a reward serves one kind")
         k = self.top_k
         device = self.rm.device
         cands = images.to(device=device, dtype=torch.float32)
@@ -115,9 +193,10 @@ class PairwiseReward:
         ckpt = self.checkpoint and images.requires_grad
         ctx = activation_checkpointing(self.rm) if ckpt else contextlib.nullcontext()
         with ctx:
-            p = self.rm.compare(images1=refs, images2=list(cands.index_select(0, rows).unbind(0)),
-                                prompts=[prompts[int(r)] for r in rows], instruction=self.instruction,
-                                debias=self.debias)
+            second = list(cands.index_select(0, rows).unbind(0))
+            p = self.rm.compare(**_media_args(kind, refs, second, self.num_frames),
+                                prompts=[prompts[int(r)] for r in rows],
+                                instruction=_instruction(self.instruction, kind), debias=self.debias)
         # average each image's rewards over its references
         out = torch.zeros(len(prompts), device=p.device, dtype=p.dtype).index_add(0, rows.to(p.device), p)
         out = out / torch.tensor(counts, device=p.device, dtype=p.dtype)
@@ -125,21 +204,26 @@ class PairwiseReward:
 
 
 class PointwiseReward:
-    """reward(images, prompts) = P(yes | image, prompt): the search verifier (no reference needed)."""
+    """reward(images, prompts) = P(yes | image or video, prompt): the search verifier (no reference needed).
 
-    def __init__(self, rm, instruction=None, checkpoint: bool = True):
+    Videos: ``instruction`` None means "t2v" (pass "motion" for motion quality); ``num_frames`` caps the frames
+    the reward model sees per video."""
+
+    def __init__(self, rm, instruction=None, checkpoint: bool = True, num_frames: int | None = None):
         self.rm = rm
         self.instruction = instruction
         self.checkpoint = checkpoint
+        self.num_frames = num_frames
 
     def __call__(self, images: torch.Tensor, prompts) -> torch.Tensor:
-        """images float [N, 3, H, W] in [0, 1] -> float32 [N] on the images' device."""
-        images, prompts = _check_images(images, prompts)
+        """images float [N, 3, H, W] or videos [N, T, 3, H, W] in [0, 1] -> float32 [N] on their device."""
+        images, prompts, kind = _check_media(images, prompts)
         ctx = (activation_checkpointing(self.rm) if self.checkpoint and images.requires_grad
                else contextlib.nullcontext())
         with ctx:
-            r = self.rm.score(images=list(images.to(self.rm.device, torch.float32).unbind(0)), prompts=prompts,
-                              instruction=self.instruction)
+            media = list(images.to(self.rm.device, torch.float32).unbind(0))
+            r = self.rm.score(**_media_args(kind, media, num_frames=self.num_frames), prompts=prompts,
+                              instruction=_instruction(self.instruction, kind))
         return r.to(images.device)
 
 
@@ -148,7 +232,8 @@ def reward_fn(reward):
 
     ``reward``: a PairwiseReward / PointwiseReward, or a RewardModel (wrapped pointwise). images may be float
     tensors [N, 3, H, W] in [0, 1] or, as many loops pass them, in [-1, 1] (detected by negative values) or
-    uint8 [N, H, W, 3] / [N, 3, H, W]; prompts a list of N strings (or one string for all).
+    uint8 [N, H, W, 3] / [N, 3, H, W]; videos the same with a frame axis after N ([N, T, 3, H, W] or
+    [N, T, H, W, 3]); prompts a list of N strings (or one string for all).
     """
     if hasattr(reward, "score") and hasattr(reward, "compare"):
         reward = PointwiseReward(reward)
@@ -156,10 +241,12 @@ def reward_fn(reward):
     def fn(images, prompts):
         if isinstance(images, (list, tuple)):
             images = torch.stack([torch.as_tensor(i) for i in images])
-        if not torch.is_tensor(images) or images.dim() != 4:
-            raise ValueError("images: expected a batch [N, 3, H, W] or [N, H, W, 3]")
-        if images.shape[1] != 3 and images.shape[-1] == 3:
-            images = images.permute(0, 3, 1, 2)
+        if not torch.is_tensor(images) or images.dim() not in (4, 5):
+            raise ValueError("images: expected a batch [N, 3, H, W] or [N, H, W, 3] (videos: [N, T, 3, H, W] or "
+                             "[N, T, H, W, 3])")
+        c = images.dim() - 3  # the channel axis of the channels-first layout
+        if images.shape[c] != 3 and images.shape[-1] == 3:
+            images = images.movedim(-1, c)
         if images.dtype == torch.uint8:
             images = images.float() / 255
         elif images.detach().min() < 0:
