@@ -68,3 +68,32 @@ def test_bad_inputs_fail_before_loading(tmp_path):
     with pytest.raises(SystemExit, match="--pipeline"):
         run(["search", "--pipeline", str(tmp_path / "nope"), "--verifier", "tiny:qwen2_vl", "--prompt", "x",
              "--out", str(tmp_path / "o")])
+
+
+def test_video_commands_on_tiny_wan(tmp_path):
+    """``--pipeline tiny:wan``: search saves the best video (frame strip PNG + GIF), refl trains on videos."""
+    out = tmp_path / "search"
+    run(["search", "--pipeline", "tiny:wan", "--verifier", "tiny:qwen2_vl", "--prompt", "a red fox", "--out", str(out),
+         "--num-inference-steps", "3", "--num-frames", "5", "--n", "2", "--m", "2", "--start-step", "1",
+         "--instruction", "motion", "--rm-frames", "3"])
+    row = json.loads((out / "summary.jsonl").read_text())
+    tree = json.loads((out / "000_tree.json").read_text())
+    # CFG: 2 evaluations per step; N * start + two rounds of N * M branches over 2 steps each
+    assert row["nfe_search"] == tree["nfe"]["denoiser"] == tree["config"]["nfe_formula"] == 2 * (2 * 1 + 2 * (2 * 2 * 2))
+    from PIL import Image
+
+    assert Image.open(out / "000_best.png").size == (5 * 32, 32)  # 5 frames side by side
+    with Image.open(out / "000_best.gif") as gif:
+        assert gif.n_frames == 5
+    refl_out, prompts = tmp_path / "refl", tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\n")
+    run(["refl", "--pipeline", "tiny:wan", "--reward", "tiny:qwen2_vl", "--prompts", str(prompts), "--out",
+         str(refl_out), "--steps", "1", "--num-inference-steps", "3", "--best-of", "2", "--top-k", "1",
+         "--lora-rank", "2"])
+    log = [json.loads(line) for line in (refl_out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and 0 < log[0]["reward"] < 1
+    config = json.loads((refl_out / "final" / "refl_config.json").read_text())
+    assert config["num_frames"] == 9  # tiny:wan's default
+    with pytest.raises(ValueError, match="num_frames is for video pipelines"):
+        run(["search", "--pipeline", "tiny:flux", "--verifier", "tiny:qwen2_vl", "--prompt", "x", "--out",
+             str(tmp_path / "o"), "--num-frames", "5"])

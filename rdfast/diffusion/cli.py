@@ -3,8 +3,10 @@
     rdfast refl   --pipeline DIR --reward DIR --prompts prompts.txt --out runs/refl   [--steps 100 --lora-rank 16]
     rdfast search --pipeline DIR --verifier DIR --prompt "a red fox" --out runs/search [--n 4 --m 4 --baseline]
 
-``--pipeline tiny:flux|tiny:sd3|tiny:sd`` and ``--reward/--verifier tiny:qwen2_vl`` use tiny random models
-built locally (nothing is downloaded): the pipeline is the real one, the pictures are noise.
+``--pipeline tiny:flux|tiny:sd3|tiny:sd|tiny:sdxl|tiny:wan`` and ``--reward/--verifier tiny:qwen2_vl`` use tiny
+random models built locally (nothing is downloaded): the pipeline is the real one, the pictures are noise.
+Video pipelines (Wan 2.1, ``tiny:wan``) take ``--num-frames``; their rewards judge videos ("t2v" unless
+``--instruction`` says otherwise), and search saves the best video as an animated GIF and a frame strip PNG.
 Prompt files: one prompt per line (.txt) or JSON lines with a "prompt" field (.jsonl).
 """
 from __future__ import annotations
@@ -55,14 +57,22 @@ def register(subparsers) -> None:
 
 
 def _common(p):
-    p.add_argument("--pipeline", required=True, help="diffusers pipeline directory, or tiny:flux / tiny:sd3 / tiny:sd")
+    p.add_argument("--pipeline", required=True,
+                   help="diffusers pipeline directory, or tiny:flux / tiny:sd3 / tiny:sd / tiny:sdxl / tiny:wan")
     p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line) or .jsonl ({'prompt': ...})")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-inference-steps", type=int, default=20)
     p.add_argument("--height", type=int, default=None, help="default: 32 for tiny pipelines, else 512")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--instruction", default=None, help="reward instruction: overall, alignment, quality or text")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="video pipelines: frames per video, 1 + k * the VAE's temporal factor (default: 9 for "
+                        "tiny:wan, else the pipeline's, Wan 81)")
+    p.add_argument("--instruction", default=None,
+                   help="reward instruction: overall, alignment, quality, motion, t2v, i2v or text "
+                        "(default: the reward model's; t2v for videos)")
+    p.add_argument("--rm-frames", type=int, default=None,
+                   help="videos: frames the reward model sees per video, evenly spread (default: all)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true", help="turn CUDA graphs off")
@@ -102,9 +112,27 @@ def _prompts(args) -> list[str]:
     return prompts
 
 
+def _tiny_key(spec: str):
+    kind, _, size = spec[5:].partition(":")
+    return kind, size or "tiny"
+
+
 def _size(args):
-    default = 32 if args.pipeline.startswith("tiny:") else 512
+    default = 512
+    if args.pipeline.startswith("tiny:"):
+        from .testing import DEFAULT_SIDE
+
+        default = DEFAULT_SIDE.get(_tiny_key(args.pipeline), 32)
     return args.height or default, args.width or default
+
+
+def _frames(args):
+    """--num-frames, or the tiny video pipeline's default; None leaves it to the adapter (image pipelines: none)."""
+    if args.num_frames is not None or not args.pipeline.startswith("tiny:"):
+        return args.num_frames
+    from .testing import DEFAULT_FRAMES
+
+    return DEFAULT_FRAMES.get(_tiny_key(args.pipeline))
 
 
 def _load_rm(spec: str, device):
@@ -136,8 +164,10 @@ def cmd_refl(args):
     os.makedirs(args.out, exist_ok=True)
     pipe = load_pipeline(args.pipeline, device=args.device)
     rm = _load_rm(args.reward, args.reward_device or args.device)
-    reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias)
-    trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_steps=args.num_inference_steps,
+    reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias,
+                            num_frames=args.rm_frames)
+    trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_frames=_frames(args),
+                          num_steps=args.num_inference_steps,
                           grad_steps=args.grad_steps, late_range=tuple(args.late_range),
                           guidance_scale=args.guidance_scale, loss=args.loss, margin=args.margin, lr=args.lr,
                           lora_rank=args.lora_rank or None, memory_efficient=not args.no_memory_efficient,
@@ -173,15 +203,25 @@ def cmd_search(args):
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
     pipe = load_pipeline(args.pipeline, device=args.device)
-    verifier = PointwiseReward(_load_rm(args.verifier, args.verifier_device or args.device), args.instruction)
+    verifier = PointwiseReward(_load_rm(args.verifier, args.verifier_device or args.device), args.instruction,
+                               num_frames=args.rm_frames)
+
+    def pil(img):
+        return Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
     def save_png(img, path):
-        Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(path)
+        """An image [3, H, W] as PNG; a video [T, 3, H, W] as a frame strip PNG and an animated GIF beside it."""
+        if img.dim() == 3:
+            pil(img).save(path)
+            return
+        pil(torch.cat(list(img), dim=-1)).save(path)
+        frames = [pil(f) for f in img]
+        frames[0].save(path[:-4] + ".gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
 
     summary = []
     for i, prompt in enumerate(prompts):
         problem = pipeline_problem(pipe, prompt, args.num_inference_steps, height, width, args.guidance_scale,
-                                   graphs=not args.no_graphs)
+                                   graphs=not args.no_graphs, num_frames=_frames(args))
         res = search_over_paths(problem, verifier, n=args.n, m=args.m, start_step=args.start_step,
                                 delta_f=args.delta_f, delta_b=args.delta_b,
                                 generator=torch.Generator().manual_seed(args.seed + i), batch_size=args.batch_size)

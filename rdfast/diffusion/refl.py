@@ -9,7 +9,8 @@ One ReFL loss (``ReFLTrainer.loss``), per batch of prompts:
      latents when given. Gradients reach the denoiser only (LoRA through peft, or all weights).
 
 Memory (``memory_efficient=True``, the default): activation checkpointing in the denoiser's blocks; the VAE
-decode checkpointed (only latents kept; recomputed in backward one sample and one resnet at a time); the
+decode checkpointed (only latents kept; recomputed in backward one sample and one resnet at a time; video:
+one sample and one latent frame at a time, keeping the causal convolutions' two-frame caches between frames); the
 frozen reward model's layers recomputed in backward, no weight gradients. Options: tiled VAE decode, bf16
 autocast, the reward model on another device. ``bench/refl_memory.py`` measures the peak against the naive
 path (CPU, 256 px FLUX-like pipeline: 0.22 of it at batch 2, 0.42 at batch 1; the step takes ~1.4-2x the
@@ -19,6 +20,11 @@ time); tests hold the gradients of both paths equal (cosine >= 0.9999 in float32
     for prompts in loader:                 # the trainer's own step ...
         info = trainer.step(prompts)
     loss, info = trainer.loss(prompts)     # ... or your loop: loss.backward(); your optimizer.step()
+
+Video (Wan 2.1): the same trainer; the adapter's decode gives videos [N, T, 3, H, W], decoded with one activation
+checkpoint per latent frame, and the reward judges them as videos ("t2v" unless told otherwise):
+
+    trainer = ReFLTrainer(wan_pipe, PairwiseReward(rm, n=4, top_k=1), height=480, width=832, num_frames=33)
 """
 from __future__ import annotations
 
@@ -62,6 +68,7 @@ class ReFLConfig:
     graphs: bool = True                    # CUDA graphs for the no-grad sampling steps (CUDA only)
     seed: int = 0
     reference_batch: int = 8               # Best-of-N candidates sampled per forward
+    num_frames: int | None = None          # video pipelines: frames per video (None: the adapter's default)
 
     def validate(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -95,11 +102,12 @@ class ReFLConfig:
 
 
 class ReFLTrainer:
-    """ReFL on a diffusers pipeline (FLUX, SD3, SD 1.5 with DDIM) against a reward.
+    """ReFL on a diffusers pipeline (FLUX, SD3, SD 1.5 / SDXL with DDIM, Wan 2.1 video) against a reward.
 
     pipe: a diffusers pipeline or a ``PipelineAdapter``. reward: a ``PairwiseReward`` (its references are built
     here from the base model: LoRA disabled, or before the first update for full finetuning), a
-    ``PointwiseReward``, or any ``fn(images [N,3,H,W] float in [0,1], prompts) -> Tensor[N]`` (differentiable).
+    ``PointwiseReward``, or any ``fn(images [N,3,H,W] float in [0,1], prompts) -> Tensor[N]`` (differentiable;
+    video pipelines pass videos [N,T,3,H,W]).
     optimizer: your own, over ``trainer.parameters`` (default AdamW(lr, weight_decay)).
     Keyword overrides set ``ReFLConfig`` fields.
     """
@@ -114,8 +122,10 @@ class ReFLTrainer:
         self.config = c = config
         if not callable(reward):
             raise TypeError(f"reward must be callable (images, prompts) -> Tensor, got {type(reward).__name__}")
-        self.ad = adapt(pipe, c.guidance_scale)
+        self.ad = adapt(pipe, c.guidance_scale, num_frames=c.num_frames)
         self.ad.check_size(c.height, c.width)
+        if self.ad.video:
+            c.num_frames = self.ad.num_frames  # recorded in refl_config.json
         self.reward = reward
         self.schedule = self.ad.schedule(c.num_steps, c.height, c.width)
         model = self.ad.model
@@ -160,7 +170,7 @@ class ReFLTrainer:
 
     @torch.no_grad()
     def sample(self, prompts, generator=None, base: bool = False, batch_size: int | None = None) -> torch.Tensor:
-        """Full sampling without gradient: images float32 [N, 3, H, W] in [0, 1] (on the generator's device).
+        """Full sampling without gradient: images float32 [N, 3, H, W] in [0, 1] (videos: [N, T, 3, H, W]).
 
         base=True samples the base model (LoRA disabled). generator: a CPU torch.Generator (default: the trainer's).
         """
@@ -205,7 +215,8 @@ class ReFLTrainer:
         """The ReFL loss of one batch (call ``.backward()`` on it yourself), and a dict of plain floats.
 
         prompts: B strings (one sample each). pretrain: optional (latents, prompts), clean latents in the
-        denoiser's layout (``trainer.ad.encode_images(images)``), mixed in with ``pretrain_weight``.
+        denoiser's layout (``trainer.ad.encode_images(images)``; video adapters take videos [N, T, 3, H, W]),
+        mixed in with ``pretrain_weight``.
         """
         c, ad, sampler = self.config, self.ad, self.sampler
         prompts = ad.check_prompts(prompts)

@@ -16,6 +16,10 @@ Best-of-N (Ma et al.'s random search) at equal NFE: K = NFE // (g * T) full samp
     problem = pipeline_problem(pipe, "a red fox", num_steps=28, height=1024, width=1024)
     result = search_over_paths(problem, PointwiseReward(verifier_rm), n=4, m=4, start_step=10, delta_f=2, delta_b=4)
     result.save_json("tree.json"); result.save_figure("tree.png"); result.best_image   # [3, H, W]
+
+Video pipelines (Wan 2.1) run unchanged: ``pipeline_problem(wan_pipe, prompt, ..., num_frames=17)`` decodes videos
+[n, T, 3, H, W], the verifier scores them as videos, ``best_image`` is the best video [T, 3, H, W] and the figure
+shows each survivor's middle frame.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ class Problem:
     """What search needs from a generator, for one prompt.
 
     sampler: steps the denoiser (its ``nfe`` counts evaluations). noise(n, generator) -> starting latents [n, ...].
-    decode(latents [n, ...]) -> images [n, 3, H, W] in [0, 1] (or points, for the analytic toy).
+    decode(latents [n, ...]) -> images [n, 3, H, W] or videos [n, T, 3, H, W] in [0, 1] (points, for the toy).
     cond: conditioning tensors for one sample (batch 1), expanded per call.
     """
 
@@ -53,11 +57,12 @@ class Problem:
 
 
 def pipeline_problem(pipe, prompt: str, num_steps: int, height: int, width: int, guidance_scale=None,
-                     graphs: bool = True) -> Problem:
-    """A search problem on a diffusers pipeline (FLUX / SD3 with Euler flow matching, SD with DDIM)."""
+                     graphs: bool = True, num_frames: int | None = None) -> Problem:
+    """A search problem on a diffusers pipeline (FLUX / SD3 / Wan 2.1 with Euler flow matching, SD / SDXL with
+    DDIM). num_frames: frames per video for video pipelines (None: the adapter's default)."""
     from .pipelines import adapt
 
-    ad = adapt(pipe, guidance_scale)
+    ad = adapt(pipe, guidance_scale, num_frames=num_frames)
     [prompt] = ad.check_prompts([prompt])
     schedule = ad.schedule(num_steps, height, width)
     schedule.require_rewindable()
@@ -100,7 +105,7 @@ class SearchResult:
 
     method: str
     prompt: str
-    best_image: torch.Tensor          # [3, H, W] float in [0, 1] (toy: a point)
+    best_image: torch.Tensor          # [3, H, W] float in [0, 1] (video: [T, 3, H, W]; toy: a point)
     best_reward: float
     nfe: dict                         # {"denoiser": int, "verifier": int}
     config: dict
@@ -164,6 +169,8 @@ class SearchResult:
 
 def _thumb(images: torch.Tensor, side: int = 64) -> torch.Tensor:
     images = images.detach().float().cpu()
+    if images.dim() == 5:  # videos [n, T, 3, H, W]: the middle frame stands for each in the figure
+        images = images[:, images.shape[1] // 2]
     if images.dim() == 4 and max(images.shape[-2:]) > side:
         images = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear", antialias=True)
     return images
@@ -199,9 +206,9 @@ def search_over_paths(problem: Problem, verifier, n: int = 4, m: int = 4, start_
                       batch_size: int | None = None, progress: bool = True) -> SearchResult:
     """Search over Paths for ``problem.prompt``; returns the best sample, its reward, NFE and the search tree.
 
-    verifier(images [B, 3, H, W], prompts) -> Tensor[B] (e.g. PointwiseReward). start_step defaults to half the
-    schedule. batch_size caps the denoiser's batch (N * M branches run in chunks). generator: CPU generator for
-    the starting noises and the re-noising noise.
+    verifier(images [B, 3, H, W] or videos [B, T, 3, H, W], prompts) -> Tensor[B] (e.g. PointwiseReward).
+    start_step defaults to half the schedule. batch_size caps the denoiser's batch (N * M branches run in chunks).
+    generator: CPU generator for the starting noises and the re-noising noise.
     """
     from tqdm import tqdm
 
