@@ -47,6 +47,7 @@ if Pybind11Extension is not None and os.environ.get("RDFAST_NO_EXT", "0") != "1"
         Pybind11Extension(
             "rdfast._C",
             sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp")),
+            depends=sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")),  # rebuild on header edits
             extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
             extra_link_args=["-fopenmp"],
         )

@@ -188,7 +188,8 @@ def main(argv=None):
             _, weight, ids = make_head(H, V, dtype, device)
             t_read = read_time(weight, max(3, a.repeats), device)
             for B in (int(b) for b in a.batch.split(",")):
-                hidden = make_head(H, 1, dtype, device, B=B, seed=B)[0].requires_grad_()
+                torch.manual_seed(B)
+                hidden = torch.randn(B, H, device=device).to(dtype).requires_grad_()
                 for backward in (False,) if a.no_backward else (False, True):
                     passes = 2 if backward else 1
                     results = {}

@@ -116,75 +116,141 @@ static inline void dot_tile_dp_n(int nb, const uint16_t* w, int64_t ldw, int64_t
 }
 #endif
 
-// dh[b] += sum_r d[b*ldd + r*dr] * w[r*ldw] for r < NV, b < NB (dlogits @ W, one weight tile at a time).
-template <typename WT, int NV, int NB>
-static inline void axpy_tile(const WT* w, int64_t ldw, int64_t H, const float* d, int64_t ldd, int64_t dr, float* dh,
-                             int64_t ldh) {
-    vec c[NV][NB];
-    for (int r = 0; r < NV; ++r)
-        for (int b = 0; b < NB; ++b) c[r][b] = vset1(d[b * ldd + r * dr]);
-    const int64_t Hv = H - H % VL;
-    for (int64_t k = 0; k < Hv; k += VL) {
-        vec wv[NV];
+// dh[b] += sum_j d[b*ldd + cols[j]] * rows[j] for b < NB over the n weight rows of a chunk (dlogits @ W).
+// Two vectors of dh per hidden row stay in registers while all n rows stream past (from L1/L2, they were just
+// read for the logits): dh is loaded and stored once per chunk, each weight vector serves NB hidden rows, and
+// d is broadcast straight from memory.
+template <typename WT, int NB>
+static inline void axpy_chunk(const WT* const* rows, const int64_t* cols, int n, int64_t H, const float* d,
+                              int64_t ldd, float* dh, int64_t ldh) {
+    const int64_t H2 = H - H % (2 * VL), Hv = H - H % VL;
+    int64_t k = 0;
+    for (; k < H2; k += 2 * VL) {
+        vec a0[NB], a1[NB];
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r) wv[r] = vload(w + r * ldw + k);
+        for (int b = 0; b < NB; ++b) a0[b] = vload(dh + b * ldh + k), a1[b] = vload(dh + b * ldh + k + VL);
+        for (int j = 0; j < n; ++j) {
+            const vec w0 = vload(rows[j] + k), w1 = vload(rows[j] + k + VL);
 #pragma GCC unroll 8
-        for (int b = 0; b < NB; ++b) {
-            vec a = vload(dh + b * ldh + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < NV; ++r) a = vfma(c[r][b], wv[r], a);
-            vstore(dh + b * ldh + k, a);
+            for (int b = 0; b < NB; ++b) {
+                const vec c = vset1(d[b * ldd + cols[j]]);
+                a0[b] = vfma(c, w0, a0[b]);
+                a1[b] = vfma(c, w1, a1[b]);
+            }
         }
+#pragma GCC unroll 8
+        for (int b = 0; b < NB; ++b) vstore(dh + b * ldh + k, a0[b]), vstore(dh + b * ldh + k + VL, a1[b]);
     }
-    for (int64_t k = Hv; k < H; ++k)
+    for (; k < Hv; k += VL) {
+        vec a0[NB];
+        for (int b = 0; b < NB; ++b) a0[b] = vload(dh + b * ldh + k);
+        for (int j = 0; j < n; ++j) {
+            const vec w0 = vload(rows[j] + k);
+            for (int b = 0; b < NB; ++b) a0[b] = vfma(vset1(d[b * ldd + cols[j]]), w0, a0[b]);
+        }
+        for (int b = 0; b < NB; ++b) vstore(dh + b * ldh + k, a0[b]);
+    }
+    for (; k < H; ++k)
         for (int b = 0; b < NB; ++b) {
             float a = dh[b * ldh + k];
-            for (int r = 0; r < NV; ++r) a += d[b * ldd + r * dr] * ld1(w + r * ldw + k);
+            for (int j = 0; j < n; ++j) a += d[b * ldd + cols[j]] * ld1(rows[j] + k);
             dh[b * ldh + k] = a;
         }
 }
 
-// dw[r*lddw] = sum_b d[b*ldd + r*dr] * h[b] for r < NV over all B rows (dlogits^T @ hidden), written once.
-// Four vectors of H per step so each broadcast of d is used four times.
-template <typename DT, int NV>
-static inline void outer_rows(const float* d, int64_t ldd, int64_t dr, const float* h, int64_t ldh, int64_t B,
-                              int64_t H, DT* dw, int64_t lddw) {
-    const int64_t H4 = H - H % (4 * VL), Hv = H - H % VL;
-    int64_t k = 0;
-    for (; k < H4; k += 4 * VL) {
-        vec acc[NV][4];
+#ifdef RD_DPBF16
+// The same for bf16 weights with vdpbf16ps: rows are taken in pairs, interleaved (vpunpck{l,h}wd) against a
+// broadcast pair of d values rounded to bf16, half the instructions of the fp32 version. The interleave
+// leaves each block of 32 k-values in a fixed permuted order, undone when dh is loaded and stored.
+template <int NB>
+static inline void axpy_chunk_dp(const uint16_t* const* rows, const int64_t* cols, int n, int64_t H, const float* d,
+                                 int64_t ldd, float* dh, int64_t ldh) {
+    const int np = (n + 1) / 2;
+    uint32_t pairs[NB][128];  // n <= 256
+    for (int b = 0; b < NB; ++b)
+        for (int q = 0; q < np; ++q) {
+            uint16_t lo, hi = 0;
+            st1(&lo, d[b * ldd + cols[2 * q]]);
+            if (2 * q + 1 < n) st1(&hi, d[b * ldd + cols[2 * q + 1]]);
+            pairs[b][q] = uint32_t(lo) | (uint32_t(hi) << 16);
+        }
+    const __m512i to_lo = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
+    const __m512i to_hi = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    const __m512i back0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i back1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    const int64_t H32 = H - H % 32;
+    for (int64_t k = 0; k < H32; k += 32) {
+        vec a0[NB], a1[NB];
+        for (int b = 0; b < NB; ++b) {
+            const vec v0 = vload(dh + b * ldh + k), v1 = vload(dh + b * ldh + k + 16);
+            a0[b] = _mm512_permutex2var_ps(v0, to_lo, v1);
+            a1[b] = _mm512_permutex2var_ps(v0, to_hi, v1);
+        }
+        for (int q = 0; q < np; ++q) {
+            const __m512i x = _mm512_loadu_si512(rows[2 * q] + k);
+            const __m512i y = 2 * q + 1 < n ? _mm512_loadu_si512(rows[2 * q + 1] + k) : x;  // odd n: weight 0
+            const __m512bh lo = (__m512bh)_mm512_unpacklo_epi16(x, y), hi = (__m512bh)_mm512_unpackhi_epi16(x, y);
 #pragma GCC unroll 8
-        for (int r = 0; r < NV; ++r)
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) acc[r][j] = vzero();
-        for (int64_t b = 0; b < B; ++b) {
-            vec hv[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) hv[j] = vload(h + b * ldh + k + j * VL);
-#pragma GCC unroll 8
-            for (int r = 0; r < NV; ++r) {
-                const vec c = vset1(d[b * ldd + r * dr]);
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; ++j) acc[r][j] = vfma(c, hv[j], acc[r][j]);
+            for (int b = 0; b < NB; ++b) {
+                const __m512bh c = (__m512bh)_mm512_set1_epi32(int(pairs[b][q]));
+                a0[b] = _mm512_dpbf16_ps(a0[b], lo, c);
+                a1[b] = _mm512_dpbf16_ps(a1[b], hi, c);
             }
         }
-        for (int r = 0; r < NV; ++r)
-            for (int j = 0; j < 4; ++j) vstore(dw + r * lddw + k + j * VL, acc[r][j]);
-    }
-    for (; k < Hv; k += VL) {
-        vec acc[NV];
-        for (int r = 0; r < NV; ++r) acc[r] = vzero();
-        for (int64_t b = 0; b < B; ++b) {
-            const vec hv = vload(h + b * ldh + k);
-            for (int r = 0; r < NV; ++r) acc[r] = vfma(vset1(d[b * ldd + r * dr]), hv, acc[r]);
+        for (int b = 0; b < NB; ++b) {
+            vstore(dh + b * ldh + k, _mm512_permutex2var_ps(a0[b], back0, a1[b]));
+            vstore(dh + b * ldh + k + 16, _mm512_permutex2var_ps(a0[b], back1, a1[b]));
         }
-        for (int r = 0; r < NV; ++r) vstore(dw + r * lddw + k, acc[r]);
     }
-    for (; k < H; ++k)
-        for (int r = 0; r < NV; ++r) {
+    for (int64_t k = H32; k < H; ++k)
+        for (int b = 0; b < NB; ++b) {
+            float a = dh[b * ldh + k];
+            for (int j = 0; j < n; ++j) a += d[b * ldd + cols[j]] * ld1(rows[j] + k);
+            dh[b * ldh + k] = a;
+        }
+}
+#endif
+
+// rows[j] = sum_b d[b*ldd + cols[j]] * h[b] over all B hidden rows, for the n rows of a chunk (dlogits^T @ hidden),
+// each written once. Four vectors of H at a time: that slice of every hidden row stays in L1 while NR rows at a
+// time accumulate it in registers.
+template <typename DT, int NR>
+static inline void outer_tile(DT* const* rows, const int64_t* cols, const float* d, int64_t ldd, const float* h,
+                              int64_t ldh, int64_t B, int64_t k, int nvec) {
+    vec acc[NR][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) acc[r][u] = vzero();
+    for (int64_t b = 0; b < B; ++b) {
+        vec hv[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) hv[u] = u < nvec ? vload(h + b * ldh + k + u * VL) : vzero();
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r) {
+            const vec c = vset1(d[b * ldd + cols[r]]);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u) acc[r][u] = vfma(c, hv[u], acc[r][u]);
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int u = 0; u < nvec; ++u) vstore(rows[r] + k + u * VL, acc[r][u]);
+}
+template <typename DT>
+static inline void outer_chunk(DT* const* rows, const int64_t* cols, int n, const float* d, int64_t ldd,
+                               const float* h, int64_t ldh, int64_t B, int64_t H) {
+    const int64_t Hv = H - H % VL;
+    for (int64_t k = 0; k < Hv; k += 4 * VL) {
+        const int nvec = int(std::min<int64_t>(4, (Hv - k) / VL));
+        int j = 0;
+        for (; j + NVR <= n; j += NVR) outer_tile<DT, NVR>(rows + j, cols + j, d, ldd, h, ldh, B, k, nvec);
+        for (; j < n; ++j) outer_tile<DT, 1>(rows + j, cols + j, d, ldd, h, ldh, B, k, nvec);
+    }
+    for (int64_t k = Hv; k < H; ++k)
+        for (int j = 0; j < n; ++j) {
             float a = 0.f;
-            for (int64_t b = 0; b < B; ++b) a += d[b * ldd + r * dr] * h[b * ldh + k];
-            st1(dw + r * lddw + k, a);
+            for (int64_t b = 0; b < B; ++b) a += d[b * ldd + cols[j]] * h[b * ldh + k];
+            st1(rows[j] + k, a);
         }
 }
 
@@ -197,12 +263,16 @@ static inline void dot_tile_n(int nb, const WT* w, int64_t ldw, int64_t H, const
         else dot_tile_n<WT, NV, NB - 1>(nb, w, ldw, H, h, ldh, z, ldz, zr);
     }
 }
-template <typename WT, int NV, int NB = NRB>
-static inline void axpy_tile_n(int nb, const WT* w, int64_t ldw, int64_t H, const float* d, int64_t ldd, int64_t dr,
-                               float* dh, int64_t ldh) {
+template <typename WT, int NB = NRB>
+static inline void axpy_chunk_n(int nb, const WT* const* rows, const int64_t* cols, int n, int64_t H, const float* d,
+                                int64_t ldd, float* dh, int64_t ldh) {
     if constexpr (NB >= 1) {
-        if (nb == NB) axpy_tile<WT, NV, NB>(w, ldw, H, d, ldd, dr, dh, ldh);
-        else axpy_tile_n<WT, NV, NB - 1>(nb, w, ldw, H, d, ldd, dr, dh, ldh);
+#ifdef RD_DPBF16
+        if constexpr (std::is_same<WT, uint16_t>::value)
+            if (nb == NB) return axpy_chunk_dp<NB>(rows, cols, n, H, d, ldd, dh, ldh);
+#endif
+        if (nb == NB) axpy_chunk<WT, NB>(rows, cols, n, H, d, ldd, dh, ldh);
+        else axpy_chunk_n<WT, NB - 1>(nb, rows, cols, n, H, d, ldd, dh, ldh);
     }
 }
 
@@ -278,14 +348,14 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
     const int T = int(std::max<int64_t>(1, std::min<int64_t>(p.nthreads, (V + NVR - 1) / NVR)));
     // Pieces of the vocabulary are handed out dynamically, so a thread whose core is busy with other work
     // takes fewer; partial results are kept per piece and merged in a fixed order (deterministic).
-    const int64_t P = std::max<int64_t>(T, std::min<int64_t>(int64_t(T) * 4, V / 4096));
+    const int64_t P = T * std::max<int64_t>(1, std::min<int64_t>(4, V / (4096 * T)));
     std::vector<float> part_m(size_t(P) * B, -INFINITY);
     std::vector<double> part_s(size_t(P) * B, 0.0);
 
 #pragma omp parallel num_threads(T)
     {
         Buf z(size_t(B) * ZC);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (int64_t piece = 0; piece < P; ++piece) {
             int64_t vs, ve;
             thread_slice(V, NVR, piece, P, &vs, &ve);
@@ -304,8 +374,9 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
                 }
             }
         }
-        // The K target logits: a few direct dot products, accumulated in double.
-#pragma omp for schedule(static)
+        // The K target logits: a few direct dot products, accumulated in double. No barriers in between: a
+        // thread waiting at one for a core the OS gave to another process costs a scheduler tick.
+#pragma omp for schedule(static) nowait
         for (int64_t i = 0; i < B * K; ++i) {
             const int64_t b = i / K, id = p.ids[i];
             const WT* w = W + id * H;
@@ -344,6 +415,9 @@ static void backward_impl(const Problem& p, const float* lse, const float* g, co
         thread_slice(V, NVR, t, nt, &vs, &ve);
         Buf z(size_t(B) * ZC);
         float* dht = dh ? &dh_part[size_t(t) * B * ldh] : nullptr;
+        std::vector<const WT*> wrows(ZC);
+        std::vector<DWT*> dwrows(ZC);
+        std::vector<int64_t> cols(ZC);
         const Runs R(vs, ve);
         for (int64_t i0 = 0; i0 < R.q; i0 += L) {
             logits_chunk<WT>(W, p.bias, H, R, i0, L, hp.data(), ldh, p.hidden_bf16, B, z.data(), ZC);
@@ -361,18 +435,19 @@ static void backward_impl(const Problem& p, const float* lse, const float* g, co
                     for (int64_t b = 0; b < B; ++b) a += z[size_t(b) * ZC + col];
                     db[v] = a;
                 });
-            if (dht)
-                for (int64_t b0 = 0; b0 < B; b0 += NRB) {
-                    const int nb = int(std::min<int64_t>(NRB, B - b0));
-                    R.tiles(i0, L, [&](auto nv, int64_t v, int64_t stride, int64_t col) {
-                        axpy_tile_n<WT, decltype(nv)::value>(nb, W + v * H, stride * H, H, &z[size_t(b0) * ZC + col], ZC,
-                                                             L, dht + b0 * ldh, ldh);
-                    });
-                }
-            if (dw)
-                R.tiles(i0, L, [&](auto nv, int64_t v, int64_t stride, int64_t col) {
-                    outer_rows<DWT, decltype(nv)::value>(&z[col], ZC, L, hp.data(), ldh, B, H, dw + v * H, stride * H);
+            if (dht || dw) {
+                int n = 0;  // the chunk's rows: weight pointers and logit columns
+                R.rows(i0, L, [&](int64_t v, int64_t col) {
+                    wrows[n] = W + v * H;
+                    if (dw) dwrows[n] = dw + v * H;
+                    cols[n++] = col;
                 });
+                if (dht)
+                    for (int64_t b0 = 0; b0 < B; b0 += NRB)
+                        axpy_chunk_n<WT>(int(std::min<int64_t>(NRB, B - b0)), wrows.data(), cols.data(), n, H,
+                                         &z[size_t(b0) * ZC], ZC, dht + b0 * ldh, ldh);
+                if (dw) outer_chunk<DWT>(dwrows.data(), cols.data(), n, z.data(), ZC, hp.data(), ldh, B, H);
+            }
         }
         if (dh) {
 #pragma omp barrier
