@@ -37,7 +37,7 @@ from rdfast import ops  # noqa: E402
 HEADS = {"7b": (3584, 152064), "small": (896, 32000)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "head.csv")
 FIELDS = ["date", "machine", "device", "threads", "torch", "isa", "head", "H", "V", "dtype", "B", "backend", "pass",
-          "median_ms", "min_ms", "read_ms", "x_read", "speedup_vs_full", "peak_extra_mb"]
+          "repeats", "median_ms", "min_ms", "read_ms", "x_read", "speedup_vs_full", "peak_extra_mb"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,11 +115,14 @@ class Memory:
             return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def measure(fn, repeats, device, memory):
-    """(median s, min s, peak extra bytes) over `repeats` timed calls after one warm-up call."""
+def measure(fn, repeats, device, memory, budget_s=6.0):
+    """(median s, min s, peak extra bytes, n) over n timed calls after one warm-up call: `repeats`, fewer when
+    the warm-up call says they would take more than budget_s (the slow baselines at B=64)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     fn()
     sync()
+    repeats = max(1, min(repeats, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
     times, peak = [], 0
     for _ in range(repeats):
         gc.collect()
@@ -130,7 +133,7 @@ def measure(fn, repeats, device, memory):
         times.append(time.perf_counter() - t0)
         p = memory.peak()
         peak = None if p is None else max(peak or 0, p)
-    return statistics.median(times), min(times), peak
+    return statistics.median(times), min(times), peak, repeats
 
 
 def read_time(weight, repeats, device):
@@ -196,10 +199,10 @@ def main(argv=None):
                     for name in ["full"] + names:
                         results[name] = measure(lambda: step(name, hidden, weight, ids, backward), a.repeats, device,
                                                 memory)
-                    for name, (med, best, peak) in results.items():
+                    for name, (med, best, peak, n) in results.items():
                         rows.append(dict(tag, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""), B=B,
                                          backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},
-                                         median_ms=round(med * 1e3, 3), min_ms=round(best * 1e3, 3),
+                                         repeats=n, median_ms=round(med * 1e3, 3), min_ms=round(best * 1e3, 3),
                                          read_ms=round(t_read * 1e3, 3), x_read=round(med / (passes * t_read), 3),
                                          speedup_vs_full=round(results["full"][0] / med, 3),
                                          peak_extra_mb=None if peak is None else round(peak / 2**20, 2)))
