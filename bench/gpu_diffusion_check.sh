@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks for rdfast.diffusion (issue 6), for a session with a CUDA device. Run from the repository root:
+# GPU checks for rdfast.diffusion (issues 6 and 7), for a session with a CUDA device. Run from the repository root:
 #
-#     bash bench/gpu_diffusion_check.sh            # about 5-8 minutes on one H100
+#     bash bench/gpu_diffusion_check.sh            # about 6-10 minutes on one H100
 #
 # In order (each step is independent; a failure is recorded and the next step still runs):
 #   1. tests/test_diffusion_graphs.py: CUDA-graph replay equals eager (1e-6), captured once per shape, outputs
@@ -11,6 +11,9 @@
 #      FLUX-shaped 512 px one -> bench/results/search_graphs_<gpu>.json
 #   3. bench/refl_memory.py --size gpu: one ReFL step on the FLUX-shaped pipeline, naive vs rdfast, peak
 #      CUDA memory and gradient cosine -> bench/results/refl_memory_<gpu>.json
+#   4. video (issue 7): graph vs eager on the Wan 2.1-shaped "bench" pipeline (64 px, 17 frames), then
+#      bench/refl_memory.py --pipeline wan on CUDA (frame-wise checkpointed VAE decode)
+#      -> bench/results/search_graphs_wan_<gpu>.json, bench/results/refl_memory_wan_<gpu>.json
 #
 # The GPU machines may lack diffusers/peft and cannot download: set RDFAST_WHEELS to a folder holding their
 # wheels (pure Python; e.g. `pip download diffusers peft --no-deps -d wheels` on a machine with network), and
@@ -83,5 +86,40 @@ EOF
 echo "== 3. ReFL peak memory, FLUX-shaped pipeline"
 $PY bench/refl_memory.py --size gpu --device cuda --batch 2 --threads 4 \
   --json "bench/results/refl_memory_${SLUG}.json" || status=1
+
+echo "== 4. video: Wan graph vs eager, Wan ReFL peak memory"
+$PY - "bench/results/search_graphs_wan_${SLUG}.json" <<'EOF' || status=1
+import json, sys, traceback
+import torch
+from rdfast.diffusion.pipelines import adapt
+from rdfast.diffusion.sampler import Sampler
+from rdfast.diffusion.testing import DEFAULT_FRAMES, DEFAULT_SIDE, tiny_pipeline
+
+dev, out = torch.device("cuda"), {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": []}
+try:
+    side, frames = DEFAULT_SIDE[("wan", "bench")], DEFAULT_FRAMES[("wan", "bench")]
+    ad = adapt(tiny_pipeline("wan", "bench", device=dev), num_frames=frames)
+    sched = ad.schedule(6, side, side)
+    for batch in (1, 2):
+        cond = ad.take(ad.encode(["a red fox in the snow"]), batch)
+        x = ad.noise(batch, side, side, torch.Generator().manual_seed(batch))
+        res = {}
+        for graphs in (False, True):
+            s = Sampler(ad.denoise, sched, ad.evals_per_step, graphs=graphs)
+            with torch.no_grad():
+                s.run(x, 0, sched.num_steps, cond)  # warm-up; captures once
+                res[graphs] = (s.run(x, 0, sched.num_steps, cond)[0], s.graphs.captures)
+        row = {"batch": batch, "max_abs_diff": (res[True][0] - res[False][0]).abs().max().item(),
+               "captures": res[True][1]}
+        out["rows"].append(row)
+        print(json.dumps(row))
+except Exception as err:  # a capture failure is itself a result
+    out["rows"].append({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]})
+    print("ERROR", err)
+with open(sys.argv[1], "w") as fh:
+    json.dump(out, fh, indent=2)
+EOF
+$PY bench/refl_memory.py --pipeline wan --device cuda --batch 2 --threads 4 \
+  --json "bench/results/refl_memory_wan_${SLUG}.json" || status=1
 
 exit $status

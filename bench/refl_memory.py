@@ -23,9 +23,14 @@ measures one step (loss + backward) above that post-load baseline:
 
 The gradients of both paths are saved and compared: ``grad_cosine`` must be ~1 (same step, same maths).
 
+``--pipeline wan``: the same comparison for video ReFL on a Wan 2.1-shaped pipeline ("bench": 64 px, 17 frames =
+5 latent frames, Wan's VAE channel multipliers at base width 16), where rdfast decodes with one checkpoint per
+latent frame and the reward model judges the videos against a Best-of-2 video reference.
+
     python bench/refl_memory.py --json bench/results/refl_memory_cpu.json   # default: about 1-2 min on 2 cores
     python bench/refl_memory.py --size tiny --json /tmp/refl.json            # half a minute
     python bench/refl_memory.py --size gpu --device cuda --json bench/results/refl_memory_<gpu>.json
+    python bench/refl_memory.py --pipeline wan --json bench/results/refl_memory_wan_cpu.json
 """
 from __future__ import annotations
 
@@ -113,18 +118,18 @@ def child(args):
     from rdfast import RewardModel
     from rdfast.diffusion.refl import ReFLTrainer
     from rdfast.diffusion.reward import PairwiseReward
-    from rdfast.diffusion.testing import DEFAULT_SIDE, tiny_pipeline
+    from rdfast.diffusion.testing import DEFAULT_FRAMES, DEFAULT_SIDE, tiny_pipeline
     from rdfast.testing import tiny_checkpoint
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    side = DEFAULT_SIDE[("flux", args.size)]
-    pipe = tiny_pipeline("flux", args.size, device=device)
+    side = DEFAULT_SIDE[(args.pipeline, args.size)]
+    pipe = tiny_pipeline(args.pipeline, args.size, device=device)
     rm = RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device=device, dtype=torch.float32)
     trainer = ReFLTrainer(pipe, PairwiseReward(rm, n=2, top_k=1), height=side, width=side,
                           num_steps=args.num_steps, grad_steps=args.grad_steps, late_range=(0.5, 1.0),
                           lora_rank=8, memory_efficient=args.path == "rdfast", tile_vae=False, autocast=None,
-                          graphs=False, seed=args.seed)
+                          graphs=False, seed=args.seed, num_frames=DEFAULT_FRAMES.get((args.pipeline, args.size)))
     with torch.random.fork_rng(devices=[]):  # nonzero LoRA B, so every LoRA tensor has a gradient to compare
         torch.manual_seed(args.seed)
         for n, p in trainer.ad.model.named_parameters():
@@ -166,20 +171,23 @@ def child(args):
     out = {"path": args.path, "peak_bytes": int(peak), "tracked_peak_bytes": int(tracked.peak),
            "rss_peak_bytes": rss, "step_seconds": seconds, "stop_step": info["stop_step"], "reward": info["reward"],
            "params": sum(p.numel() for p in trainer.ad.model.parameters()),
+           "num_frames": getattr(trainer.ad, "num_frames", None),
            "trainable": sum(p.numel() for p in trainer.parameters)}
     with open(args.result_out, "w") as fh:
         json.dump(out, fh)
 
 
 # ---- the comparison ----------------------------------------------------------------------------------------
-def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, threads=1, log=sys.stdout) -> dict:
+def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, threads=1, log=sys.stdout,
+        pipeline="flux") -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     results, grads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for path in ("naive", "rdfast"):
             res, gr = os.path.join(tmp, f"{path}.json"), os.path.join(tmp, f"{path}.pt")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--size", size, "--batch", str(batch),
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--pipeline", pipeline,
+                   "--size", size, "--batch", str(batch),
                    "--grad-steps", str(grad_steps), "--num-steps", str(num_steps), "--seed", str(seed),
                    "--device", device, "--threads", str(threads), "--result-out", res, "--grads-out", gr]
             t0 = time.time()
@@ -202,8 +210,8 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
         "method": ("cuda max_memory_allocated above the pre-step baseline" if device == "cuda" else
                    "tracked tensor storages (TorchDispatchMode) alive at once during the step, above the post-load "
                    "baseline; RSS VmHWM above the pre-step RSS reported as rss_peak_bytes"),
-        "setup": {"pipeline": f"random FLUX ({size})", "image_side": {"bench": 256, "gpu": 512}.get(size, 32),
-                  "batch": batch,
+        "setup": {"pipeline": f"random {'Wan 2.1' if pipeline == 'wan' else 'FLUX'} ({size})",
+                  "image_side": _side(pipeline, size), "num_frames": naive["num_frames"], "batch": batch,
                   "grad_steps": grad_steps, "num_steps": num_steps, "seed": seed, "dtype": "float32",
                   "vae_tiling": False, "lora_rank": 8, "threads": threads,
                   "reward": "tiny Qwen2-VL pairwise, Best-of-2 reference",
@@ -219,11 +227,19 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
     return out
 
 
+def _side(pipeline, size):
+    from rdfast.diffusion.testing import DEFAULT_SIDE
+
+    return DEFAULT_SIDE.get((pipeline, size))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--size", default="bench", choices=("bench", "tiny", "gpu"),
                    help="bench: 256 px FLUX-like (CPU default); gpu: FLUX-shaped blocks at 512 px (~0.9 B params)")
+    p.add_argument("--pipeline", default="flux", choices=("flux", "wan"),
+                   help="flux: images; wan: Wan 2.1-shaped video ReFL (frame-wise checkpointed VAE decode)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--grad-steps", type=int, default=2)
     p.add_argument("--num-steps", type=int, default=8)
@@ -239,7 +255,10 @@ def main(argv=None):
         args.path = args.child
         args.device = args.device or "cpu"
         return child(args)
-    out = run(args.size, args.batch, args.grad_steps, args.num_steps, args.seed, args.device, args.threads)
+    if args.pipeline == "wan" and args.size == "gpu":
+        p.error("--size gpu exists for --pipeline flux only")
+    out = run(args.size, args.batch, args.grad_steps, args.num_steps, args.seed, args.device, args.threads,
+              pipeline=args.pipeline)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:

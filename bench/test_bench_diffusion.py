@@ -56,6 +56,40 @@ def test_refl_memory_tracker_smoke():
     assert peaks[True] <= peaks[False]  # at 32 px the peak may sit in text encoding, before any backward
 
 
+def motion(videos, prompts):
+    return (videos[:, 1:] - videos[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+
+
+@functools.lru_cache(maxsize=None)
+def video_trainer(memory_efficient):
+    from rdfast.diffusion.refl import ReFLTrainer
+    from rdfast.diffusion.testing import tiny_pipeline
+
+    return ReFLTrainer(tiny_pipeline("wan"), motion, height=32, width=32, num_frames=9, num_steps=4, grad_steps=2,
+                       late_range=(0.5, 1.0), lora_rank=4, memory_efficient=memory_efficient, seed=0)
+
+
+@pytest.mark.parametrize("memory_efficient", [True, False], ids=["rdfast", "naive"])
+def test_video_refl_step(benchmark, memory_efficient):
+    tr = video_trainer(memory_efficient)
+    benchmark.group = "refl step tiny wan 32px 9 frames"
+    info = benchmark(tr.step, ["a red fox", "a blue car"])
+    assert info["stop_step"] in (2, 3)
+
+
+def test_video_search(benchmark):
+    from rdfast.diffusion.search import pipeline_problem, search_over_paths
+    from rdfast.diffusion.testing import tiny_pipeline
+
+    problem = pipeline_problem(tiny_pipeline("wan"), "a red fox", num_steps=6, height=32, width=32, num_frames=9,
+                               guidance_scale=3.0)
+    benchmark.group = "search tiny wan 32px 9 frames"
+    res = benchmark.pedantic(search_over_paths, args=(problem, motion),
+                             kwargs=dict(n=2, m=2, start_step=2, delta_f=1, delta_b=2, progress=False),
+                             rounds=1, iterations=1)
+    assert res.best_image.shape == (9, 3, 32, 32)
+
+
 def test_search_vs_best_of_n(benchmark):
     benchmark.group = "search toy"
     row = benchmark.pedantic(search_bench.compare, args=(8, 12, 2, 4, 6, 1, 3), rounds=1, iterations=1)

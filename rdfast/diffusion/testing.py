@@ -93,14 +93,17 @@ def _umt5_text(tok, d_model):
 
 def _wan(bench: bool):
     """Wan 2.1's layout at toy width: a causal video VAE with 8x spatial and 4x temporal compression (so 9 frames
-    are 3 latent frames), per-channel latent statistics, a (1, 2, 2)-patch transformer, UMT5, flow matching."""
+    are 3 latent frames), per-channel latent statistics, a (1, 2, 2)-patch transformer, UMT5, flow matching.
+    bench: 64 px, 17 frames, a wider VAE and four transformer blocks (bench/refl_memory.py --pipeline wan)."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
     tok = t5_tokenizer()
     z = 4
-    vae = AutoencoderKLWan(base_dim=16 if bench else 8, z_dim=z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True], latents_mean=[-0.1, 0.2, 0.05, -0.3],
-                           latents_std=[1.5, 0.8, 1.2, 2.0], scale_factor_temporal=4, scale_factor_spatial=8)
+    # bench: Wan 2.1's channel multipliers (1, 2, 4, 4) at base width 16, so the decoder's activations dominate
+    vae = AutoencoderKLWan(base_dim=16 if bench else 8, z_dim=z, dim_mult=[1, 2, 4, 4] if bench else [1, 1, 1, 1],
+                           num_res_blocks=1, temperal_downsample=[False, True, True],
+                           latents_mean=[-0.1, 0.2, 0.05, -0.3], latents_std=[1.5, 0.8, 1.2, 2.0],
+                           scale_factor_temporal=4, scale_factor_spatial=8)
     transformer = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12 if not bench else 32, in_channels=z,
         out_channels=z, text_dim=32, freq_dim=32, ffn_dim=32 if not bench else 128, num_layers=2 if not bench else 4,
@@ -232,9 +235,9 @@ def default_cache_dir() -> pathlib.Path:
 def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=None) -> pathlib.Path:
     """Directory of a tiny random diffusers pipeline (``kind`` in KINDS, ``size`` in SIZES), built once and cached.
 
-    size="tiny": 32 px images, one or two blocks everywhere (tests). size="bench": FLUX at 256 px with a 64-channel
-    four-block VAE and eight transformer blocks of width 128, so that activations dominate memory
-    (bench/refl_memory.py).
+    size="tiny": 32 px images, one or two blocks everywhere (tests; Wan: 9 frames). size="bench": FLUX at 256 px with
+    a 64-channel four-block VAE and eight transformer blocks of width 128, Wan at 64 px and 17 frames with Wan
+    2.1's VAE channel multipliers, so that activations dominate memory (bench/refl_memory.py).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
