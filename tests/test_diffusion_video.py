@@ -12,7 +12,7 @@ pytest.importorskip("peft")
 from conftest import load_rm  # noqa: E402
 from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.refl import ReFLTrainer  # noqa: E402
-from rdfast.diffusion.reward import PairwiseReward, PointwiseReward, rank_pairwise  # noqa: E402
+from rdfast.diffusion.reward import PairwiseReward, PointwiseReward, rank_pairwise, reward_fn  # noqa: E402
 from rdfast.diffusion.sampler import Sampler  # noqa: E402
 from rdfast.diffusion.search import best_of_n, equal_nfe_k, pipeline_problem, search_nfe, search_over_paths  # noqa
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
@@ -83,6 +83,10 @@ def test_framewise_checkpointed_decode_equals_vae_decode(wan, gen):
     assert scale > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4 * scale)  # per-sample vs batched sums
     assert n_calls == [3, 2 * 3 * 2]  # naive: one batched call per latent frame; checkpointed: forward + recompute
+    tiled = ad.decode(z, 32, 32, checkpoint=True, tile=True)  # per-sample checkpoint around diffusers' tiled decode
+    (tiled * w).sum().backward()
+    torch.testing.assert_close(tiled.detach(), out[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z.grad, grads[0], rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_video_refl_gradients_equal_naive_and_reach_every_lora_weight(wan):
@@ -181,6 +185,14 @@ def test_pairwise_and_pointwise_video_rewards_match_the_reward_model(gen):
     point = PointwiseReward(rm, instruction="motion", num_frames=3)(videos.detach(), ["a", "b"])
     torch.testing.assert_close(point, rm.score(videos=list(videos.detach()), prompts=["a", "b"], instruction="motion",
                                                num_frames=3))
+
+
+def test_reward_fn_accepts_video_layouts(gen):
+    fn = reward_fn(motion)
+    x = torch.rand(2, 4, 3, 8, 8, generator=gen)
+    torch.testing.assert_close(fn(x * 2 - 1, ["a", "b"]), motion(x, None))
+    u8 = (x * 255).round().to(torch.uint8)
+    torch.testing.assert_close(fn(u8.permute(0, 1, 3, 4, 2), "a"), motion(u8.float() / 255, None))
 
 
 def test_video_search_returns_the_best_scored_video(wan, tmp_path):
