@@ -47,6 +47,20 @@ class RankResult:
     top: list[int]
 
 
+def rank_from_pairs(p: torch.Tensor, pairs: list[tuple[int, int]], n: int, top_k: int) -> RankResult:
+    """Best-of-N from pairwise judgements: ``p[k]`` = P(candidate j better than i) for ``pairs[k] = (i, j)``,
+    every ordered pair present. Both orders are averaged into P(i beats j); P > 0.5 is a hard win; ties in
+    wins are broken by the summed win probabilities, then by index."""
+    beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)  # beats[j, i] = P(j better than i)
+    beats[torch.tensor([j for _, j in pairs]), torch.tensor([i for i, _ in pairs])] = p
+    win_prob = 0.5 * (beats + 1.0 - beats.T)
+    win_prob.fill_diagonal_(0.0)
+    wins = (win_prob > 0.5).sum(dim=1)
+    total = win_prob.sum(dim=1)
+    order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
+    return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
+
+
 def _default_device():
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -204,38 +218,30 @@ class RewardModel:
                                   it.instruction, it.index, it.n_condition) for it in items]
         return 0.5 * (p + 1.0 - self._probabilities(self._run(swapped, batch_size)))
 
-    def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None) -> RankResult:
+    def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None, *, videos=None,
+             num_frames=None, fps=None) -> RankResult:
         """Best-of-N by pairwise win counts over every ordered pair (the paper's reference selection).
 
-        Each unordered pair is judged in both orders and averaged; the candidate with P > 0.5 gets a hard
-        win. Ties in win count are broken by the summed win probabilities. All N(N-1) pairs go through the
-        engine and the head in one call (each candidate encoded once).
+        candidates: N images (as for ``score``), or ``videos=``: N videos. Each unordered pair is judged in
+        both orders and averaged; the candidate with P > 0.5 gets a hard win. Ties in win count are broken by
+        the summed win probabilities. All N(N-1) pairs go through the engine and the head in one call (each
+        candidate encoded once).
         """
-        cands = as_image_list(candidates, "candidates")
+        if (candidates is None) == (videos is None):
+            raise InputError("pass candidates (images) or videos, exactly one of them")
+        is_video = videos is not None
+        cands = as_video_list(videos, "videos") if is_video else as_image_list(candidates, "candidates")
         n = len(cands)
         if n < 2:
-            raise InputError(f"rank needs at least 2 candidates, got {n}", field="candidates")
+            raise InputError(f"rank needs at least 2 candidates, got {n}", field="videos" if is_video else "candidates")
         if not 1 <= top_k <= n:
             raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        p = self.compare(
-            images1=[cands[i] for i, _ in pairs],
-            images2=[cands[j] for _, j in pairs],
-            prompts=[prompt] * len(pairs),
-            instruction=instruction,
-            batch_size=batch_size,
-        )
-        # p[(i, j)] = P(j better than i); beats[j, i] collects it.
-        beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)
-        idx_i = torch.tensor([i for i, _ in pairs], device=p.device)
-        idx_j = torch.tensor([j for _, j in pairs], device=p.device)
-        beats[idx_j, idx_i] = p
-        win_prob = 0.5 * (beats + 1.0 - beats.T)
-        win_prob.fill_diagonal_(0.0)
-        wins = (win_prob > 0.5).sum(dim=1)
-        total = win_prob.sum(dim=1)
-        order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
-        return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
+        first, second = [cands[i] for i, _ in pairs], [cands[j] for _, j in pairs]
+        media = {"videos1": first, "videos2": second} if is_video else {"images1": first, "images2": second}
+        p = self.compare(**media, prompts=[prompt] * len(pairs), instruction=instruction, batch_size=batch_size,
+                         num_frames=num_frames, fps=fps)
+        return rank_from_pairs(p, pairs, n, top_k)
 
     def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None, *,
                      videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> dict:

@@ -6,6 +6,8 @@ import os
 import pytest
 import torch
 
+from rdfast.model import RewardModel
+
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
@@ -143,6 +145,7 @@ class _FakeVideoRM:
     """compare(videos1, videos2) = sigmoid(20 (mean(v2) - mean(v1))): brighter videos win; records the calls."""
 
     device = torch.device("cpu")
+    rank = RewardModel.rank  # the real Best-of-N rule over this fake's judgements
 
     def __init__(self):
         self.calls = []

@@ -91,27 +91,17 @@ def _instruction(instruction, kind: str):
 @torch.no_grad()
 def rank_pairwise(rm, candidates: torch.Tensor, prompt: str, top_k: int = 1, instruction=None, num_frames=None,
                   batch_size=None):
-    """Best-of-N by pairwise win counts over images [n, 3, H, W] or videos [n, T, 3, H, W]: ``RewardModel.rank``'s
-    rule (every ordered pair judged, both orders averaged, a hard win for P > 0.5, ties broken by summed win
-    probabilities), computed here for videos (``rank`` takes images only). Returns ``RankResult``."""
-    from ..model import RankResult
-
+    """Best-of-N by pairwise win counts over images [n, 3, H, W] or videos [n, T, 3, H, W]: ``RewardModel.rank``
+    (every ordered pair judged, both orders averaged, a hard win for P > 0.5, ties broken by summed win
+    probabilities). Returns ``RankResult``."""
     kind = media_kind(candidates)
     n = candidates.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 Best-of-N candidates for {prompt!r}, got {n}")
-    items = list(candidates.unbind(0))  # the same tensor objects repeat below: the engine preprocesses each once
-    pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-    p = rm.compare(**_media_args(kind, [items[i] for i, _ in pairs], [items[j] for _, j in pairs], num_frames),
-                   prompts=[prompt] * len(pairs), instruction=_instruction(instruction, kind), batch_size=batch_size)
-    beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)  # beats[j, i] = P(j better than i)
-    beats[torch.tensor([j for _, j in pairs]), torch.tensor([i for i, _ in pairs])] = p
-    win_prob = 0.5 * (beats + 1.0 - beats.T)
-    win_prob.fill_diagonal_(0.0)
-    wins = (win_prob > 0.5).sum(dim=1)
-    total = win_prob.sum(dim=1)
-    order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
-    return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
+    items = list(candidates.unbind(0))  # one object per candidate: the engine preprocesses each once
+    media = {"videos": items, "num_frames": num_frames} if kind == "video" else {"candidates": items}
+    return rm.rank(**media, prompt=prompt, top_k=top_k, instruction=_instruction(instruction, kind),
+                   batch_size=batch_size)
 
 
 class PairwiseReward:
