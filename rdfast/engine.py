@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -115,8 +115,15 @@ class Engine:
         starts = [k for k, t in enumerate(item.input_ids) if t == start]
         return starts[-item.images[-1].n_starts]
 
+    def _kv_cache_dropped(self) -> bool:
+        """transformers drops the KV cache in layers that checkpoint activations in training mode; a shared
+        prefix would then be silently lost, so it is not used."""
+        return any(getattr(m, "gradient_checkpointing", False) and m.training for m in self.lm.modules())
+
     def answer_logprobs(self, items: list, options: EngineOptions) -> torch.Tensor:
         """log P(yes), log P(no) [N, 2] for encoded items, optimised as ``options`` allow."""
+        if options.prefix_cache and self._kv_cache_dropped():
+            options = replace(options, prefix_cache=False)
         feats = self.media_features(items, options)
         groups: dict = defaultdict(list)
         for index, it in enumerate(items):

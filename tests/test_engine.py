@@ -113,3 +113,28 @@ def test_out_of_memory_halves_the_micro_batch():
 def test_engine_options_default_on():
     opts = EngineOptions()
     assert opts.feature_cache and opts.prefix_cache and opts.packing
+
+
+def test_activation_checkpointing_keeps_scores_exact(gen):
+    """transformers drops the KV cache in checkpointing layers: the engine must not rely on a shared prefix then."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    rm = load_rm("qwen2_vl")
+    ref = random_images(1, seed=int(torch.randint(0, 2**30, (1,), generator=gen)))[0]
+    cands = [im.requires_grad_() for im in random_images(3, sizes=((56, 56),) * 3, seed=4, kind="tensor")]
+    expected = rm.compare(images1=[ref] * 3, images2=[c.detach() for c in cands], prompts=["a fox"] * 3)
+    layers = [m for m in rm.model.modules() if hasattr(m, "gradient_checkpointing")]
+    saved = [(m.gradient_checkpointing, m.training) for m in layers]
+    try:
+        for m in layers:
+            m.gradient_checkpointing, m.training = True, True
+            m._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+        got = rm.compare(images1=[ref] * 3, images2=cands, prompts=["a fox"] * 3)
+        got.sum().backward()
+    finally:
+        for m, (gc, tr) in zip(layers, saved):
+            m.gradient_checkpointing, m.training = gc, tr
+    torch.testing.assert_close(got.detach(), expected, atol=1e-7, rtol=1e-5)
+    assert all(c.grad is not None and c.grad.abs().sum() > 0 for c in cands)
