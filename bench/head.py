@@ -9,7 +9,8 @@ that reads it n times (forward 1, forward+backward 2) is compared with n reads.
     python bench/head.py                    # full run, appends to bench/results/head.csv
     python bench/head.py --quick --json /tmp/head.json
 
-Rows are tagged with the machine (CPU model or GPU name) so results from different machines never mix.
+Rows are tagged with the machine (CPU model or GPU name) so results from different machines never mix, and
+with the 1-minute load average: on a shared machine other processes inflate the times.
 Peak extra memory: on CUDA torch.cuda.max_memory_allocated; on CPU the process's peak RSS (VmHWM, reset
 through /proc/self/clear_refs) above the RSS before the call, with glibc's mmap threshold pinned so freed
 buffers really leave. Nothing here asserts timings.
@@ -36,7 +37,7 @@ from rdfast import ops  # noqa: E402
 
 HEADS = {"7b": (3584, 152064), "small": (896, 32000)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "head.csv")
-FIELDS = ["date", "machine", "device", "threads", "torch", "isa", "head", "H", "V", "dtype", "B", "backend", "pass",
+FIELDS = ["date", "machine", "device", "threads", "loadavg", "torch", "isa", "head", "H", "V", "dtype", "B", "backend", "pass",
           "repeats", "median_ms", "min_ms", "read_ms", "x_read", "speedup_vs_full", "peak_extra_mb"]
 
 
@@ -199,8 +200,9 @@ def main(argv=None):
                     for name in ["full"] + names:
                         results[name] = measure(lambda: step(name, hidden, weight, ids, backward), a.repeats, device,
                                                 memory)
+                    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
                     for name, (med, best, peak, n) in results.items():
-                        rows.append(dict(tag, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""), B=B,
+                        rows.append(dict(tag, loadavg=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""), B=B,
                                          backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},
                                          repeats=n, median_ms=round(med * 1e3, 3), min_ms=round(best * 1e3, 3),
                                          read_ms=round(t_read * 1e3, 3), x_read=round(med / (passes * t_read), 3),
