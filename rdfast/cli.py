@@ -23,9 +23,10 @@ from .images import InputError, load_image
 FIELDS = {"score": ("image",), "compare": ("image1", "image2")}
 
 
-def read_jsonl(path: str, image_fields: tuple[str, ...], log=sys.stderr, keep=None):
+def read_jsonl(path: str, image_fields: tuple[str, ...], log=None, keep=None):
     """Yield (line_number, record, images) for valid lines (those ``keep(line_number)`` accepts); report and
     skip bad ones."""
+    log = log or sys.stderr  # looked up per call: sys.stderr may be replaced (tests, notebooks)
     base = os.path.dirname(os.path.abspath(path))
     with open(path) as fh:
         for number, line in enumerate(fh, start=1):
@@ -107,7 +108,7 @@ def _distributed():
 
 
 def score_file(rm, mode: str, input_path: str, output_path: str, instruction=None, debias=False, batch_size=8,
-               log=sys.stderr, resume=False) -> int:
+               log=None, resume=False) -> int:
     """Score a JSONL file, streaming it in chunks (images of the next chunk load while this one is scored).
 
     Items the model rejects are reported and skipped. ``resume=True`` keeps lines already in
@@ -117,6 +118,7 @@ def score_file(rm, mode: str, input_path: str, output_path: str, instruction=Non
     """
     from tqdm import tqdm
 
+    log = log or sys.stderr
     rank, world = _distributed()
     part = output_path if world == 1 else f"{output_path}.rank{rank}-of-{world}"
     done = _lines_done(part) if resume else set()
