@@ -3,8 +3,9 @@
 For each head (Qwen2-VL-7B-like H=3584, V=152064 and a small H=896, V=32000), dtype and batch size it
 times every available backend and the baseline `log_softmax((hidden @ weight.T).float())`, forward
 (no_grad, scoring) and forward+backward (gradient to hidden only: a frozen head), and measures peak extra
-memory. The roofline is the time to read the weight once (a float32 sum over the weight's bytes); a pass
-that reads it n times (forward 1, forward+backward 2) is compared with n reads.
+memory. The roofline is the time to read the weight once (a float32 sum over the weight's bytes, timed in
+the same rounds); a pass that reads it n times (forward 1, forward+backward 2) is compared with n reads.
+Times are medians of calls interleaved round-robin across the backends.
 
     python bench/head.py                    # full run, appends to bench/results/head.csv
     python bench/head.py --quick --json /tmp/head.json
@@ -116,33 +117,41 @@ class Memory:
             return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def measure(fn, repeats, device, memory, budget_s=6.0):
-    """(median s, min s, peak extra bytes, n) over n timed calls after one warm-up call: `repeats`, fewer when
-    the warm-up call says they would take more than budget_s (the slow baselines at B=64)."""
+def measure(fns, repeats, device, memory, budget_s=5.0):
+    """{name: (median s, min s, peak extra bytes, n)}. Calls are interleaved round-robin (one warm-up each,
+    then one call of every function per round), so a load that changes during the run hits all of them alike.
+    A function gets fewer than `repeats` calls when its warm-up says they would take more than budget_s, and a
+    warm-up of a second or more (the slow baselines, nothing left to warm) counts as one of them."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    repeats = max(1, min(repeats, int(budget_s / max(time.perf_counter() - t0, 1e-9))))
-    times, peak = [], 0
-    for _ in range(repeats):
+    n, times, peak = {}, {name: [] for name in fns}, {name: None for name in fns}
+
+    def call(name):
         gc.collect()
         memory.start()
         t0 = time.perf_counter()
-        fn()
+        fns[name]()
         sync()
-        times.append(time.perf_counter() - t0)
+        times[name].append(time.perf_counter() - t0)
         p = memory.peak()
-        peak = None if p is None else max(peak or 0, p)
-    return statistics.median(times), min(times), peak, repeats
+        peak[name] = None if p is None else max(peak[name] or 0, p)
+
+    for name in fns:
+        call(name)
+        first = times[name][0]
+        n[name] = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
+        if first < 1.0:
+            times[name], peak[name] = [], None
+    for r in range(repeats):
+        for name in fns:
+            if len(times[name]) < n[name]:
+                call(name)
+    return {name: (statistics.median(t), min(t), peak[name], len(t)) for name, t in times.items()}
 
 
-def read_time(weight, repeats, device):
-    """Time to read the weight's bytes once: a float32 sum over them (bf16 pairs reinterpreted)."""
+def bytes_as_fp32(weight):
+    """The weight's bytes as one float32 vector (bf16/fp16 pairs reinterpreted): summing it reads them once."""
     flat = weight.view(-1)
-    if weight.element_size() == 2 and flat.numel() % 2 == 0:
-        flat = flat.view(torch.float32)
-    return measure(flat.sum, repeats, device, Memory(device))[1]  # min: the achievable bandwidth
+    return flat.view(torch.float32) if weight.element_size() == 2 and flat.numel() % 2 == 0 else flat
 
 
 def machine(device):
@@ -167,7 +176,7 @@ def main(argv=None):
     p.add_argument("--batch", default="1,4,16,64", help="comma list of batch sizes")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--backends", default=None, help="comma list (default: every available backend)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--csv", default=RESULTS, help="append rows here ('' to skip)")
@@ -190,26 +199,27 @@ def main(argv=None):
             if a.backends:
                 names = [n for n in names if n in a.backends.split(",")]
             _, weight, ids = make_head(H, V, dtype, device)
-            t_read = read_time(weight, max(3, a.repeats), device)
+            flat = bytes_as_fp32(weight)
             for B in (int(b) for b in a.batch.split(",")):
                 torch.manual_seed(B)
                 hidden = torch.randn(B, H, device=device).to(dtype).requires_grad_()
                 for backward in (False,) if a.no_backward else (False, True):
                     passes = 2 if backward else 1
-                    results = {}
-                    for name in ["full"] + names:
-                        results[name] = measure(lambda: step(name, hidden, weight, ids, backward), a.repeats, device,
-                                                memory)
+                    fns = {"read": flat.sum}  # the roofline, measured beside every case
+                    fns.update({name: (lambda name=name: step(name, hidden, weight, ids, backward))
+                                for name in ["full"] + names})
+                    results = measure(fns, a.repeats, device, memory)
+                    t_read = results.pop("read")[0]  # medians throughout
                     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
                     for name, (med, best, peak, n) in results.items():
-                        rows.append(dict(tag, loadavg=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""), B=B,
-                                         backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},
+                        rows.append(dict(tag, loadavg=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""),
+                                         B=B, backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},
                                          repeats=n, median_ms=round(med * 1e3, 3), min_ms=round(best * 1e3, 3),
                                          read_ms=round(t_read * 1e3, 3), x_read=round(med / (passes * t_read), 3),
                                          speedup_vs_full=round(results["full"][0] / med, 3),
                                          peak_extra_mb=None if peak is None else round(peak / 2**20, 2)))
                     print_rows(rows[-len(results):])
-            del weight
+            del weight, flat
             gc.collect()
 
     if a.csv:
