@@ -21,7 +21,7 @@ import torch
 __all__ = ["token_logprobs", "available_backends"]
 
 BACKENDS = ("auto", "triton", "cpp", "torch")
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # float64: torch backend (reference checks)
 _CPP_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _TORCH_CHUNK_ELEMENTS = 1 << 23  # fp32 weight elements per step of the torch backend (32 MiB)
 
@@ -30,7 +30,8 @@ def token_logprobs(hidden, weight, token_ids, bias=None, backend="auto"):
     """Log-probabilities over the full vocabulary of a few tokens, without a [B, V] logits buffer.
 
     Args:
-        hidden: [B, H] float32, float16 or bfloat16 (the last hidden state of each sequence).
+        hidden: [B, H] float32, float16 or bfloat16 (the last hidden state of each sequence); float64 runs on
+            the torch backend and stays float64 (for float64 reference checks such as finite differences).
         weight: [V, H] the LM head, same dtype and device as ``hidden``.
         token_ids: integer [K] (the same tokens for every row, e.g. yes and no) or [B, K] (per row), each in
             [0, V); repeated ids are allowed.
@@ -39,7 +40,7 @@ def token_logprobs(hidden, weight, token_ids, bias=None, backend="auto"):
 
     Returns:
         (logp, lse): logp [B, K] float32 = logits[b, ids] - lse[b], and lse [B] float32 = logsumexp(logits[b]),
-        whatever the input dtype (accumulation is always in float32). Both are differentiable with respect to
+        whatever the input dtype (accumulation in float32; float64 inputs give float64). Both are differentiable with respect to
         ``hidden``, and to ``weight`` / ``bias`` when they require grad (a frozen head gets no gradient buffer).
     """
     ids = _validate(hidden, weight, token_ids, bias, backend)
@@ -75,6 +76,8 @@ def _unavailable(name, hidden):
     if name == "torch":
         return None
     if name == "triton":
+        if hidden.dtype == torch.float64:
+            return "it supports float32, float16 and bfloat16 (got torch.float64)"
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed (pip install 'rdfast[triton]')"
         if not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -118,7 +121,7 @@ def _validate(hidden, weight, token_ids, bias, backend):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"rdfast.ops: {name} must be a 2-D tensor, got {_describe(t)}")
         if t.dtype not in _DTYPES:
-            raise TypeError(f"rdfast.ops: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+            raise TypeError(f"rdfast.ops: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
     (B, H), (V, Hw) = hidden.shape, weight.shape
     if Hw != H:
         raise ValueError(f"rdfast.ops: hidden [B, H] = {list(hidden.shape)} and weight [V, H] = {list(weight.shape)} "
@@ -149,6 +152,11 @@ def _validate(hidden, weight, token_ids, bias, backend):
     return ids.to(device=hidden.device, dtype=torch.long).contiguous()
 
 
+def _acc(hidden):
+    """Accumulation dtype: float32, or float64 for float64 inputs."""
+    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
+
+
 def _describe(x):
     return f"{type(x).__name__} of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else repr(x)
 
@@ -161,7 +169,7 @@ class _Head(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, ids, impl):
         hidden, weight = hidden.contiguous(), weight.contiguous()
-        bias32 = None if bias is None else bias.detach().float().contiguous()
+        bias32 = None if bias is None else bias.detach().to(_acc(hidden)).contiguous()
         tgt, lse = impl.forward(hidden, weight, bias32, ids)
         ctx.impl, ctx.bias_dtype = impl, None if bias is None else bias.dtype
         ctx.save_for_backward(hidden, weight, bias32, ids, lse)
@@ -172,8 +180,8 @@ class _Head(torch.autograd.Function):
     def backward(ctx, g, g_lse):
         hidden, weight, bias32, ids, lse = ctx.saved_tensors
         need_dh, need_dw, need_db = ctx.needs_input_grad[:3]
-        g = g.float().contiguous()
-        coef = (g.sum(1) - g_lse.float()).contiguous()  # dlogits = scatter(g) - coef * softmax
+        g = g.to(_acc(hidden)).contiguous()
+        coef = (g.sum(1) - g_lse.to(g.dtype)).contiguous()  # dlogits = scatter(g) - coef * softmax
         dh, dw, db = ctx.impl.backward(hidden, weight, bias32, ids, lse, g, coef, need_dh, need_dw, need_db)
         return (
             dh.to(hidden.dtype) if need_dh else None,
@@ -200,7 +208,7 @@ class _TorchBackend:
 
     @staticmethod
     def _logits(h32, weight, bias, v0, v1):
-        w = weight[v0:v1].float()  # a view for fp32, a bounded copy for fp16/bf16
+        w = weight[v0:v1].to(h32.dtype)  # a view for fp32, a bounded copy for fp16/bf16
         z = h32 @ w.T
         if bias is not None:
             z += bias[v0:v1]
@@ -208,10 +216,10 @@ class _TorchBackend:
 
     @staticmethod
     def forward(hidden, weight, bias, ids):
-        h32 = hidden.float()
+        h32 = hidden.to(_acc(hidden))
         B = h32.shape[0]
-        lse = torch.full((B,), float("-inf"), device=h32.device)
-        tgt = torch.zeros(ids.shape, device=h32.device)
+        lse = torch.full((B,), float("-inf"), device=h32.device, dtype=h32.dtype)
+        tgt = torch.zeros(ids.shape, device=h32.device, dtype=h32.dtype)
         for v0, v1 in _TorchBackend._chunks(weight):
             z, _ = _TorchBackend._logits(h32, weight, bias, v0, v1)
             lse = torch.logaddexp(lse, torch.logsumexp(z, dim=1))
@@ -221,10 +229,10 @@ class _TorchBackend:
 
     @staticmethod
     def backward(hidden, weight, bias, ids, lse, g, coef, need_dh, need_dw, need_db):
-        h32 = hidden.float()
+        h32 = hidden.to(_acc(hidden))
         dh = torch.zeros_like(h32) if need_dh else None
         dw = torch.empty_like(weight) if need_dw else None
-        db = torch.empty(weight.shape[0], device=h32.device) if need_db else None
+        db = torch.empty(weight.shape[0], device=h32.device, dtype=h32.dtype) if need_db else None
         for v0, v1 in _TorchBackend._chunks(weight):
             z, w = _TorchBackend._logits(h32, weight, bias, v0, v1)
             d = torch.exp(z - lse[:, None]).mul_(-coef[:, None])

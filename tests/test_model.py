@@ -165,27 +165,32 @@ def test_gradients_reach_pixels(family, gen):
 
 
 def test_gradients_match_finite_differences_in_float64(family, gen):
+    """Directional finite differences over a few pixel patches, model and pixels in float64.
+
+    transformers' RMSNorm and rotary embeddings round through float32 even in a float64 model (about 1e-7
+    relative), so single-pixel differences with tiny steps drown in that noise; a random direction over a
+    28x28 patch with step 1e-2 moves the log-score by ~1e-4, far above it. Tolerance: 5e-3 relative."""
     rm = load_rm(family, dtype=torch.float64)
     seed = seed_of(gen)
     image = random_images(1, sizes=((56, 56),), seed=seed, kind="tensor")[0].double()
-    image = image.clamp(0.05, 0.95)  # keep perturbed pixels inside [0, 1]
+    image = image.clamp(0.1, 0.9)  # keep perturbed pixels inside [0, 1]
 
-    def logit_score(x):
-        p = rm.score(images=[x], prompts=["a red circle"])
-        return torch.log(p) if rm.normalize == "vocab" else p
+    def log_score(x):
+        return torch.log(rm.score(images=[x], prompts=["a red circle"]))
 
     x = image.clone().requires_grad_()
-    logit_score(x).sum().backward()
-    rng = np.random.default_rng(seed)
-    eps = 1e-5
-    for _ in range(4):
-        c, i, j = int(rng.integers(3)), int(rng.integers(56)), int(rng.integers(56))
-        plus, minus = image.clone(), image.clone()
-        plus[c, i, j] += eps
-        minus[c, i, j] -= eps
+    log_score(x).sum().backward()
+    assert x.grad.dtype == torch.float64
+    rng = torch.Generator().manual_seed(seed)
+    eps = 1e-2  # central differences: the step's own error is O(eps^2), far below the tolerance
+    for _ in range(3):
+        i, j = (int(v) for v in torch.randint(0, 56 - 28, (2,), generator=rng))
+        direction = torch.zeros_like(image)
+        direction[:, i : i + 28, j : j + 28] = torch.randn(3, 28, 28, generator=rng, dtype=torch.float64) * 0.5
         with torch.no_grad():
-            fd = (logit_score(plus) - logit_score(minus)).item() / (2 * eps)
-        assert abs(x.grad[c, i, j].item() - fd) <= 1e-6 + 1e-4 * abs(fd), (c, i, j, x.grad[c, i, j].item(), fd)
+            fd = (log_score(image + eps * direction) - log_score(image - eps * direction)).item() / (2 * eps)
+        analytic = (x.grad * direction).sum().item()
+        assert abs(analytic - fd) <= 1e-6 + 5e-3 * abs(fd), (i, j, analytic, fd)
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

@@ -213,6 +213,19 @@ def test_auto_picks_cpp_on_cpu_and_torch_otherwise():
 
 
 @_not_in_child
+def test_float64_runs_on_torch_and_stays_float64(gen):
+    hidden = torch.randn(3, 77, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(1003, 77, generator=gen, dtype=torch.float64)
+    ids = torch.tensor([5, 900, 5])
+    logp, lse = ops.token_logprobs(hidden, weight, ids)
+    ref = torch.log_softmax(hidden @ weight.T, dim=-1)
+    assert logp.dtype == torch.float64 and lse.dtype == torch.float64
+    torch.testing.assert_close(logp, ref[:, ids], atol=1e-12, rtol=0)
+    (g,) = torch.autograd.grad(logp.sum(), hidden)
+    (g_ref,) = torch.autograd.grad(ref[:, ids].sum(), hidden)
+    torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
+
+
 def test_bad_inputs_raise_clear_errors():
     hidden, weight, _, ids = make_inputs(3, 8, 50, 2, False, torch.float32)
     f = ops.token_logprobs
@@ -230,8 +243,10 @@ def test_bad_inputs_raise_clear_errors():
         f(hidden[0], weight, ids)
     with pytest.raises(TypeError, match="float16"):
         f(hidden, weight.half(), ids)
-    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
-        f(hidden.double(), weight.double(), ids)
+    with pytest.raises(TypeError, match="float32, float16, bfloat16 or float64"):
+        f(hidden.int(), weight.int(), ids)
+    with pytest.raises(RuntimeError, match="cpp.*float64"):
+        f(hidden.double(), weight.double(), ids, backend="cpp")
     with pytest.raises(ValueError, match="is on"):
         f(hidden, weight.to("meta"), ids)
     with pytest.raises(ValueError, match="bias"):

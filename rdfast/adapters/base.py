@@ -94,7 +94,8 @@ class VisionAdapter(ABC):
             if (image.height, image.width) != (height, width):
                 image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
             return pil_to_tensor(image)
-        image = image.to(torch.float32)
+        if image.dtype not in (torch.float32, torch.float64):  # float64 stays float64 (reference checks)
+            image = image.float()
         if tuple(image.shape[-2:]) != (height, width):
             batch = image if image.dim() == 4 else image[None]
             batch = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
@@ -102,7 +103,7 @@ class VisionAdapter(ABC):
         return image
 
     def normalized(self, image: torch.Tensor) -> torch.Tensor:
-        return (image - self.image_mean.to(image.device)) / self.image_std.to(image.device)
+        return (image - self.image_mean.to(image)) / self.image_std.to(image)
 
     def expand_placeholders(self, text: str, media: list[EncodedImage], index: int | None = None) -> str:
         """Replace the i-th image/video placeholder of ``text`` by ``media[i].expansion``."""
