@@ -226,6 +226,7 @@ def test_float64_runs_on_torch_and_stays_float64(gen):
     torch.testing.assert_close(g, g_ref, atol=1e-12, rtol=0)
 
 
+@_not_in_child
 def test_bad_inputs_raise_clear_errors():
     hidden, weight, _, ids = make_inputs(3, 8, 50, 2, False, torch.float32)
     f = ops.token_logprobs
