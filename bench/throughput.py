@@ -201,17 +201,20 @@ def run_naive(rm, items):
     return torch.cat(out)
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
+def timed_round_robin(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median seconds per function, timed in alternation (a, b, c, a, b, c, ...) so that load from other
+    processes falls on every method alike; also each function's warm-up result."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    result = fn()  # warm-up (and the result, checked below)
-    times = []
+    results = {name: fn() for name, fn in fns.items()}  # warm-up (and the results, checked below)
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), result
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 def device_name(device: torch.device) -> str:
@@ -244,9 +247,9 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     preprocess_s = time.perf_counter() - t0
     repeats = preset.repeats if repeats is None else repeats
     subset = items[: naive_subset or preset.naive_subset]
-    t_rd, ours = timed(lambda: run_rdfast(rm, items), repeats)
-    t_hf, ref = timed(lambda: run_hf_batched(rm, items), repeats)
-    t_nv, _ = timed(lambda: run_naive(rm, subset), max(1, repeats - 1))
+    t, out = timed_round_robin({"rdfast": lambda: run_rdfast(rm, items), "hf": lambda: run_hf_batched(rm, items),
+                                "naive": lambda: run_naive(rm, subset)}, repeats)
+    (t_rd, t_hf, t_nv), ours, ref = (t["rdfast"], t["hf"], t["naive"]), out["rdfast"], out["hf"]
     ratio, unique_flops = ideal_ratio(rm, items)
     n = len(items)
     peak = None
@@ -295,6 +298,7 @@ def main(argv=None):
         print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
               f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
     result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
+              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
               "packing": args.packing, "scenarios": rows}
     if args.json:
         with open(args.json, "w") as fh:
