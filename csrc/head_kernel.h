@@ -348,7 +348,7 @@ static void forward_impl(const Problem& p, float* lse, float* tgt) {
     const int T = int(std::max<int64_t>(1, std::min<int64_t>(p.nthreads, (V + NVR - 1) / NVR)));
     // Pieces of the vocabulary are handed out dynamically, so a thread whose core is busy with other work
     // takes fewer; partial results are kept per piece and merged in a fixed order (deterministic).
-    const int64_t P = T * std::max<int64_t>(1, std::min<int64_t>(4, V / (4096 * T)));
+    const int64_t P = T * std::max<int64_t>(1, std::min<int64_t>(8, V / (1024 * T)));
     std::vector<float> part_m(size_t(P) * B, -INFINITY);
     std::vector<double> part_s(size_t(P) * B, 0.0);
 
