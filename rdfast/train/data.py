@@ -156,6 +156,25 @@ def save_preferences(records, path) -> None:
             fh.write(json.dumps({**row, **r.extra}) + "\n")
 
 
+class PreferenceDataset(torch.utils.data.Dataset):
+    """Records as a map-style dataset; ``Collator`` is its ``collate_fn`` (for a DataLoader in your own loop).
+
+        loader = DataLoader(PreferenceDataset("train.jsonl"), batch_size=8, shuffle=True,
+                            collate_fn=Collator(rm, "pairwise"))
+    """
+
+    def __init__(self, source, strict: bool = False, check_images: bool = True, log=sys.stderr):
+        if isinstance(source, (str, os.PathLike)):
+            source = load_preferences(source, strict=strict, check_images=check_images, log=log)
+        self.records = list(source)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index) -> PreferenceRecord:
+        return self.records[index]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Batches
 

@@ -1,0 +1,146 @@
+"""torchrun (2 CPU processes, gloo) equals one process; SIGKILL then resume equals an uninterrupted run.
+
+Each run is a subprocess executing this file as a script (``python tests/test_train_distributed.py ...`` or
+under ``torch.distributed.run``), on preference data written to a temporary folder.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def write_data(folder, n, seed):
+    """n preference lines over random images of two sizes (so batches need padding); a third are ties."""
+    from rdfast.testing import random_images
+
+    os.makedirs(folder, exist_ok=True)
+    ims = random_images(2 * n, sizes=((56, 56), (84, 56), (56, 84)), seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    words = ["red", "blue", "green", "small", "large", "dark", "bright"]
+    lines = []
+    for k in range(n):
+        for j in (0, 1):
+            ims[2 * k + j].save(os.path.join(folder, f"{k}_{j}.png"))
+        pick = torch.randint(0, len(words), (1 + k % 3,), generator=gen).tolist()
+        lines.append(json.dumps({"prompt": "a " + " ".join(words[i] for i in pick) + " car", "image1": f"{k}_0.png",
+                                 "image2": f"{k}_1.png", "label": [1, 2, "tie"][k % 3]}))
+    with open(os.path.join(folder, "train.jsonl"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return os.path.join(folder, "train.jsonl")
+
+
+def run(args, nproc=1, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29500 + int.from_bytes(os.urandom(2), "little") % 2000), __file__, *args]
+    else:
+        cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    name = "adapter_model.safetensors" if os.path.isfile(os.path.join(folder, "adapter_model.safetensors")) \
+        else "model.safetensors"
+    out = load_file(os.path.join(folder, name))
+    head = os.path.join(folder, "regressive_head.safetensors")
+    if os.path.isfile(head):
+        out.update({f"head.{k}": v for k, v in load_file(head).items()})
+    return out
+
+
+@pytest.mark.parametrize("paradigm,finetune", [("pairwise", "lora"), ("regressive", "full")])
+def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune):
+    seed = int.from_bytes(os.urandom(2), "little")
+    data = write_data(tmp_path / "data", 12, seed)
+    common = ["--data", data, "--paradigm", paradigm, "--finetune", finetune, "--steps", "3", "--batch", "4",
+              "--micro", "2", "--seed", str(seed)]
+    run([*common, "--out", str(tmp_path / "one")])  # one process, 2 micro-batches accumulated
+    run([*common, "--out", str(tmp_path / "two")], nproc=2)  # two processes, one micro-batch each
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0, msg=key)
+    if finetune == "lora":  # training moved the weights (LoRA B starts at zero)
+        assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)
+    hist_one = json.loads((tmp_path / "one" / "train_history.json").read_text())["history"]
+    hist_two = json.loads((tmp_path / "two" / "train_history.json").read_text())["history"]
+    for h1, h2 in zip(hist_one, hist_two):  # the global loss and accuracy agree too
+        assert abs(h1["loss"] - h2["loss"]) < 1e-5 and h1["accuracy"] == h2["accuracy"]
+
+
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+    seed = int.from_bytes(os.urandom(2), "little")
+    data = write_data(tmp_path / "data", 12, seed)
+    common = ["--data", data, "--paradigm", "pairwise", "--finetune", "full", "--steps", "6", "--batch", "4",
+              "--micro", "2", "--seed", str(seed), "--save-every", "2"]
+    run([*common, "--out", str(tmp_path / "straight")])
+    # killed by SIGKILL while writing checkpoint 4 (checkpoint 2 is complete, step 4 computed)
+    killed = run([*common, "--out", str(tmp_path / "resumed"), "--kill-at", "4"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "resumed" / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == [".tmp-checkpoint-00000004", "checkpoint-00000002"]
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = run([*common, "--out", str(tmp_path / "resumed"), "--resume"])
+    assert "resumed from" in resumed.stderr and "checkpoint-00000002 at step 2" in resumed.stderr
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the resumed run's history is the uninterrupted one's (steps 1-2 restored, 3-6 recomputed)
+    h1 = json.loads((tmp_path / "straight" / "train_history.json").read_text())["history"]
+    h2 = json.loads((tmp_path / "resumed" / "train_history.json").read_text())["history"]
+    assert [h["loss"] for h in h1] == [h["loss"] for h in h2]
+    assert sorted(os.listdir(ckpts)) == ["checkpoint-00000004", "checkpoint-00000006"]  # keep_checkpoints=2
+
+
+# ----------------------------------------------------------------------------------------------------
+# The driver (runs in the subprocesses)
+
+
+def driver(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("--data", "--out", "--paradigm", "--finetune"):
+        parser.add_argument(name)
+    for name in ("--steps", "--batch", "--micro", "--seed", "--save-every", "--kill-at"):
+        parser.add_argument(name, type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    from rdfast.testing import tiny_checkpoint
+    from rdfast.train import TrainConfig, Trainer, load_preferences
+    from rdfast.train import trainer as trainer_module
+
+    if args.kill_at:
+        real_replace = os.replace
+
+        def replace(src, dst):  # die between writing the checkpoint and publishing it
+            if os.path.basename(dst) == f"checkpoint-{args.kill_at:08d}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_replace(src, dst)
+
+        trainer_module.os.replace = replace
+    config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4,
+                         batch_size=args.batch, micro_batch_size=args.micro, max_steps=args.steps, seed=args.seed,
+                         save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1)
+    trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, load_preferences(args.data), output_dir=args.out)
+    trainer.train(resume="auto" if args.resume else None)
+
+
+if __name__ == "__main__":
+    driver(sys.argv[1:])
