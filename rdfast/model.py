@@ -21,7 +21,8 @@ from .videos import as_video_list, load_video
 
 NORMALIZATIONS = ("vocab", "yes_no")
 #: written by rdfast.train next to a trained model: how it was trained, so it scores exactly that way.
-#: keys: answer_words, yes_token_id, no_token_id, normalize, instruction, base_model (for a LoRA adapter dir)
+#: keys: answer_words, yes_token_id, no_token_id, normalize, instruction, num_frames, fps (video sampling),
+#: base_model (for a LoRA adapter dir)
 RDFAST_CONFIG = "rdfast_config.json"
 
 
@@ -76,7 +77,7 @@ class RewardModel:
     """
 
     def __init__(self, model, tokenizer, adapter, answers: P.AnswerTokens, normalize="vocab", max_length=None,
-                 batch_size=8, instruction=None):
+                 batch_size=8, instruction=None, num_frames=None, fps=None):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.model = model
@@ -87,6 +88,8 @@ class RewardModel:
         #: engine switches (feature cache, shared prefix, packing, micro-batch); all off = the plain padded path
         self.options = EngineOptions(batch_size=batch_size)
         self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
+        # video frame sampling when a call passes neither (a model trained on videos records its own)
+        self.num_frames, self.fps = num_frames, fps
         self.padding_side = "left"  # scores do not depend on it; left keeps the answer position at the end
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
@@ -165,7 +168,8 @@ class RewardModel:
             if key in trained and trained[key] != got:
                 raise ValueError(f"{path}: {RDFAST_CONFIG} records {key}={trained[key]} but the tokenizer gives {got}")
         return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.get("normalize", "vocab"),
-                   max_length=max_length, batch_size=batch_size, instruction=trained.get("instruction"))
+                   max_length=max_length, batch_size=batch_size, instruction=trained.get("instruction"),
+                   num_frames=trained.get("num_frames"), fps=trained.get("fps"))
 
     @property
     def yes_token_id(self) -> int:
@@ -243,6 +247,15 @@ class RewardModel:
                          num_frames=num_frames, fps=fps)
         return rank_from_pairs(p, pairs, n, top_k)
 
+    def explain(self, prompts=None, images1=None, images2=None, instruction=None, max_new_tokens=128,
+                cot_format="decision_first", batch_size=None, **videos) -> list[dict]:
+        """Decisions with generated reasons, for a chain-of-thought trained model: one dict per item with
+        ``p_yes`` (the reward, read exactly as ``compare``/``score`` read it for decision_first), ``decision``
+        and ``reason``. See ``rdfast.train.explain``."""
+        from .train.explain import explain
+
+        return explain(self, prompts, images1, images2, instruction, max_new_tokens, cot_format, batch_size, **videos)
+
     def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None, *,
                      videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> dict:
         """The exact padded keyword inputs of the underlying transformers model for this batch.
@@ -275,6 +288,8 @@ class RewardModel:
         ``condition``: optional conditioning images (image-to-video). Returns one Encoded per prompt.
         """
         instruction = instruction if instruction is not None else self.instruction
+        if num_frames is None and fps is None:
+            num_frames, fps = self.num_frames, self.fps
         base = f"{kind}s"
         fields = [base] if len(image_args) == 1 else [f"{base}1", f"{base}2"]
         kinds = [kind] * len(fields)

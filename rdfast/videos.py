@@ -1,7 +1,8 @@
 """Video inputs: loading, validation and frame sampling, before any model work.
 
 A video is a float tensor [T, 3, H, W] in [0, 1] (differentiable), a list of frames (PIL images, paths or
-[3, H, W] tensors, all the same size), or a video file when a decoder (PyAV or imageio) is installed.
+[3, H, W] tensors, all the same size), a folder of frame images (taken in file-name order), or a video file
+when a decoder (PyAV or imageio) is installed.
 """
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ import torch
 from .images import InputError, check_image_tensor, image_size, load_image, pil_to_tensor
 
 DEFAULT_FPS = 2.0  # what rdfast assumes for frame lists and tensors when the caller gives no fps
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def frame_files(folder: str) -> list[str]:
+    """The frame images of a video stored as a folder, in file-name order (000.png, 001.png, ...)."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(FRAME_EXTENSIONS))
+    return [os.path.join(folder, n) for n in names]
 
 
 def sample_indices(n_frames: int, num_frames: int | None = None, fps: float | None = None,
@@ -76,6 +84,12 @@ def load_video(video, index: int | None, field: str, num_frames=None, fps=None):
     source_fps = None
     if isinstance(video, (str, os.PathLike)):
         path = os.fspath(video)
+        if os.path.isdir(path):
+            frames = frame_files(path)
+            if not frames:
+                raise InputError(f"video folder holds no frame images ({', '.join(FRAME_EXTENSIONS)}): {path}",
+                                 index, field)
+            return load_video(frames, index, field, num_frames, fps)
         if not os.path.isfile(path):
             raise InputError(f"video file not found: {path}", index, field)
         try:

@@ -228,7 +228,7 @@ def test_explain_reads_the_decision_first_then_generates_greedily(family, gen):
     rm = load_rm(family)
     ims = random_images(4, seed=seed_of(gen))
     prompts = ["a red house", "two trees and a much longer description of them"]  # lengths differ: padding
-    out = explain(rm, prompts, ims[:2], ims[2:], max_new_tokens=3)
+    out = rm.explain(prompts, ims[:2], ims[2:], max_new_tokens=3)  # the method delegates to rdfast.train.explain
     p = rm.compare(images1=ims[:2], images2=ims[2:], prompts=prompts)
     torch.testing.assert_close(torch.tensor([o["p_yes"] for o in out]), p, atol=1e-6, rtol=1e-5)
     for k, o in enumerate(out):

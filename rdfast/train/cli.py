@@ -1,6 +1,7 @@
 """``rdfast train`` and ``rdfast eval``.
 
     rdfast train --model BASE --train train.jsonl --val val.jsonl --output out/rm --paradigm pairwise
+    rdfast train ... --num-frames 8                            # video pairs ("video1", "video2" in the JSONL)
     torchrun --nproc_per_node 4 -m rdfast.cli train ...        # DDP (gloo on CPU, NCCL on CUDA)
     rdfast eval  --model out/rm --test test.jsonl --val val.jsonl --output results.json
 
@@ -41,6 +42,9 @@ def _add_train(sub):
     p.add_argument("--cot-format", default=d.cot_format, choices=("decision_first", "reasons_first"))
     p.add_argument("--instruction", default=None, help="for records without one: overall, alignment, quality or text")
     p.add_argument("--normalize", default=d.normalize, choices=("vocab", "yes_no"))
+    frames = p.add_mutually_exclusive_group()
+    frames.add_argument("--num-frames", type=int, default=None, help="video pairs: frames sampled per clip")
+    frames.add_argument("--fps", type=float, default=None, help="video pairs: sample frames at this rate")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--strategy", default=d.strategy, choices=("ddp", "fsdp"))
@@ -95,7 +99,7 @@ def cmd_train(args):
         warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm, batch_size=args.batch_size,
         micro_batch_size=args.micro_batch_size, max_steps=args.steps, ties=args.ties, both_orders=not args.one_order,
         ce_weight=args.ce_weight, cot_format=args.cot_format, instruction=args.instruction, normalize=args.normalize,
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, strategy=args.strategy,
+        num_frames=args.num_frames, fps=args.fps, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, strategy=args.strategy,
         eval_every=args.eval_every, save_every=args.save_every, keep_checkpoints=args.keep_checkpoints,
         save_merged=args.save_merged, seed=args.seed, strict=args.strict, progress=not args.no_progress)
     result = Trainer(args.model, config, train, val, output_dir=args.output, log=sys.stderr).train(resume=args.resume)

@@ -6,6 +6,11 @@ One JSON object per line::
      "instruction": "alignment", "reason": "Image 2 shows two red circles; image 1 shows three."}
 
 - ``prompt``: non-empty text; ``image1``, ``image2``: image paths, relative to the JSONL file's folder.
+  Video pairs give ``video1``, ``video2`` instead (video files, or folders of frame images), and for
+  image-to-video an optional ``condition_image`` (the image the clips were generated from)::
+
+    {"prompt": "the cat jumps", "video1": "a.mp4", "video2": "b_frames/", "label": 1, "instruction": "t2v"}
+
 - ``label``: ``1`` (image 1 preferred), ``2`` (image 2 preferred) or ``"tie"``.
 - ``instruction`` (optional): a named template (``overall``, ``alignment``, ``quality``) or any text.
 - ``reason`` (optional): a teacher's explanation, used by chain-of-thought training.
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..images import InputError, load_image
+from ..videos import load_video
 
 TIE = "tie"
 LABELS = (1, 2, TIE)
@@ -41,22 +47,50 @@ class DataError(ValueError):
 
 @dataclass
 class PreferenceRecord:
-    """One preference pair. ``image1``/``image2`` are paths or already loaded images (PIL or [3,H,W] tensors)."""
+    """One preference pair: ``image1``/``image2`` (paths, PIL images or [3,H,W] tensors) or ``video1``/``video2``
+    (paths, frame lists or [T,3,H,W] tensors) with an optional ``condition_image`` (image-to-video)."""
 
     prompt: str
-    image1: object
-    image2: object
-    label: int | str
+    image1: object = None
+    image2: object = None
+    label: int | str = None
     instruction: str | None = None
     reason: str | None = None
     line: int | None = None  # 1-based line in the source file (None for records built in memory)
     source: str | None = None
     extra: dict = field(default_factory=dict)
+    video1: object = None
+    video2: object = None
+    condition_image: object = None
 
     def __post_init__(self):
         self.label = parse_label(self.label)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError(f"'prompt' must be a non-empty string, got {self.prompt!r}")
+        has_images = self.image1 is not None or self.image2 is not None
+        has_videos = self.video1 is not None or self.video2 is not None
+        if has_images == has_videos:
+            raise InputError("a record holds either image1 and image2 or video1 and video2")
+        first, second = self.media_fields
+        if getattr(self, first) is None or getattr(self, second) is None:
+            raise InputError(f"{first!r} and {second!r} are both required")
+        if self.condition_image is not None and not has_videos:
+            raise InputError("'condition_image' goes with video1/video2 (image-to-video)")
+
+    @property
+    def kind(self) -> str:
+        """"image" or "video": what the two candidates are."""
+        return "video" if self.video1 is not None else "image"
+
+    @property
+    def media_fields(self) -> tuple[str, str]:
+        return ("video1", "video2") if self.kind == "video" else ("image1", "image2")
+
+    @property
+    def candidates(self) -> tuple:
+        """(first, second) candidate: the two images or the two videos."""
+        first, second = self.media_fields
+        return getattr(self, first), getattr(self, second)
 
     @property
     def target(self) -> float:
@@ -70,6 +104,22 @@ class PreferenceRecord:
     def where(self) -> str:
         """``path:line`` for messages (``<memory>`` for records built in Python)."""
         return f"{self.source or '<memory>'}:{self.line if self.line is not None else '?'}"
+
+
+def media_group(rec) -> tuple:
+    """Records that can share one ``RewardModel`` call have the same group: (kind, has a conditioning image)."""
+    return rec.kind, rec.condition_image is not None
+
+
+def media_kwargs(records) -> dict:
+    """``RewardModel.compare`` keyword arguments for records of one ``media_group``: images1/images2 or
+    videos1/videos2, plus condition_images for image-to-video."""
+    base = f"{records[0].kind}s"
+    firsts, seconds = zip(*(r.candidates for r in records))
+    out = {f"{base}1": list(firsts), f"{base}2": list(seconds)}
+    if records[0].condition_image is not None:
+        out["condition_images"] = [r.condition_image for r in records]
+    return out
 
 
 def parse_label(label) -> int | str:
@@ -92,27 +142,34 @@ def parse_line(text: str, base_dir: str, check_images: bool = True) -> Preferenc
     record = json.loads(text)
     if not isinstance(record, dict):
         raise InputError("a line must hold a JSON object")
-    for key in ("prompt", "image1", "image2", "label"):
+    kind = "video" if ("video1" in record or "video2" in record) else "image"
+    if kind == "video" and ("image1" in record or "image2" in record):
+        raise InputError("a line holds either image1/image2 or video1/video2, not both")
+    media_keys = ("video1", "video2") if kind == "video" else ("image1", "image2")
+    for key in ("prompt", *media_keys, "label"):
         if key not in record:
             raise InputError(f"missing field {key!r}")
-    images = []
-    for key in ("image1", "image2"):
+    paths = {}
+    for key in media_keys + (("condition_image",) if "condition_image" in record else ()):
         value = record[key]
         if not isinstance(value, str) or not value:
-            raise InputError(f"{key!r} must be an image path, got {value!r}")
+            raise InputError(f"{key!r} must be a {'video' if key.startswith('video') else 'image'} path, got {value!r}")
         path = os.path.join(base_dir, value)
-        if check_images:
-            load_image(path, None, key)  # raises "image file not found" / "cannot read image file"
-        images.append(path)
+        if check_images:  # raises "... not found" / "cannot read ..." naming the file
+            if key.startswith("video"):
+                load_video(path, None, key)
+            else:
+                load_image(path, None, key)
+        paths[key] = path
     instruction = record.get("instruction")
     if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
         raise InputError(f"'instruction' must be a non-empty string when given, got {instruction!r}")
     reason = record.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise InputError(f"'reason' must be a string when given, got {type(reason).__name__}")
-    known = {"prompt", "image1", "image2", "label", "instruction", "reason"}
-    return PreferenceRecord(record["prompt"], images[0], images[1], record["label"], instruction,
-                            reason or None, extra={k: v for k, v in record.items() if k not in known})
+    known = {"prompt", "image1", "image2", "video1", "video2", "condition_image", "label", "instruction", "reason"}
+    return PreferenceRecord(record["prompt"], label=record["label"], instruction=instruction, reason=reason or None,
+                            extra={k: v for k, v in record.items() if k not in known}, **paths)
 
 
 def load_preferences(path, strict: bool = False, check_images: bool = True, log=sys.stderr) -> list[PreferenceRecord]:
@@ -148,7 +205,11 @@ def save_preferences(records, path) -> None:
     """Write records with path images as JSONL (paths are written as given)."""
     with open(path, "w", encoding="utf-8") as fh:
         for r in records:
-            row = {"prompt": r.prompt, "image1": os.fspath(r.image1), "image2": os.fspath(r.image2), "label": r.label}
+            first, second = r.media_fields
+            row = {"prompt": r.prompt, first: os.fspath(r.candidates[0]), second: os.fspath(r.candidates[1]),
+                   "label": r.label}
+            if r.condition_image is not None:
+                row["condition_image"] = os.fspath(r.condition_image)
             if r.instruction is not None:
                 row["instruction"] = r.instruction
             if r.reason is not None:
@@ -222,25 +283,32 @@ class Collator:
     + end of turn); the decision is the resolved yes/no token id itself, so it is read at the same position
     the scorer reads.
 
+    Video records are encoded as the scorer encodes videos (``num_frames`` or ``fps`` sample the frames; None:
+    the model's own default), with the conditioning image first for image-to-video; a batch may mix images
+    and videos.
+
     Records the model rejects (e.g. too long with their images) are reported with their line numbers and left
     out (``strict`` raises instead).
     """
 
     def __init__(self, rm, paradigm: str, both_orders: bool = True, instruction=None, cot_format="decision_first",
-                 strict: bool = False, log=sys.stderr):
+                 strict: bool = False, log=sys.stderr, num_frames: int | None = None, fps: float | None = None):
         if paradigm not in PARADIGMS:
             raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
         if cot_format not in COT_FORMATS:
             raise ValueError(f"cot_format must be one of {COT_FORMATS}, got {cot_format!r}")
         self.rm, self.paradigm, self.both_orders = rm, paradigm, both_orders
         self.instruction, self.cot_format, self.strict, self.log = instruction, cot_format, strict, log
+        self.num_frames, self.fps = num_frames, fps
         self._newline = None
         self.skipped = []  # (where, message) of records left out
 
     def _encode(self, rec, images):
         instruction = rec.instruction if rec.instruction is not None else self.instruction
         try:
-            return self.rm.encode([rec.prompt], [[im] for im in images], instruction)[0]
+            condition = [rec.condition_image] if rec.condition_image is not None else None
+            return self.rm.encode([rec.prompt], [[m] for m in images], instruction, kind=rec.kind, condition=condition,
+                                  num_frames=self.num_frames, fps=self.fps)[0]
         except InputError as err:
             message = str(err).split(": ", 1)[-1] if err.field else str(err)
             if self.strict:
@@ -261,13 +329,13 @@ class Collator:
     def _pairwise(self, records):
         items, target, kept = [], [], []
         for rec in records:
-            fwd = self._encode(rec, (rec.image1, rec.image2))
+            fwd = self._encode(rec, rec.candidates)
             if fwd is None:
                 continue
             items.append(fwd)
             target.append(rec.target)
             if self.both_orders:
-                items.append(self._encode(rec, (rec.image2, rec.image1)))
+                items.append(self._encode(rec, rec.candidates[::-1]))
                 target.append(1.0 - rec.target)
             kept.append(rec)
         if not items:
@@ -277,8 +345,8 @@ class Collator:
     def _pointwise(self, records):
         items, target, kept = [], [], []
         for rec in records:
-            a = self._encode(rec, (rec.image1,))
-            b = self._encode(rec, (rec.image2,)) if a is not None else None
+            a = self._encode(rec, rec.candidates[:1])
+            b = self._encode(rec, rec.candidates[1:]) if a is not None else None
             if a is None or b is None:
                 continue
             items += [a, b]
@@ -305,7 +373,7 @@ class Collator:
     def _cot(self, records):
         items, target, kept, conts = [], [], [], []
         for rec in records:
-            enc = self._encode(rec, (rec.image1, rec.image2))
+            enc = self._encode(rec, rec.candidates)
             if enc is None:
                 continue
             # a tie's decision token is trained softly by the loss; the sequence carries "yes" as a placeholder

@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 
 from ..images import InputError
-from .data import TIE
+from .data import TIE, media_group, media_kwargs
 from .regressive import RegressiveRewardModel, read_rdfast_config, run_batched
 
 
@@ -38,13 +38,15 @@ def load_trained(path, device=None, dtype=None, **kwargs):
     return RewardModel.from_pretrained(path, device=device, dtype=dtype, **kwargs), paradigm
 
 
-def _encode(rm, records, orders, default_instruction, log):
-    """Encode each record's images in the given orders; returns (kept indices, items per order)."""
-    kept, columns = [], [[] for _ in orders]
+def _encode_each(rm, records, default_instruction, log):
+    """Encode each record's two candidates alone (pointwise); returns (kept indices, [firsts, seconds])."""
+    kept, columns = [], [[], []]
     for i, rec in enumerate(records):
         instruction = rec.instruction if rec.instruction is not None else default_instruction
+        condition = [rec.condition_image] if rec.condition_image is not None else None
         try:
-            encoded = [rm.encode([rec.prompt], [[getattr(rec, f)] for f in order], instruction)[0] for order in orders]
+            encoded = [rm.encode([rec.prompt], [[media]], instruction, kind=rec.kind, condition=condition)[0]
+                       for media in rec.candidates]
         except InputError as err:
             if log is not None:
                 print(f"{rec.where()}: skipped: {str(err).split(': ', 1)[-1]}", file=log)
@@ -65,7 +67,7 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
         if not isinstance(model, RegressiveRewardModel):
             raise TypeError("the regressive paradigm needs a RegressiveRewardModel")
         rm = model.rm
-        kept, (a, b) = _encode(rm, records, [("image1",), ("image2",)], rm.instruction, log)
+        kept, (a, b) = _encode_each(rm, records, rm.instruction, log)
         if not kept:
             return torch.zeros(0), kept
         r1 = run_batched(rm, a, model.rewards, batch_size, model.head.parameters())
@@ -73,7 +75,7 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
         return torch.sigmoid(r2 - r1).float().cpu(), kept
     rm = model
     if paradigm == "pointwise":
-        kept, (a, b) = _encode(rm, records, [("image1",), ("image2",)], rm.instruction, log)
+        kept, (a, b) = _encode_each(rm, records, rm.instruction, log)
         if not kept:
             return torch.zeros(0), kept
         s1 = run_batched(rm, a, rm.answer_logprobs, batch_size)
@@ -86,8 +88,8 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
 
         kept, p = [], []
         for i, rec in enumerate(records):
-            out = explain(rm, [rec.prompt], [rec.image1], [rec.image2], instruction=rec.instruction,
-                          cot_format="reasons_first")[0]
+            out = explain(rm, [rec.prompt], instruction=rec.instruction, cot_format="reasons_first",
+                          **media_kwargs([rec]))[0]
             kept.append(i)
             p.append(out["p_yes"])
         return torch.tensor(p, dtype=torch.float32), kept
@@ -95,18 +97,18 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
 
 
 def _compare(rm, records, debias, batch_size, log):
-    """rm.compare over records grouped by instruction (the scorer's own path); rejected items are dropped."""
+    """rm.compare over records grouped by instruction and media (the scorer's own path); rejected items are
+    dropped."""
     groups = defaultdict(list)
     for i, rec in enumerate(records):
-        groups[rec.instruction].append(i)
+        groups[rec.instruction, media_group(rec)].append(i)
     p = {}
-    for instruction, rows in groups.items():
+    for (instruction, _), rows in groups.items():
         while rows:
             recs = [records[i] for i in rows]
             try:
-                out = rm.compare(images1=[r.image1 for r in recs], images2=[r.image2 for r in recs],
-                                 prompts=[r.prompt for r in recs], instruction=instruction, debias=debias,
-                                 batch_size=batch_size)
+                out = rm.compare(**media_kwargs(recs), prompts=[r.prompt for r in recs], instruction=instruction,
+                                 debias=debias, batch_size=batch_size)
             except InputError as err:
                 if err.index is None:
                     raise

@@ -29,9 +29,11 @@ def _with_ids(item, extra):
     return item
 
 
-def explain(rm, prompts, images1, images2=None, instruction=None, max_new_tokens=128,
-            cot_format="decision_first", batch_size=None) -> list[dict]:
-    """Decisions with reasons for N items (pairwise when ``images2`` is given, else pointwise).
+def explain(rm, prompts, images1=None, images2=None, instruction=None, max_new_tokens=128,
+            cot_format="decision_first", batch_size=None, *, videos1=None, videos2=None, condition_images=None,
+            num_frames=None, fps=None) -> list[dict]:
+    """Decisions with reasons for N items (pairwise when ``images2`` or ``videos2`` is given, else pointwise);
+    videos as ``RewardModel.compare`` takes them.
 
     Returns one dict per item: {"p_yes": float (the reward, under rm.normalize), "decision": the answer word
     ("yes"/"no"), "reason": the generated text, "reason_ids": its token ids}. decision_first: the decision is the likelier answer token
@@ -40,8 +42,10 @@ def explain(rm, prompts, images1, images2=None, instruction=None, max_new_tokens
     """
     if cot_format not in ("decision_first", "reasons_first"):
         raise ValueError(f"cot_format must be 'decision_first' or 'reasons_first', got {cot_format!r}")
-    image_args = [images1] if images2 is None else [images1, images2]
-    items = rm.encode(prompts, image_args, instruction)
+    pairwise = images2 is not None or videos2 is not None
+    columns, kind = rm._media(images1, images2, videos1, videos2, pairwise=pairwise)
+    items = rm.encode(prompts, columns, instruction, kind=kind, condition=condition_images, num_frames=num_frames,
+                      fps=fps)
     batch_size = batch_size or default_batch_size(rm)
     yes, no = rm.yes_token_id, rm.no_token_id
     newline = rm.tokenizer("\n", add_special_tokens=False)["input_ids"]

@@ -71,6 +71,8 @@ class TrainConfig:
     decision_weight: float = 1.0  # cot: weight of the decision token among the reason tokens
     instruction: str | None = None  # for records without one (and saved as the model's default)
     normalize: str = "vocab"  # how the trained model's P(yes) is normalised when it scores
+    num_frames: int | None = None  # video records: frames sampled per clip (saved as the model's default)
+    fps: float | None = None  # ... or sampled at this rate (pass one of the two)
     bf16: bool = False  # bf16 autocast for the backbone (weights and optimizer stay float32)
     gradient_checkpointing: bool = False
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard; CUDA only)
@@ -94,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        if self.num_frames is not None and self.fps is not None:
+            raise ValueError("pass num_frames or fps, not both")
         self.lora_targets, self.adam_betas = tuple(self.lora_targets), tuple(self.adam_betas)
 
     def to_dict(self) -> dict:
@@ -301,6 +305,8 @@ class Trainer:
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(cfg.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
+        if cfg.num_frames is not None or cfg.fps is not None:  # training, evaluation and the saved model sample alike
+            self.rm.num_frames, self.rm.fps = cfg.num_frames, cfg.fps
         self.peft_model = None
         self.head = RegressiveHead(hidden_size(self.rm)).to(self.device) if cfg.paradigm == "regressive" else None
         self._prepare_parameters()
@@ -653,7 +659,7 @@ class Trainer:
             record = {"answer_words": [rm.answers.yes_word, rm.answers.no_word], "yes_token_id": rm.yes_token_id,
                       "no_token_id": rm.no_token_id, "normalize": cfg.normalize, "instruction": cfg.instruction,
                       "paradigm": cfg.paradigm, "cot_format": cfg.cot_format, "finetune": cfg.finetune,
-                      "template": self._template()}
+                      "num_frames": rm.num_frames, "fps": rm.fps, "template": self._template()}
             if self.peft_model is not None and not cfg.save_merged:
                 self.peft_model.save_pretrained(directory, safe_serialization=True)
                 record["base_model"] = self.base_path
