@@ -25,7 +25,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -35,6 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from rdfast import ops  # noqa: E402
+from common import load_average, machine  # noqa: E402
 
 HEADS = {"7b": (3584, 152064), "small": (896, 32000)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "head.csv")
@@ -154,18 +154,6 @@ def bytes_as_fp32(weight):
     return flat.view(torch.float32) if weight.element_size() == 2 and flat.numel() % 2 == 0 else flat
 
 
-def machine(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = re.search(r"model name\s*:\s*(.+)", f.read()).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return f"{model} x{os.cpu_count()}"
-
-
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -210,7 +198,7 @@ def main(argv=None):
                                 for name in ["full"] + names})
                     results = measure(fns, a.repeats, device, memory)
                     t_read = results.pop("read")[0]  # medians throughout
-                    load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+                    load = load_average()
                     for name, (med, best, peak, n) in results.items():
                         rows.append(dict(tag, loadavg=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""),
                                          B=B, backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},

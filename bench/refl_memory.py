@@ -38,7 +38,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -47,6 +46,8 @@ import time
 import weakref
 
 import torch
+
+from common import machine, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -99,18 +100,6 @@ class TensorPeak:
 def _status(key):
     with open("/proc/self/status") as fh:
         return int(re.search(key + r":\s+(\d+)", fh.read()).group(1)) * 1024
-
-
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = re.search(r"model name\s*:\s*(.+)", fh.read()).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return f"{model} x{os.cpu_count()}"
 
 
 # ---- one path, in its own process ---------------------------------------------------------------------------
@@ -260,9 +249,7 @@ def main(argv=None):
     out = run(args.size, args.batch, args.grad_steps, args.num_steps, args.seed, args.device, args.threads,
               pipeline=args.pipeline)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        write_json(args.json, out)
     return out
 
 

@@ -15,29 +15,18 @@ The first configuration (the command-line one) fills the top-level JSON keys; ``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
-import re
 import sys
 
 import torch
+
+from common import machine, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 #: extra rows of the default table (n, m, start_step, delta_f, delta_b), at the same T
 EXTRA = [(2, 8, 10, 2, 4), (4, 4, 10, 1, 2), (8, 4, 6, 2, 4)]
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = re.search(r"model name\s*:\s*(.+)", fh.read()).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    return f"{model} x{os.cpu_count()}"
 
 
 def compare(seeds: int, num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int,
@@ -106,9 +95,7 @@ def main(argv=None):
                toy="8-mode Gaussian ring (radius 3, std 0.25), exact denoiser, verifier optimum between modes",
                configs=rows)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        write_json(args.json, out)
     return out
 
 

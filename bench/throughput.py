@@ -20,13 +20,14 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
 
 import torch
+
+from common import load_average, machine
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -217,20 +218,6 @@ def timed_round_robin(fns: dict, repeats: int) -> tuple[dict, dict]:
     return {name: statistics.median(t) for name, t in times.items()}, results
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
 def load_model(args, preset: Preset):
     from rdfast import RewardModel
     from rdfast.testing import tiny_checkpoint
@@ -254,7 +241,7 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     n = len(items)
     peak = None
     if rm.device.type == "cuda":
-        peak = 2 * 989e12 if "H100" in device_name(rm.device) or "H200" in device_name(rm.device) else None
+        peak = 2 * 989e12 if "H100" in machine(rm.device) or "H200" in machine(rm.device) else None
     return {
         "name": name,
         "pairs": n,
@@ -289,7 +276,7 @@ def main(argv=None):
     preset = PRESETS[args.preset]
     rm = load_model(args, preset)
     rm.options = replace(rm.options, packing={"equal": True, "varlen": "varlen", "off": False}[args.packing])
-    device = device_name(rm.device)
+    device = machine(rm.device)
     rows = []
     print(f"{'scenario':9s} {'rdfast/s':>10s} {'hf_batched/s':>13s} {'naive/s':>9s} {'vs hf':>7s} {'vs naive':>9s} {'ideal':>7s} {'of ideal':>9s}")
     for name in args.scenarios.split(","):
@@ -298,7 +285,7 @@ def main(argv=None):
         print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
               f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
     result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
-              "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+              "load_average": load_average(),
               "packing": args.packing, "scenarios": rows}
     if args.json:
         with open(args.json, "w") as fh:

@@ -29,10 +29,8 @@ Writes the JSON report, a learning-curve PNG next to it, and prints a short tabl
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -40,6 +38,8 @@ import tempfile
 import time
 
 import torch
+
+from common import load_average, machine, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -484,7 +484,7 @@ def main(argv=None):
         steps=cfg["steps"], warmup_steps=cfg["warmup_steps"], warmup_mix=args.warmup_mix,
         warmup_tasks=list(WARMUP_MIXES[args.warmup_mix]), seconds=round(seconds, 1),
         seconds_by_stage={"warmup": round(warm_seconds, 1), **{p: round(r["seconds"], 1) for p, r in runs.items()}},
-        device=f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        device=machine(), load_average=load_average(),
         task={"colours": list(COLOURS), "shapes": list(SHAPES), "counts": list(COUNTS), "held_out": sorted(HELD_OUT),
               "image_size": cfg["size"], "train_pairs": cfg["train_pairs"], "test_pairs": cfg["test_pairs"],
               "pairs_per_step": cfg["batch"], "instruction": ins},
@@ -494,9 +494,7 @@ def main(argv=None):
         warmup_loss=[[h["step"], round(h["loss"], 5)] for h in warm_hist],
         warmup_caption_accuracy=warm_probes,
     )
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
-        json.dump(report, fh, indent=1)
+    write_json(args.json, report, indent=1)
     png = os.path.splitext(args.json)[0] + ".png"
     plot({"warmup_history": warm_hist, "runs": runs}, png)
     print(f"\n{'paradigm':<22}{'in-domain':>10}{'OOD':>8}{'seconds':>9}")
