@@ -111,3 +111,24 @@ def test_frame_lists_and_sampling(gen):
     assert sample_indices(5, fps=10.0, source_fps=4.0) == [0, 1, 2, 3, 4]
     _, fps = load_video(video, 0, "videos", fps=1.0)
     assert fps == 1.0
+
+
+def test_folder_of_frames_is_a_video(tmp_path, gen):
+    """A folder of PNG frames loads in file-name order and scores as the same frames given as a tensor."""
+    from PIL import Image
+
+    video = clips(gen, 1, frames=5)[0]
+    quantised = (video * 255).round() / 255  # what the PNG files hold
+    order = [3, 0, 4, 1, 2]  # written out of order: the names, not the write order, set the sequence
+    for t in order:
+        array = (video[t].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(array).save(tmp_path / f"frame_{t:02d}.png")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    frames, _ = load_video(str(tmp_path), 0, "videos")
+    torch.testing.assert_close(frames, quantised, atol=1e-6, rtol=0)
+    rm = load_rm("qwen2_vl")
+    torch.testing.assert_close(rm.score(videos=[str(tmp_path)], prompts=["waves"], num_frames=4),
+                               rm.score(videos=[quantised], prompts=["waves"], num_frames=4), atol=1e-6, rtol=1e-5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"videos\[0\].*no frame images"):
+        rm.score(videos=[str(tmp_path / "empty")], prompts=["a"])
