@@ -94,9 +94,6 @@ class RewardModel:
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        head = model.get_output_embeddings()
-        self._head_weight = head.weight
-        self._head_bias = getattr(head, "bias", None)
         self._answer_ids = torch.tensor([answers.yes_id, answers.no_id], dtype=torch.long)
         self.engine = Engine(self)
 
@@ -170,6 +167,15 @@ class RewardModel:
         return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.get("normalize", "vocab"),
                    max_length=max_length, batch_size=batch_size, instruction=trained.get("instruction"),
                    num_frames=trained.get("num_frames"), fps=trained.get("fps"))
+
+    @property
+    def _head_weight(self) -> torch.Tensor:
+        # looked up at each use: FSDP and peft swap the module's parameters after loading
+        return self.model.get_output_embeddings().weight
+
+    @property
+    def _head_bias(self):
+        return getattr(self.model.get_output_embeddings(), "bias", None)
 
     @property
     def yes_token_id(self) -> int:

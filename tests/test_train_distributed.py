@@ -82,6 +82,38 @@ def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune):
         assert abs(h1["loss"] - h2["loss"]) < 1e-5 and h1["accuracy"] == h2["accuracy"]
 
 
+@pytest.mark.parametrize("paradigm,finetune", [("pairwise", "full"), ("regressive", "lora")])
+def test_fsdp2_two_processes_equal_one_and_resume(tmp_path, paradigm, finetune):
+    """FSDP2 (fully_shard over gloo) computes the same steps as one process; evaluation and saving gather the
+    full weights; a sharded checkpoint (AdamW moments included) resumes bitwise."""
+    seed = int.from_bytes(os.urandom(2), "little")
+    data = write_data(tmp_path / "data", 12, seed)
+    val = write_data(tmp_path / "val", 6, seed + 1)
+    common = ["--data", data, "--val", val, "--paradigm", paradigm, "--finetune", finetune, "--steps", "4",
+              "--batch", "4", "--micro", "1", "--seed", str(seed)]
+    run([*common, "--out", str(tmp_path / "one")])
+    run([*common, "--out", str(tmp_path / "fsdp"), "--strategy", "fsdp", "--save-every", "2"], nproc=2)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=0, msg=key)
+    ev1 = json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    ev2 = json.loads((tmp_path / "fsdp" / "eval_results.json").read_text())
+    torch.testing.assert_close(torch.tensor(ev2["probabilities"]), torch.tensor(ev1["probabilities"]), atol=1e-5,
+                               rtol=0)
+    hist = json.loads((tmp_path / "fsdp" / "train_history.json").read_text())
+    assert [e["step"] for e in hist["evals"]] == [2, 4]  # the evaluation during training ran sharded
+    # resume from the sharded checkpoint of step 2 in a fresh folder
+    os.makedirs(tmp_path / "resumed" / "checkpoints")
+    os.rename(tmp_path / "fsdp" / "checkpoints" / "checkpoint-00000002",
+              tmp_path / "resumed" / "checkpoints" / "checkpoint-00000002")
+    resumed = run([*common, "--out", str(tmp_path / "resumed"), "--strategy", "fsdp", "--resume"], nproc=2)
+    assert "at step 2" in resumed.stderr
+    c = weights(tmp_path / "resumed")
+    for key in b:
+        assert torch.equal(b[key], c[key]), key
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     seed = int.from_bytes(os.urandom(2), "little")
     data = write_data(tmp_path / "data", 12, seed)
@@ -115,8 +147,9 @@ def driver(argv):
     import argparse
 
     parser = argparse.ArgumentParser()
-    for name in ("--data", "--out", "--paradigm", "--finetune"):
+    for name in ("--data", "--val", "--out", "--paradigm", "--finetune"):
         parser.add_argument(name)
+    parser.add_argument("--strategy", default="ddp")
     for name in ("--steps", "--batch", "--micro", "--seed", "--save-every", "--kill-at"):
         parser.add_argument(name, type=int, default=0)
     parser.add_argument("--resume", action="store_true")
@@ -137,8 +170,10 @@ def driver(argv):
         trainer_module.os.replace = replace
     config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4,
                          batch_size=args.batch, micro_batch_size=args.micro, max_steps=args.steps, seed=args.seed,
-                         save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1)
-    trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, load_preferences(args.data), output_dir=args.out)
+                         save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1,
+                         strategy=args.strategy, eval_every=2 if args.val else 0)
+    val = load_preferences(args.val) if args.val else None
+    trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, load_preferences(args.data), val, output_dir=args.out)
     trainer.train(resume="auto" if args.resume else None)
 
 

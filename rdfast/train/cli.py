@@ -47,7 +47,8 @@ def _add_train(sub):
     frames.add_argument("--fps", type=float, default=None, help="video pairs: sample frames at this rate")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--strategy", default=d.strategy, choices=("ddp", "fsdp"))
+    p.add_argument("--strategy", default=d.strategy, choices=("ddp", "fsdp"),
+                   help="under torchrun: DDP (replicas) or FSDP2 fully_shard (each decoder layer sharded)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)

@@ -33,7 +33,9 @@ class RegressiveHead(nn.Module):
     def save(self, directory) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+        # parameters, not state_dict(): FSDP2's state_dict hooks would hand out shards; clone: unsharded they are
+        # views into one all-gather buffer, which safetensors refuses
+        save_file({k: v.detach().cpu().clone() for k, v in self.named_parameters()},
                   os.path.join(directory, HEAD_FILE))
 
     @classmethod

@@ -11,7 +11,8 @@ Design, in the order a step runs:
   ``micro_batch_size`` forwards (gradient accumulation = batch_size / (world * micro_batch_size)).
 - The summed loss of every micro-batch is divided by the number of loss terms in the GLOBAL batch (one
   all-reduce per step), so any split over ranks and micro-batches computes the same mean.
-- torchrun: DDP (gloo on CPU, NCCL on CUDA) or, on CUDA with ``strategy="fsdp"``, FSDP2 ``fully_shard``.
+- torchrun: DDP (gloo on CPU, NCCL on CUDA) or, with ``strategy="fsdp"``, FSDP2 ``fully_shard`` (each decoder
+  layer, then the rest); evaluation and saving all-gather the full weights once (``full_weights``).
 - Checkpoints hold the trainable weights, the AdamW state and every rank's RNG state in safetensors, plus
   the step and history in JSON; they are written to a temporary folder and renamed (atomic). Resuming
   from one continues bitwise as if never interrupted (same data order, same RNG, same optimizer state).
@@ -75,7 +76,7 @@ class TrainConfig:
     fps: float | None = None  # ... or sampled at this rate (pass one of the two)
     bf16: bool = False  # bf16 autocast for the backbone (weights and optimizer stay float32)
     gradient_checkpointing: bool = False
-    strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard; CUDA only)
+    strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: NCCL on CUDA, gloo on CPU)
     eval_every: int = 0  # steps between evaluations on eval_records (0: only at the end)
     eval_debias: bool = False
     save_every: int = 0  # steps between checkpoints (0: none during training)
@@ -359,13 +360,15 @@ class Trainer:
     def _wrap(self, module):
         cfg = self.config
         if cfg.strategy == "fsdp":
-            if self.device.type != "cuda":
-                raise RuntimeError("strategy='fsdp' (FSDP2) needs CUDA; use strategy='ddp' on CPU")
+            if self.world < 2:
+                raise RuntimeError("strategy='fsdp' shards over processes: launch with torchrun (2 or more)")
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
+            mesh = init_device_mesh(self.device.type, (self.world,))
             for layer in self._decoder_layers():
-                fully_shard(layer)
-            return fully_shard(module)
+                fully_shard(layer, mesh=mesh)
+            return fully_shard(module, mesh=mesh)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -443,7 +446,8 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs['accuracy']:.3f}")
             if cfg.eval_every and self.eval_records and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                self.state.evals.append({"step": step, **self._eval_accuracy()})
+                with self.full_weights():
+                    self.state.evals.append({"step": step, **self._eval_accuracy()})
                 self.wrapped.train()
                 self.plot()
             if cfg.save_every and step % cfg.save_every == 0:
@@ -474,8 +478,7 @@ class Trainer:
                 if self._standin is None:
                     raise RuntimeError(f"step {step}: every record of a micro-batch was rejected on rank {self.rank}")
                 batch, weight = self._standin, 0.0  # a zero-weighted stand-in keeps DDP's collectives in step
-            sync = k == len(batches) - 1 or not hasattr(self.wrapped, "no_sync")
-            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+            with self._gradient_sync(k == len(batches) - 1):
                 loss, s = self.wrapped(batch)
                 (loss * weight).backward()
             if weight:
@@ -492,6 +495,47 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
     _standin = None
+
+    @contextlib.contextmanager
+    def _gradient_sync(self, sync: bool):
+        """Accumulating micro-batches: reduce gradients across ranks only on the last one."""
+        if sync or self.world == 1:
+            yield
+        elif self.config.strategy == "fsdp":
+            self.wrapped.set_requires_gradient_sync(False, recurse=True)
+            try:
+                yield
+            finally:
+                self.wrapped.set_requires_gradient_sync(True, recurse=True)
+        else:
+            with self.wrapped.no_sync():
+                yield
+
+    @contextlib.contextmanager
+    def full_weights(self):
+        """FSDP: every rank holds the full (unsharded) weights inside, so evaluation and saving run the model's
+        plain forward with no collectives (ranks may run different numbers of forwards). Others: nothing."""
+        if self.config.strategy != "fsdp":
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = self._unshard_all()
+        try:
+            yield
+        finally:
+            for m in sharded:
+                m.reshard()
+                m.set_reshard_after_forward(True, recurse=False)
+
+    def _unshard_all(self) -> list:
+        from torch.distributed.fsdp import FSDPModule
+
+        sharded = [m for m in self.wrapped.modules() if isinstance(m, FSDPModule)]
+        for m in sharded:
+            m.set_reshard_after_forward(False, recurse=False)
+            m.unshard()
+        return sharded
 
     # ---- evaluation -----------------------------------------------------------------------------------
     def _eval_model(self):
@@ -572,18 +616,18 @@ class Trainer:
         _barrier()
         params = self._trainable_state()
         opt = self.optimizer.state_dict()
+        names = [n for n, _ in self.named_trainable]
+        tensors, scalars = {}, {}
+        for idx, st in opt["state"].items():
+            for key, value in st.items():
+                if isinstance(value, torch.Tensor):  # FSDP2: AdamW moments are sharded like their parameter
+                    tensors[f"{names[idx]}::{key}"] = value.full_tensor() if hasattr(value, "full_tensor") else value
+                else:
+                    scalars[f"{names[idx]}::{key}"] = value
         rng, meta = _rng_state(self.device)
         _save_tensors(rng, os.path.join(tmp, f"rng-rank{self.rank}.safetensors"), meta)
         if self.rank == 0:
             _save_tensors(params, os.path.join(tmp, "trainable.safetensors"))
-            names = [n for n, _ in self.named_trainable]
-            tensors, scalars = {}, {}
-            for idx, st in opt["state"].items():
-                for key, value in st.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"{names[idx]}::{key}"] = value
-                    else:
-                        scalars[f"{names[idx]}::{key}"] = value
             _save_tensors(tensors, os.path.join(tmp, "optimizer.safetensors"))
             groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in opt["param_groups"]]
             _write_json({"step": self.state.step, "world_size": self.world, "config": self.config.to_dict(),
@@ -626,8 +670,14 @@ class Trainer:
                 p.copy_(src)
         tensors = load_file(os.path.join(path, "optimizer.safetensors"))
         opt_state = {}
+        trainable = dict(self.named_trainable)
         for key, value in list(tensors.items()) + list(state["optimizer_scalars"].items()):
             pname, field_name = key.rsplit("::", 1)
+            p = trainable[pname]
+            if hasattr(p, "full_tensor") and isinstance(value, torch.Tensor) and value.shape == p.shape:
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(p.device), p.device_mesh, p.placements)  # this rank's shard
             opt_state.setdefault(names.index(pname), {})[field_name] = value
         self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         rng_file = os.path.join(path, f"rng-rank{self.rank}.safetensors")
@@ -650,30 +700,34 @@ class Trainer:
         from ..model import RDFAST_CONFIG
 
         cfg, rm = self.config, self.rm
-        state = None
-        if cfg.strategy == "fsdp":  # gathering sharded weights is collective
-            state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
-                     for n, p in rm.model.named_parameters()}
+        fsdp = cfg.strategy == "fsdp"
+        if fsdp:  # the full weights on every rank (collective); they stay so: a merged model trains no further
+            self._unshard_all()
+
+        def parameters(module):  # FSDP2's state_dict hooks hand out shards: save the (unsharded) parameters
+            return {n: p.detach() for n, p in module.named_parameters()} if fsdp else None
+
         if self.rank == 0:
             os.makedirs(directory, exist_ok=True)
-            record = {"answer_words": [rm.answers.yes_word, rm.answers.no_word], "yes_token_id": rm.yes_token_id,
-                      "no_token_id": rm.no_token_id, "normalize": cfg.normalize, "instruction": cfg.instruction,
-                      "paradigm": cfg.paradigm, "cot_format": cfg.cot_format, "finetune": cfg.finetune,
-                      "num_frames": rm.num_frames, "fps": rm.fps, "template": self._template()}
-            if self.peft_model is not None and not cfg.save_merged:
-                self.peft_model.save_pretrained(directory, safe_serialization=True)
+        record = {"answer_words": [rm.answers.yes_word, rm.answers.no_word], "yes_token_id": rm.yes_token_id,
+                  "no_token_id": rm.no_token_id, "normalize": cfg.normalize, "instruction": cfg.instruction,
+                  "paradigm": cfg.paradigm, "cot_format": cfg.cot_format, "finetune": cfg.finetune,
+                  "num_frames": rm.num_frames, "fps": rm.fps, "template": self._template()}
+        write_full = True
+        if self.peft_model is not None:
+            if not cfg.save_merged:
+                if self.rank == 0:
+                    self.peft_model.save_pretrained(directory, safe_serialization=True,
+                                                    state_dict=parameters(self.peft_model))
                 record["base_model"] = self.base_path
-            if self.peft_model is not None:
-                # from here on the in-memory model is the merged one, merged exactly as loading merges it,
-                # so it scores as the saved directory does
-                self.peft_model.merge_and_unload()
-                self.peft_model = None
-                if cfg.save_merged:
-                    rm.model.save_pretrained(directory, safe_serialization=True)
-            elif state is None:
-                rm.model.save_pretrained(directory, safe_serialization=True)
-            else:
-                rm.model.save_pretrained(directory, safe_serialization=True, state_dict=state)
+                write_full = False
+            # from here on the in-memory model (every rank's) is the merged one, merged exactly as loading
+            # merges it, so it scores as the saved directory does
+            self.peft_model.merge_and_unload()
+            self.peft_model = None
+        if self.rank == 0:
+            if write_full:
+                rm.model.save_pretrained(directory, safe_serialization=True, state_dict=parameters(rm.model))
             rm.tokenizer.save_pretrained(directory)
             for name in PROCESSOR_FILES:
                 src = os.path.join(self.base_path, name)
