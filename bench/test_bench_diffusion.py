@@ -4,7 +4,6 @@ timings."""
 import functools
 
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
