@@ -122,6 +122,11 @@ class Engine:
 
     def answer_logprobs(self, items: list, options: EngineOptions) -> torch.Tensor:
         """log P(yes), log P(no) [N, 2] for encoded items, optimised as ``options`` allow."""
+        return self.rm.head_logprobs(self.last_hidden(items, options), self.rm._answer_ids)[0]
+
+    def last_hidden(self, items: list, options: EngineOptions) -> torch.Tensor:
+        """The language model's final hidden state at each item's last token [N, H] (what the head reads),
+        optimised as ``options`` allow; differentiable (training runs through it too)."""
         if options.prefix_cache and self._kv_cache_dropped():
             options = replace(options, prefix_cache=False)
         feats = self.media_features(items, options)
@@ -138,7 +143,7 @@ class Engine:
                 self._run_group(items, feats, members, len(key[0]), options, hidden)
         if loners:
             self._run_group(items, feats, loners, 0, options, hidden)
-        return self.rm.head_logprobs(torch.stack(hidden), self.rm._answer_ids)[0]
+        return torch.stack(hidden)
 
     def _run_group(self, items, feats, members, cut, options, hidden):
         """Run the shared prefix (``cut`` tokens) once, then the members' suffixes in batches."""

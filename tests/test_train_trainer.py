@@ -62,18 +62,26 @@ def full_logits_loss(rm, batch, paradigm, config):
     return (bt + config.ce_weight * ce).mean()
 
 
-@pytest.mark.parametrize("paradigm", ["pairwise", "pointwise", "cot"])
-def test_training_loss_equals_full_logits_formulation(paradigm, gen):
+@pytest.mark.parametrize("paradigm,packing", [("pairwise", True), ("pairwise", "varlen"), ("pairwise", False),
+                                              ("pointwise", True), ("pointwise", False), ("cot", False)])
+def test_training_loss_equals_full_logits_formulation(paradigm, packing, gen):
+    """packing: rows through the scoring engine (features once, shared prefixes once, equal-length batches or
+    varlen-packed rows) or one padded forward; loss and gradients equal the reference either way."""
     rm = RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device="cpu")
+    if packing:
+        rm.options.packing = packing
     rm.model.requires_grad_(False)
     weight = rm.model.get_output_embeddings().weight
     layer = rm.model.model.language_model.layers[-1].mlp.down_proj.weight
     for p in (weight, layer):
         p.requires_grad_(True)
-    config = TrainConfig(paradigm=paradigm, ce_weight=0.3)
+    config = TrainConfig(paradigm=paradigm, ce_weight=0.3, packing=bool(packing))
     recs = records(4, seed_of(gen), reasons=True)
     batch = Collator(rm, paradigm, cot_format="decision_first")(recs)
     loss, _ = RewardTrainModule(rm, config)(batch)
+    if packing:  # the engine's savings happened: each distinct image encoded once, shared prefixes run once
+        assert rm.engine.stats["images_encoded"] == len({id(e) for it in batch.items for e in it.images})
+        assert (rm.engine.stats["prefix_tokens"] > 0) == (paradigm == "pointwise")
     ours = loss / batch.units("soft")
     g_ours = torch.autograd.grad(ours, (weight, layer))
     ref = full_logits_loss(rm, batch, paradigm, config)

@@ -255,6 +255,7 @@ class Batch:
     labels: int64 [B, T] next-token targets for cot (IGNORE elsewhere), ``decision_pos`` int64 [B] the index
       of the decision token in each row (its prediction is read at ``decision_pos - 1``).
     records: the records in the batch (for accuracy by instruction and messages).
+    items: the rows as ``Encoded`` items, for training through the scoring engine (``TrainConfig.packing``).
     """
 
     inputs: dict
@@ -262,6 +263,7 @@ class Batch:
     records: list
     labels: torch.Tensor | None = None
     decision_pos: torch.Tensor | None = None
+    items: list | None = None  # the encoded rows (pairwise, pointwise, regressive): what the engine packs
 
     def units(self, ties: str) -> int:
         """How many terms the summed loss of this batch holds (for normalising by the global batch)."""
@@ -340,7 +342,7 @@ class Collator:
             kept.append(rec)
         if not items:
             return None
-        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept)
+        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept, items=items)
 
     def _pointwise(self, records):
         items, target, kept = [], [], []
@@ -354,7 +356,7 @@ class Collator:
             kept.append(rec)
         if not items:
             return None
-        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept)
+        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept, items=items)
 
     def continuation(self, decision_id: int, reason: str | None) -> tuple[list[int], int]:
         """Token ids after the prompt for one cot target, and the index of the decision among them."""

@@ -74,6 +74,9 @@ class TrainConfig:
     normalize: str = "vocab"  # how the trained model's P(yes) is normalised when it scores
     num_frames: int | None = None  # video records: frames sampled per clip (saved as the model's default)
     fps: float | None = None  # ... or sampled at this rate (pass one of the two)
+    #: pairwise/pointwise/regressive rows run through the scoring engine as ``rm.options`` set it (each image
+    #: encoded once, shared prefixes once, suffixes packed); False: one padded forward (as cot and FSDP2 do)
+    packing: bool = True
     bf16: bool = False  # bf16 autocast for the backbone (weights and optimizer stay float32)
     gradient_checkpointing: bool = False
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: NCCL on CUDA, gloo on CPU)
@@ -122,42 +125,50 @@ class RewardTrainModule(nn.Module):
         self.rm, self.config = rm, config
         self.register_buffer("answer_ids", torch.tensor([rm.yes_token_id, rm.no_token_id]), persistent=False)
 
-    def _hidden(self, inputs):
-        cfg = self.config
-        device_type = inputs["input_ids"].device.type
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            return self.rm.hidden_states(inputs)
+    def _autocast(self):
+        return torch.autocast(self.rm.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
 
     def forward(self, batch):
         cfg, rm = self.config, self.rm
-        hidden = self._hidden(batch.inputs)
+        target = batch.target.to(rm.device)
+        # FSDP2 all-gathers each layer at each of its forwards, so every rank must run the same forwards (the
+        # engine's groups depend on the data), and a shared prefix's KV would bypass its backward hooks
+        if cfg.paradigm != "cot" and cfg.packing and cfg.strategy != "fsdp" and batch.items is not None:
+            with self._autocast():
+                h = rm.engine.last_hidden(batch.items, rm.options)
+            return self._last_token_loss(h, target)
+        with self._autocast():
+            hidden = rm.hidden_states(batch.inputs)
+        if cfg.paradigm != "cot":
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return self._last_token_loss(hidden[rows, rm.last_positions(batch.inputs["attention_mask"])], target)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        target = batch.target.to(hidden.device)
-        if cfg.paradigm == "cot":
-            decision_pos = batch.decision_pos.to(hidden.device)
-            logp = head_logprobs(rm, hidden[rows, decision_pos - 1], self.answer_ids)
-            labels = batch.labels.to(hidden.device).clone()
-            labels[rows, decision_pos] = IGNORE  # the decision is trained through logp (soft for ties)
-            loss = cot_loss(logp, target, sequence_logprobs(rm, hidden, labels), cfg.decision_weight, cfg.ties, "sum")
-            margin = logp[:, 0] - logp[:, 1]
-        else:
-            h = hidden[rows, rm.last_positions(batch.inputs["attention_mask"])]
-            if cfg.paradigm == "regressive":
-                r = self.head(h)
-                loss = bradley_terry_loss(r[0::2], r[1::2], target, cfg.ties, "sum")
-                margin = r[1::2] - r[0::2]
-            else:
-                logp = head_logprobs(rm, h, self.answer_ids)
-                if cfg.paradigm == "pairwise":
-                    loss = pairwise_loss(logp, target, cfg.ties, "sum")
-                    margin = logp[:, 0] - logp[:, 1]
-                else:
-                    loss = pointwise_loss(logp[0::2], logp[1::2], target, cfg.ce_weight, cfg.ties, "sum")
-                    margin = (logp[1::2, 0] - logp[1::2, 1]) - (logp[0::2, 0] - logp[0::2, 1])
+        decision_pos = batch.decision_pos.to(hidden.device)
+        logp = head_logprobs(rm, hidden[rows, decision_pos - 1], self.answer_ids)
+        labels = batch.labels.to(hidden.device).clone()
+        labels[rows, decision_pos] = IGNORE  # the decision is trained through logp (soft for ties)
+        loss = cot_loss(logp, target, sequence_logprobs(rm, hidden, labels), cfg.decision_weight, cfg.ties, "sum")
+        return loss, self._stats(loss, logp[:, 0] - logp[:, 1], target)
+
+    def _last_token_loss(self, h, target):
+        """Loss of the paradigms read at each row's last token, from those hidden states h [rows, H]."""
+        cfg, rm = self.config, self.rm
+        if cfg.paradigm == "regressive":
+            r = self.head(h)
+            loss = bradley_terry_loss(r[0::2], r[1::2], target, cfg.ties, "sum")
+            return loss, self._stats(loss, r[1::2] - r[0::2], target)
+        logp = head_logprobs(rm, h, self.answer_ids)
+        if cfg.paradigm == "pairwise":
+            loss = pairwise_loss(logp, target, cfg.ties, "sum")
+            return loss, self._stats(loss, logp[:, 0] - logp[:, 1], target)
+        loss = pointwise_loss(logp[0::2], logp[1::2], target, cfg.ce_weight, cfg.ties, "sum")
+        return loss, self._stats(loss, (logp[1::2, 0] - logp[1::2, 1]) - (logp[0::2, 0] - logp[0::2, 1]), target)
+
+    @staticmethod
+    def _stats(loss, margin, target):
         decided = target != 0.5
         correct = ((margin.detach() > 0) == (target > 0.5)) & decided
-        stats = torch.stack([loss.detach().float(), correct.sum().float(), decided.sum().float()])
-        return loss, stats
+        return torch.stack([loss.detach().float(), correct.sum().float(), decided.sum().float()])
 
 
 # ----------------------------------------------------------------------------------------------------
