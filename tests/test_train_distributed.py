@@ -44,7 +44,16 @@ def run(args, nproc=1, check=True):
                str(29500 + int.from_bytes(os.urandom(2), "little") % 2000), __file__, *args]
     else:
         cmd = [sys.executable, __file__, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # its own session, so a hung run (a collective one rank never joins) is killed with all its workers
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            stdout, stderr = popen.communicate()
+            raise AssertionError(f"{cmd} hung for 300 s:\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -62,12 +71,14 @@ def weights(folder):
     return out
 
 
-@pytest.mark.parametrize("paradigm,finetune", [("pairwise", "lora"), ("regressive", "full")])
-def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune):
+@pytest.mark.parametrize("paradigm,finetune,packing", [("pairwise", "lora", True), ("regressive", "full", False)])
+def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune, packing):
+    """packing: the rows run through the scoring engine (its grouping differs between the 1- and 2-process
+    splits; DDP does not mind)."""
     seed = int.from_bytes(os.urandom(2), "little")
     data = write_data(tmp_path / "data", 12, seed)
     common = ["--data", data, "--paradigm", paradigm, "--finetune", finetune, "--steps", "3", "--batch", "4",
-              "--micro", "2", "--seed", str(seed)]
+              "--micro", "2", "--seed", str(seed), *(["--packing"] if packing else [])]
     run([*common, "--out", str(tmp_path / "one")])  # one process, 2 micro-batches accumulated
     run([*common, "--out", str(tmp_path / "two")], nproc=2)  # two processes, one micro-batch each
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -153,6 +164,7 @@ def driver(argv):
     for name in ("--steps", "--batch", "--micro", "--seed", "--save-every", "--kill-at"):
         parser.add_argument(name, type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--packing", action="store_true")
     args = parser.parse_args(argv)
 
     from rdfast.testing import tiny_checkpoint
@@ -171,7 +183,8 @@ def driver(argv):
     config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4,
                          batch_size=args.batch, micro_batch_size=args.micro, max_steps=args.steps, seed=args.seed,
                          save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1,
-                         strategy=args.strategy, eval_every=2 if args.val else 0)
+                         strategy=args.strategy, eval_every=2 if args.val else 0,
+                         packing=True if args.packing else "auto")
     val = load_preferences(args.val) if args.val else None
     trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, load_preferences(args.data), val, output_dir=args.out)
     trainer.train(resume="auto" if args.resume else None)

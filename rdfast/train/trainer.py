@@ -74,9 +74,10 @@ class TrainConfig:
     normalize: str = "vocab"  # how the trained model's P(yes) is normalised when it scores
     num_frames: int | None = None  # video records: frames sampled per clip (saved as the model's default)
     fps: float | None = None  # ... or sampled at this rate (pass one of the two)
-    #: pairwise/pointwise/regressive rows run through the scoring engine as ``rm.options`` set it (each image
-    #: encoded once, shared prefixes once, suffixes packed); False: one padded forward (as cot and FSDP2 do)
-    packing: bool = True
+    #: True: pairwise/pointwise/regressive rows run through the scoring engine as ``rm.options`` set it (each
+    #: image encoded once, shared prefixes once, suffixes packed); False: one padded forward (as cot and FSDP2
+    #: always do). "auto": the engine on CUDA; padded on CPU, where it measured as fast or faster (see README)
+    packing: bool | str = "auto"
     bf16: bool = False  # bf16 autocast for the backbone (weights and optimizer stay float32)
     gradient_checkpointing: bool = False
     strategy: str = "ddp"  # ddp | fsdp (FSDP2 fully_shard: NCCL on CUDA, gloo on CPU)
@@ -100,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.lr_schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"lr_schedule must be constant, linear or cosine, got {self.lr_schedule!r}")
+        if self.packing not in (True, False, "auto"):
+            raise ValueError(f"packing must be True, False or 'auto', got {self.packing!r}")
         if self.num_frames is not None and self.fps is not None:
             raise ValueError("pass num_frames or fps, not both")
         self.lora_targets, self.adam_betas = tuple(self.lora_targets), tuple(self.adam_betas)
@@ -133,7 +136,8 @@ class RewardTrainModule(nn.Module):
         target = batch.target.to(rm.device)
         # FSDP2 all-gathers each layer at each of its forwards, so every rank must run the same forwards (the
         # engine's groups depend on the data), and a shared prefix's KV would bypass its backward hooks
-        if cfg.paradigm != "cot" and cfg.packing and cfg.strategy != "fsdp" and batch.items is not None:
+        packing = cfg.packing if cfg.packing != "auto" else rm.device.type == "cuda"
+        if cfg.paradigm != "cot" and packing and cfg.strategy != "fsdp" and batch.items is not None:
             with self._autocast():
                 h = rm.engine.last_hidden(batch.items, rm.options)
             return self._last_token_loss(h, target)
