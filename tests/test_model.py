@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import load_rm
 from rdfast.images import InputError
@@ -169,7 +168,9 @@ def test_gradients_match_finite_differences_in_float64(family, gen):
 
     transformers' RMSNorm and rotary embeddings round through float32 even in a float64 model (about 1e-7
     relative), so single-pixel differences with tiny steps drown in that noise; a random direction over a
-    28x28 patch with step 1e-2 moves the log-score by ~1e-4, far above it. Tolerance: 5e-3 relative."""
+    28x28 patch with step 1e-2 moves the log-score by ~1e-4, far above it. Tolerance: 5e-3 relative, plus
+    5e-6 absolute: that rounding still leaves up to ~3e-6 in a difference quotient, which failed about 1 seed
+    in 150 on InternVL where the directional derivative happened to be ~1e-5 (600 seeds checked)."""
     rm = load_rm(family, dtype=torch.float64)
     seed = seed_of(gen)
     image = random_images(1, sizes=((56, 56),), seed=seed, kind="tensor")[0].double()
@@ -190,7 +191,7 @@ def test_gradients_match_finite_differences_in_float64(family, gen):
         with torch.no_grad():
             fd = (log_score(image + eps * direction) - log_score(image - eps * direction)).item() / (2 * eps)
         analytic = (x.grad * direction).sum().item()
-        assert abs(analytic - fd) <= 1e-6 + 5e-3 * abs(fd), (i, j, analytic, fd)
+        assert abs(analytic - fd) <= 5e-6 + 5e-3 * abs(fd), (i, j, analytic, fd)
 
 
 # ---- bad input -------------------------------------------------------------------------------------------
