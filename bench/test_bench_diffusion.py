@@ -23,13 +23,20 @@ def brightness(images, prompts):
     return images.mean(dim=(1, 2, 3))
 
 
+def motion(videos, prompts):
+    return (videos[:, 1:] - videos[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+
+
 @functools.lru_cache(maxsize=None)
-def trainer(memory_efficient):
+def trainer(memory_efficient, pipeline="flux"):
+    """A tiny ReFL trainer at 32 px: FLUX rewarded for brightness, or Wan (9 frames) for motion."""
     from rdfast.diffusion.refl import ReFLTrainer
     from rdfast.diffusion.testing import tiny_pipeline
 
-    return ReFLTrainer(tiny_pipeline("flux"), brightness, height=32, width=32, num_steps=4, grad_steps=2,
-                       late_range=(0.5, 1.0), lora_rank=4, memory_efficient=memory_efficient, seed=0)
+    video = dict(num_frames=9) if pipeline == "wan" else {}
+    return ReFLTrainer(tiny_pipeline(pipeline), motion if video else brightness, height=32, width=32, num_steps=4,
+                       grad_steps=2, late_range=(0.5, 1.0), lora_rank=4, memory_efficient=memory_efficient, seed=0,
+                       **video)
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False], ids=["rdfast", "naive"])
@@ -55,22 +62,9 @@ def test_refl_memory_tracker_smoke():
     assert peaks[True] <= peaks[False]  # at 32 px the peak may sit in text encoding, before any backward
 
 
-def motion(videos, prompts):
-    return (videos[:, 1:] - videos[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
-
-
-@functools.lru_cache(maxsize=None)
-def video_trainer(memory_efficient):
-    from rdfast.diffusion.refl import ReFLTrainer
-    from rdfast.diffusion.testing import tiny_pipeline
-
-    return ReFLTrainer(tiny_pipeline("wan"), motion, height=32, width=32, num_frames=9, num_steps=4, grad_steps=2,
-                       late_range=(0.5, 1.0), lora_rank=4, memory_efficient=memory_efficient, seed=0)
-
-
 @pytest.mark.parametrize("memory_efficient", [True, False], ids=["rdfast", "naive"])
 def test_video_refl_step(benchmark, memory_efficient):
-    tr = video_trainer(memory_efficient)
+    tr = trainer(memory_efficient, "wan")
     benchmark.group = "refl step tiny wan 32px 9 frames"
     info = benchmark(tr.step, ["a red fox", "a blue car"])
     assert info["stop_step"] in (2, 3)

@@ -38,3 +38,24 @@ def rm(family):
 def gen():
     """A fresh generator per test: fresh random inputs in every check."""
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+
+
+def write_images(folder, n, seed):
+    """n random PNG images (im0.png, im1.png, ...) in folder; returns their names."""
+    from rdfast.testing import random_images
+
+    names = []
+    for k, im in enumerate(random_images(n, seed=seed)):
+        names.append(f"im{k}.png")
+        im.save(folder / names[-1])
+    return names
+
+
+def save_frames(folder, frames, order=None):
+    """A video [T, 3, H, W] in [0, 1] as a folder of PNG frames 000.png, 001.png, ... (written in ``order``)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in order if order is not None else range(len(frames)):
+        array = (frames[t].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        Image.fromarray(array).save(folder / f"{t:03d}.png")

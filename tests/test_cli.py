@@ -4,22 +4,13 @@ import json
 
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, write_images
 from rdfast.cli import main, score_file
-from rdfast.testing import random_images
-
-
-def write_images(tmp_path, seed, n):
-    names = []
-    for k, im in enumerate(random_images(n, seed=seed)):
-        names.append(f"im{k}.png")
-        im.save(tmp_path / names[-1])
-    return names
 
 
 def test_score_file_skips_bad_lines_and_keeps_the_rest(tmp_path, gen):
     rm = load_rm("qwen2_vl")
-    names = write_images(tmp_path, int(torch.randint(0, 10_000, (1,), generator=gen)), 3)
+    names = write_images(tmp_path, 3, int(torch.randint(0, 10_000, (1,), generator=gen)))
     lines = [
         json.dumps({"prompt": "a red circle", "image1": names[0], "image2": names[1]}),
         "{not json",
@@ -49,7 +40,7 @@ def test_score_file_skips_bad_lines_and_keeps_the_rest(tmp_path, gen):
 def test_cli_score_command(tmp_path, capsys):
     from rdfast.testing import tiny_checkpoint
 
-    names = write_images(tmp_path, 11, 2)
+    names = write_images(tmp_path, 2, 11)
     (tmp_path / "items.jsonl").write_text("".join(json.dumps({"prompt": "a tree", "image": n}) + "\n" for n in names))
     main(["score", "--model", str(tiny_checkpoint("internvl")), "--input", str(tmp_path / "items.jsonl"),
           "--output", str(tmp_path / "scores.jsonl"), "--normalize", "yes_no", "--device", "cpu"])
@@ -64,7 +55,7 @@ def test_cli_score_command(tmp_path, capsys):
 
 
 def _items_file(tmp_path, n, seed):
-    names = write_images(tmp_path, seed, n)
+    names = write_images(tmp_path, n, seed)
     prompts = ["a red circle", "two dogs", "a tree at night"]
     lines = [json.dumps({"prompt": prompts[k % 3], "image": name}) for k, name in enumerate(names)]
     (tmp_path / "items.jsonl").write_text("\n".join(lines) + "\n")

@@ -5,18 +5,10 @@ import json
 import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, write_images
 from rdfast.testing import random_images
 from rdfast.train import Collator, DataError, PreferenceRecord, load_preferences, parse_label
 from rdfast.train.data import IGNORE
-
-
-def write_images(tmp_path, n, seed):
-    names = []
-    for k, im in enumerate(random_images(n, seed=seed)):
-        names.append(f"im{k}.png")
-        im.save(tmp_path / names[-1])
-    return names
 
 
 def bad_file(tmp_path, seed):

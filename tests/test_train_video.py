@@ -3,12 +3,11 @@ a tiny training run through the CLI, and reload exactness."""
 import io
 import json
 
-import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, save_frames
 from rdfast.testing import random_images, tiny_checkpoint
-from rdfast.train import Collator, PreferenceRecord, TrainConfig, Trainer, evaluate, load_preferences, load_trained
+from rdfast.train import Collator, PreferenceRecord, TrainConfig, evaluate, load_preferences, load_trained
 from rdfast.train.cli import main as cli_main
 from rdfast.train.trainer import RewardTrainModule
 from test_video import clips
@@ -18,22 +17,12 @@ def seed_of(gen):
     return int(torch.randint(0, 10_000, (1,), generator=gen))
 
 
-def save_clip(folder, clip):
-    """A video as a folder of PNG frames (000.png, 001.png, ...): what the JSONL's video paths may name."""
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    for t, frame in enumerate(clip):
-        array = (frame.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(array).save(folder / f"{t:03d}.png")
-
-
 def test_video_lines_are_validated_with_line_numbers(tmp_path, gen):
     a, b = clips(gen, 2, frames=3)
-    save_clip(tmp_path / "a", a)
-    save_clip(tmp_path / "b", b)
+    save_frames(tmp_path / "a", a)
+    save_frames(tmp_path / "b", b)
     (tmp_path / "empty").mkdir()
-    save_clip(tmp_path / "mixed", [a[0]])
+    save_frames(tmp_path / "mixed", [a[0]])
     random_images(1, sizes=((84, 56),), seed=seed_of(gen))[0].save(tmp_path / "mixed" / "001.png")
     random_images(1, seed=seed_of(gen))[0].save(tmp_path / "cond.png")
     good = {"prompt": "a ball rolls", "video1": "a", "video2": "b", "label": 1, "instruction": "t2v"}
@@ -104,8 +93,8 @@ def test_tiny_video_training_run_learns_and_reloads_exactly(tmp_path, gen):
         good, bad = clips(g, 2, frames=4)
         good, bad = 0.5 + 0.5 * good, 0.5 * bad  # learnable from the pixels: the preferred clip is the bright one
         a, b = (bad, good) if k % 2 else (good, bad)
-        save_clip(tmp_path / f"v{k}a", a)
-        save_clip(tmp_path / f"v{k}b", b)
+        save_frames(tmp_path / f"v{k}a", a)
+        save_frames(tmp_path / f"v{k}b", b)
         lines.append({"prompt": prompts[k % 4], "video1": f"v{k}a", "video2": f"v{k}b", "label": 1 + k % 2,
                       "instruction": ["t2v", "motion"][k % 2]})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))

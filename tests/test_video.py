@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, save_frames
 from rdfast.images import InputError
 from rdfast.testing import random_images
 from rdfast.videos import load_video, sample_indices
@@ -115,14 +115,9 @@ def test_frame_lists_and_sampling(gen):
 
 def test_folder_of_frames_is_a_video(tmp_path, gen):
     """A folder of PNG frames loads in file-name order and scores as the same frames given as a tensor."""
-    from PIL import Image
-
     video = clips(gen, 1, frames=5)[0]
     quantised = (video * 255).round() / 255  # what the PNG files hold
-    order = [3, 0, 4, 1, 2]  # written out of order: the names, not the write order, set the sequence
-    for t in order:
-        array = (video[t].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(array).save(tmp_path / f"frame_{t:02d}.png")
+    save_frames(tmp_path, video, order=[3, 0, 4, 1, 2])  # the names, not the write order, set the sequence
     (tmp_path / "notes.txt").write_text("not a frame")
     frames, _ = load_video(str(tmp_path), 0, "videos")
     torch.testing.assert_close(frames, quantised, atol=1e-6, rtol=0)

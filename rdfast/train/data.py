@@ -25,6 +25,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -100,6 +101,14 @@ class PreferenceRecord:
     @property
     def is_tie(self) -> bool:
         return self.label == TIE
+
+    def encode(self, rm, candidates, default_instruction=None, num_frames=None, fps=None):
+        """This record's prompt with ``candidates`` (one: pointwise, two: pairwise) as ``rm.encode`` encodes them:
+        its own instruction (else ``default_instruction``), and its conditioning image first for image-to-video."""
+        instruction = self.instruction if self.instruction is not None else default_instruction
+        condition = [self.condition_image] if self.condition_image is not None else None
+        return rm.encode([self.prompt], [[m] for m in candidates], instruction, kind=self.kind, condition=condition,
+                         num_frames=num_frames, fps=fps)[0]
 
     def where(self) -> str:
         """``path:line`` for messages (``<memory>`` for records built in Python)."""
@@ -248,22 +257,30 @@ IGNORE = -100  # label of positions without a language-model target
 class Batch:
     """What one forward consumes.
 
-    inputs: the collated transformers kwargs (``RewardModel.collate``), rows described by the paradigm:
+    items: the rows as ``Encoded`` items, described by the paradigm:
       pairwise: one row per (record, order); pointwise/regressive: rows 2k, 2k+1 = image1, image2 of pair k;
-      cot: one row per record, right-padded, with ``labels``.
+      cot: one row per record, right-padded, with ``labels``. The scoring engine runs these directly.
+    inputs: the rows collated as transformers kwargs (``RewardModel.collate``), built on first use, so a batch
+      trained through the engine never pads or copies pixels it does not need.
     target: float32 [P] P(image 2 better) per pairwise row (pairwise, cot) or per pair (pointwise, regressive).
     labels: int64 [B, T] next-token targets for cot (IGNORE elsewhere), ``decision_pos`` int64 [B] the index
       of the decision token in each row (its prediction is read at ``decision_pos - 1``).
     records: the records in the batch (for accuracy by instruction and messages).
-    items: the rows as ``Encoded`` items, for training through the scoring engine (``TrainConfig.packing``).
     """
 
-    inputs: dict
+    items: list
     target: torch.Tensor
     records: list
+    collate: Callable[[list], dict] = field(repr=False)
     labels: torch.Tensor | None = None
     decision_pos: torch.Tensor | None = None
-    items: list | None = None  # the encoded rows (pairwise, pointwise, regressive): what the engine packs
+    _inputs: dict | None = field(default=None, repr=False)
+
+    @property
+    def inputs(self) -> dict:
+        if self._inputs is None:
+            self._inputs = self.collate(self.items)
+        return self._inputs
 
     def units(self, ties: str) -> int:
         """How many terms the summed loss of this batch holds (for normalising by the global batch)."""
@@ -306,11 +323,8 @@ class Collator:
         self.skipped = []  # (where, message) of records left out
 
     def _encode(self, rec, images):
-        instruction = rec.instruction if rec.instruction is not None else self.instruction
         try:
-            condition = [rec.condition_image] if rec.condition_image is not None else None
-            return self.rm.encode([rec.prompt], [[m] for m in images], instruction, kind=rec.kind, condition=condition,
-                                  num_frames=self.num_frames, fps=self.fps)[0]
+            return rec.encode(self.rm, images, self.instruction, self.num_frames, self.fps)
         except InputError as err:
             message = str(err).split(": ", 1)[-1] if err.field else str(err)
             if self.strict:
@@ -342,7 +356,7 @@ class Collator:
             kept.append(rec)
         if not items:
             return None
-        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept, items=items)
+        return Batch(items, torch.tensor(target, dtype=torch.float32), kept, self._collate_left)
 
     def _pointwise(self, records):
         items, target, kept = [], [], []
@@ -356,7 +370,7 @@ class Collator:
             kept.append(rec)
         if not items:
             return None
-        return Batch(self.rm.collate(items, "left"), torch.tensor(target, dtype=torch.float32), kept, items=items)
+        return Batch(items, torch.tensor(target, dtype=torch.float32), kept, self._collate_left)
 
     def continuation(self, decision_id: int, reason: str | None) -> tuple[list[int], int]:
         """Token ids after the prompt for one cot target, and the index of the decision among them."""
@@ -392,13 +406,19 @@ class Collator:
             kept.append(rec)
         if not items:
             return None
-        inputs = self.rm.collate(items, "right")  # right padding: prompt positions line up from 0
+        batch = Batch(items, torch.tensor(target, dtype=torch.float32), kept,
+                      lambda rows: self.rm.collate(rows, "right"))  # right padding: prompt positions line up from 0
+        inputs = batch.inputs
         labels = torch.full(inputs["input_ids"].shape, IGNORE, dtype=torch.long)
         decision_pos = torch.empty(len(items), dtype=torch.long)
         for row, (start, n, at) in enumerate(conts):
             labels[row, start : start + n] = inputs["input_ids"][row, start : start + n].cpu()
             decision_pos[row] = at
-        return Batch(inputs, torch.tensor(target, dtype=torch.float32), kept, labels, decision_pos)
+        batch.labels, batch.decision_pos = labels, decision_pos
+        return batch
+
+    def _collate_left(self, rows):
+        return self.rm.collate(rows, "left")
 
     def _encode_failed(self, rec, message):
         if self.strict:

@@ -42,11 +42,8 @@ def _encode_each(rm, records, default_instruction, log):
     """Encode each record's two candidates alone (pointwise); returns (kept indices, [firsts, seconds])."""
     kept, columns = [], [[], []]
     for i, rec in enumerate(records):
-        instruction = rec.instruction if rec.instruction is not None else default_instruction
-        condition = [rec.condition_image] if rec.condition_image is not None else None
         try:
-            encoded = [rm.encode([rec.prompt], [[media]], instruction, kind=rec.kind, condition=condition)[0]
-                       for media in rec.candidates]
+            encoded = [rec.encode(rm, [media], default_instruction) for media in rec.candidates]
         except InputError as err:
             if log is not None:
                 print(f"{rec.where()}: skipped: {str(err).split(': ', 1)[-1]}", file=log)

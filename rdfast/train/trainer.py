@@ -127,6 +127,10 @@ class RewardTrainModule(nn.Module):
         self.head = head
         self.rm, self.config = rm, config
         self.register_buffer("answer_ids", torch.tensor([rm.yes_token_id, rm.no_token_id]), persistent=False)
+        # FSDP2 all-gathers each layer at each of its forwards, so every rank must run the same forwards (the
+        # engine's groups depend on the data), and a shared prefix's KV would bypass its backward hooks
+        packing = config.packing if config.packing != "auto" else rm.device.type == "cuda"
+        self.through_engine = packing and config.paradigm != "cot" and config.strategy != "fsdp"
 
     def _autocast(self):
         return torch.autocast(self.rm.device.type, dtype=torch.bfloat16, enabled=self.config.bf16)
@@ -134,19 +138,15 @@ class RewardTrainModule(nn.Module):
     def forward(self, batch):
         cfg, rm = self.config, self.rm
         target = batch.target.to(rm.device)
-        # FSDP2 all-gathers each layer at each of its forwards, so every rank must run the same forwards (the
-        # engine's groups depend on the data), and a shared prefix's KV would bypass its backward hooks
-        packing = cfg.packing if cfg.packing != "auto" else rm.device.type == "cuda"
-        if cfg.paradigm != "cot" and packing and cfg.strategy != "fsdp" and batch.items is not None:
+        if self.through_engine:
             with self._autocast():
                 h = rm.engine.last_hidden(batch.items, rm.options)
             return self._last_token_loss(h, target)
         with self._autocast():
             hidden = rm.hidden_states(batch.inputs)
-        if cfg.paradigm != "cot":
-            rows = torch.arange(hidden.shape[0], device=hidden.device)
-            return self._last_token_loss(hidden[rows, rm.last_positions(batch.inputs["attention_mask"])], target)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if cfg.paradigm != "cot":
+            return self._last_token_loss(hidden[rows, rm.last_positions(batch.inputs["attention_mask"])], target)
         decision_pos = batch.decision_pos.to(hidden.device)
         logp = head_logprobs(rm, hidden[rows, decision_pos - 1], self.answer_ids)
         labels = batch.labels.to(hidden.device).clone()
@@ -533,8 +533,6 @@ class Trainer:
         if self.config.strategy != "fsdp":
             yield
             return
-        from torch.distributed.fsdp import FSDPModule
-
         sharded = self._unshard_all()
         try:
             yield
