@@ -18,7 +18,8 @@ import os
 import sys
 from importlib import import_module
 
-from .images import InputError, load_image
+from .errors import InputError
+from .images import load_image
 
 FIELDS = {"score": ("image",), "compare": ("image1", "image2")}
 

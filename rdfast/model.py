@@ -16,14 +16,14 @@ import torch
 
 from . import prompts as P
 from .engine import Engine, EngineOptions
-from .images import InputError, as_image_list, load_image
+from .errors import InputError
+from .images import as_image_list, load_image
+from .resolve import resolve
+from .reward_config import FILE_NAME, RewardConfig
+from .testing import tiny_checkpoint
 from .videos import as_video_list, load_video
 
 NORMALIZATIONS = ("vocab", "yes_no")
-#: written by rdfast.train next to a trained model: how it was trained, so it scores exactly that way.
-#: keys: answer_words, yes_token_id, no_token_id, normalize, instruction, num_frames, fps (video sampling),
-#: base_model (for a LoRA adapter dir)
-RDFAST_CONFIG = "rdfast_config.json"
 
 
 @dataclass
@@ -125,23 +125,18 @@ class RewardModel:
 
         from .adapters import adapter_for
 
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"reward model path {path!r} is not a local directory (rdfast never downloads)")
+        path = resolve(path, tiny_checkpoint, "reward model")
         if attn_implementation == "flash_attention_2":
             try:
-                import flash_attn  # noqa: F401
+                import flash_attn  # noqa: F401  # optional
             except ImportError as err:
                 raise ImportError("attn_implementation='flash_attention_2' needs flash-attn (pip install rdfast[gpu])") from err
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        trained = {}
-        if os.path.isfile(os.path.join(path, RDFAST_CONFIG)):
-            with open(os.path.join(path, RDFAST_CONFIG)) as fh:
-                trained = json.load(fh)
+        trained = RewardConfig.load(path)
         # A LoRA adapter directory points at its base model; everything else loads from ``path`` itself.
-        base_path = os.path.join(path, trained["base_model"]) if trained.get("base_model") else path
+        base_path = trained.base_model_path(path) if trained else path
         common = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(base_path, **common)
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
@@ -159,14 +154,15 @@ class RewardModel:
         model = (model if device_map is not None else model.to(device)).eval()
         model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
         adapter = adapter_for(config, tokenizer, image_processor)
-        answer_words = answer_words or tuple(trained.get("answer_words", ("yes", "no")))
-        answers = P.resolve_answer_tokens(tokenizer, adapter.image_placeholder, answer_words)
+        trained = trained or RewardConfig()
+        answers = P.resolve_answer_tokens(tokenizer, adapter.image_placeholder, answer_words or trained.answer_words)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
-            if key in trained and trained[key] != got:
-                raise ValueError(f"{path}: {RDFAST_CONFIG} records {key}={trained[key]} but the tokenizer gives {got}")
-        return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.get("normalize", "vocab"),
-                   max_length=max_length, batch_size=batch_size, instruction=trained.get("instruction"),
-                   num_frames=trained.get("num_frames"), fps=trained.get("fps"))
+            recorded = getattr(trained, key)
+            if recorded is not None and recorded != got:
+                raise ValueError(f"{path}: {FILE_NAME} records {key}={recorded} but the tokenizer gives {got}")
+        return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.normalize,
+                   max_length=max_length, batch_size=batch_size, instruction=trained.instruction,
+                   num_frames=trained.num_frames, fps=trained.fps)
 
     @property
     def _head_weight(self) -> torch.Tensor:

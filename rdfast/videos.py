@@ -11,7 +11,8 @@ import os
 
 import torch
 
-from .images import InputError, check_image_tensor, image_size, load_image, pil_to_tensor
+from .errors import InputError
+from .images import check_image_tensor, image_size, load_image, pil_to_tensor
 
 DEFAULT_FPS = 2.0  # what rdfast assumes for frame lists and tensors when the caller gives no fps
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

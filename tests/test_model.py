@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import load_rm
-from rdfast.images import InputError
+from rdfast.errors import InputError
 from rdfast.testing import random_images
 
 PROMPTS = ["a red circle", "two blue squares on a table", "a green triangle above a cat", "snow"]

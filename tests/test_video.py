@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import load_rm, save_frames
-from rdfast.images import InputError
+from rdfast.errors import InputError
 from rdfast.testing import random_images
 from rdfast.videos import load_video, sample_indices
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..images import InputError, pil_to_tensor
+from ..errors import InputError
+from ..images import pil_to_tensor
 
 
 def size_value(size, key: str):

@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from ..images import InputError, image_size
+from ..errors import InputError
+from ..images import image_size
 from .base import EncodedImage, VisionAdapter, size_value
 
 

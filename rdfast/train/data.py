@@ -29,7 +29,8 @@ from typing import Callable
 
 import torch
 
-from ..images import InputError, load_image
+from ..errors import InputError
+from ..images import load_image
 from ..videos import load_video
 
 TIE = "tie"

@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import torch
 
-from ..images import InputError
+from ..errors import InputError
 from .data import TIE, media_group, media_kwargs
 from .regressive import RegressiveRewardModel, read_rdfast_config, run_batched
 

@@ -8,11 +8,13 @@ safetensors`` and ``rdfast_config.json``; ``RegressiveRewardModel.from_pretraine
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 
 import torch
 from torch import nn
+
+from ..reward_config import RewardConfig
 
 HEAD_FILE = "regressive_head.safetensors"
 
@@ -116,10 +118,5 @@ def default_batch_size(rm) -> int:
 
 
 def read_rdfast_config(path) -> dict:
-    from ..model import RDFAST_CONFIG
-
-    file = os.path.join(path, RDFAST_CONFIG)
-    if not os.path.isfile(file):
-        return {}
-    with open(file) as fh:
-        return json.load(fh)
+    config = RewardConfig.load(path)
+    return dataclasses.asdict(config) if config else {}

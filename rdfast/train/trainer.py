@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..reward_config import RewardConfig
 from .data import PARADIGMS, Collator
 from .losses import (IGNORE, TIES, bradley_terry_loss, cot_loss, head_logprobs, pairwise_loss, pointwise_loss,
                      sequence_logprobs)
@@ -710,8 +711,6 @@ class Trainer:
         as the saved directory does. Full: the whole model. Both: tokenizer, image-processor files, the
         regressive head if any, and rdfast_config.json. Collective: every rank calls.
         """
-        from ..model import RDFAST_CONFIG
-
         cfg, rm = self.config, self.rm
         fsdp = cfg.strategy == "fsdp"
         if fsdp:  # the full weights on every rank (collective); they stay so: a merged model trains no further
@@ -748,7 +747,7 @@ class Trainer:
                     shutil.copyfile(src, os.path.join(directory, name))
             if self.head is not None:
                 self.head.save(directory)
-            _write_json(record, os.path.join(directory, RDFAST_CONFIG))
+            RewardConfig(**record).save(directory)
         _barrier()
 
     def _template(self) -> dict:
