@@ -30,6 +30,7 @@ import torch
 from common import load_average, machine
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rdfast.engine import BATCHING, prefix_groups, sharing_keys  # noqa: E402
 
 LONG_INSTRUCTION = (
     "You are an expert judge of generated images. Judge text-image alignment first: every object named in "
@@ -161,17 +162,13 @@ def flop_model(rm):
 
 def ideal_ratio(rm, items) -> float:
     image, tokens, head = flop_model(rm)
-    hf = sum(image(e) for it in items for e in it.images) + sum(tokens(len(it.input_ids), 0) for it in items)
-    distinct = {id(e): e for it in items for e in it.images}
+    hf = sum(image(e) for it in items for e in it.media) + sum(tokens(len(it.input_ids), 0) for it in items)
+    distinct = {id(e): e for it in items for e in it.media}
     unique = sum(image(e) for e in distinct.values())
-    groups: dict = {}
-    for it in items:
-        cut = rm.engine.prefix_length(it)
-        key = (tuple(it.input_ids[:cut]), tuple(id(e) for e in it.images[:-1]))
-        groups.setdefault(key, []).append(it)
-    for key, members in groups.items():
-        cut = len(key[0]) if len(members) > 1 else 0
-        unique += tokens(cut, 0) + sum(tokens(len(it.input_ids) - cut, cut) for it in members)
+    keys = [sharing_keys(it, rm.family.media_token_ids) for it in items]
+    for members, cut in prefix_groups(keys):  # the engine's own grouping: the ideal counts its unique tokens
+        group = [items[i] for i in members]
+        unique += tokens(cut, 0) + sum(tokens(len(it.input_ids) - cut, cut) for it in group)
     hf += head * len(items)
     unique += head * len(items)
     return hf / unique, unique
@@ -180,7 +177,7 @@ def ideal_ratio(rm, items) -> float:
 # ---- the three ways to score ------------------------------------------------------------------------------
 def run_rdfast(rm, items):
     with torch.inference_mode():
-        return rm._run(items)
+        return rm.item_logprobs(items)
 
 
 def run_hf_batched(rm, items, batch=16):
@@ -268,14 +265,14 @@ def main(argv=None):
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--packing", default="equal", choices=("equal", "varlen", "off"),
-                        help="engine packing: equal-length batches (CPU default), varlen attention, or padding")
+    parser.add_argument("--batching", default="length", choices=BATCHING,
+                        help="engine batching: equal-length batches (default), varlen attention, or padding")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput.csv"))
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     rm = load_model(args, preset)
-    rm.options = replace(rm.options, packing={"equal": True, "varlen": "varlen", "off": False}[args.packing])
+    rm.options = replace(rm.options, batching=args.batching)
     device = machine(rm.device)
     rows = []
     print(f"{'scenario':9s} {'rdfast/s':>10s} {'hf_batched/s':>13s} {'naive/s':>9s} {'vs hf':>7s} {'vs naive':>9s} {'ideal':>7s} {'of ideal':>9s}")
@@ -286,7 +283,7 @@ def main(argv=None):
               f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
     result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
               "load_average": load_average(),
-              "packing": args.packing, "scenarios": rows}
+              "batching": args.batching, "scenarios": rows}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

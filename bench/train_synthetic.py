@@ -149,8 +149,8 @@ def lm_items(rm, examples):
     tok = rm.tokenizer
     items, spans = [], []
     for k, (messages, images, answer) in enumerate(examples):
-        encs = [rm.adapter.encode_image(im) for im in images]
-        text = rm.adapter.expand_placeholders(P.render(tok, messages, rm.adapter.image_placeholder), encs)
+        encs = [rm.family.encode_image(im) for im in images]
+        text = rm.family.expand_placeholders(P.render(tok, messages, rm.family.image_placeholder), encs)
         ids = tok(text, add_special_tokens=False)["input_ids"]
         target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         items.append(Encoded(ids + target, encs, answer, None, k))

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 
+from .model import RewardModel
+from .score_jsonl import score_file
+from .testing import random_images, tiny_checkpoint
+
 PROMPTS = ["a red circle on a white background", "two blue squares", "a green triangle"]
 
 
 def run_demo(out_dir: str = "out/demo", family: str = "qwen2_vl") -> dict:
-    from .cli import score_file
-    from .model import RewardModel
-    from .testing import random_images, tiny_checkpoint
-
     os.makedirs(out_dir, exist_ok=True)
     path = tiny_checkpoint(family)
     rm = RewardModel.from_pretrained(path, device="cpu")

@@ -1,65 +1,48 @@
 """RewardModel: the RewardDance reward, P("yes") of a VLM's next token, as a drop-in scorer.
 
-Follow a score down: ``score``/``compare`` -> ``encode`` (prompts.py renders, the family adapter turns
-images into pixels and image tokens) -> ``collate`` (pads a micro-batch) -> ``answer_logprobs`` (the
-VLM's base model, the hidden state at the last real token) -> ``rdfast.ops.token_logprobs`` (the fused
-yes/no head).
+Follow a score down (the default path; every call goes downward):
+
+1. ``RewardModel.score`` / ``compare`` / ``rank`` (this file): the public call.
+2. ``Encoder.encode`` (encoding.py): validates every item, loads each distinct image once (images.py,
+   videos.py), renders the prompt (prompts.py) and lets the family (families/) turn pixels into the
+   family's layout and expand each media placeholder into its media tokens.
+3. ``RewardModel.item_logprobs`` (this file): one grad-or-inference decision, then
+4. ``Engine.last_hidden`` (engine.py): each distinct media item through the vision tower once
+   (``Family.features``), items grouped by their longest shared prefix, each prefix run once
+   (``Family.language_forward`` with the family's cache), suffixes batched by equal length; returns the
+   final hidden state at each item's last token [N, H].
+5. ``RewardModel.answer_logprobs`` -> ``head_logprobs`` (this file) -> ``ops.token_logprobs`` (ops.py):
+   the fused yes/no head (Triton on CUDA, C++ on CPU, torch otherwise) gives log P(yes), log P(no) over
+   the whole vocabulary without materialising logits.
+6. ``RewardModel.probabilities`` (this file): the normalisation, "vocab" or "yes_no".
+
+Training, the regressive baseline and explain use the same steps 4-6: ``last_hidden`` (or
+``hidden_states`` for every position) then ``head_logprobs``.
 """
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from . import prompts as P
+from .encoding import EncodedItem, Encoder, collate, media_columns
 from .engine import Engine, EngineOptions
 from .errors import InputError
-from .images import as_image_list, load_image
+from .families import Family, family_for
+from .generation import greedy_continuations
+from .images import as_image_list
+from .ops import token_logprobs
+from .ranking import RankResult, rank_from_pairs
 from .resolve import resolve
-from .reward_config import FILE_NAME, RewardConfig
+from .reward_config import FILE_NAME, NORMALIZATIONS, RewardConfig
 from .testing import tiny_checkpoint
-from .videos import as_video_list, load_video
+from .videos import as_video_list
 
-NORMALIZATIONS = ("vocab", "yes_no")
-
-
-@dataclass
-class Encoded:
-    """One sequence ready to batch: token ids and its images/videos (in sequence order) in the family's layout."""
-
-    input_ids: list[int]
-    images: list
-    prompt: str
-    instruction: str | None
-    index: int
-    n_condition: int = 0  # leading conditioning images (image-to-video) before the judged media
-
-
-@dataclass
-class RankResult:
-    """Best-of-N by pairwise wins. ``win_prob[i, j]`` = P(candidate i beats j), both orders averaged."""
-
-    order: list[int]
-    wins: torch.Tensor
-    win_prob: torch.Tensor
-    top: list[int]
-
-
-def rank_from_pairs(p: torch.Tensor, pairs: list[tuple[int, int]], n: int, top_k: int) -> RankResult:
-    """Best-of-N from pairwise judgements: ``p[k]`` = P(candidate j better than i) for ``pairs[k] = (i, j)``,
-    every ordered pair present. Both orders are averaged into P(i beats j); P > 0.5 is a hard win; ties in
-    wins are broken by the summed win probabilities, then by index."""
-    beats = torch.zeros(n, n, dtype=p.dtype, device=p.device)  # beats[j, i] = P(j better than i)
-    beats[torch.tensor([j for _, j in pairs]), torch.tensor([i for i, _ in pairs])] = p
-    win_prob = 0.5 * (beats + 1.0 - beats.T)
-    win_prob.fill_diagonal_(0.0)
-    wins = (win_prob > 0.5).sum(dim=1)
-    total = win_prob.sum(dim=1)
-    order = sorted(range(n), key=lambda k: (-int(wins[k]), -float(total[k]), k))
-    return RankResult(order=order, wins=wins, win_prob=win_prob, top=order[:top_k])
+COT_FORMATS = ("decision_first", "reasons_first")
 
 
 def _default_device():
@@ -74,45 +57,37 @@ class RewardModel:
     generative reward model is trained on (cross-entropy over the vocabulary), so it is the paper's reward.
     ``normalize="yes_no"`` renormalises over the two answer tokens, sigmoid(logit_yes - logit_no): useful
     for models never tuned as judges, whose probability mass leaks to other tokens.
+
+    ``options`` (an ``EngineOptions``) sets how calls run: feature cache, shared prefixes, batching and the
+    micro-batch size; every setting gives the same scores.
     """
 
-    def __init__(self, model, tokenizer, adapter, answers: P.AnswerTokens, normalize="vocab", max_length=None,
-                 batch_size=8, instruction=None, num_frames=None, fps=None):
+    def __init__(self, model, tokenizer, family: Family, answers: P.AnswerTokens, normalize: str = "vocab",
+                 max_length: int | None = None, batch_size: int = 8, instruction: str | None = None,
+                 num_frames: int | None = None, fps: float | None = None):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.model = model
         self.tokenizer = tokenizer
-        self.adapter = adapter
+        self.family = family
         self.answers = answers
         self.normalize = normalize
-        #: engine switches (feature cache, shared prefix, packing, micro-batch); all off = the plain padded path
         self.options = EngineOptions(batch_size=batch_size)
         self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
         # video frame sampling when a call passes neither (a model trained on videos records its own)
         self.num_frames, self.fps = num_frames, fps
-        self.padding_side = "left"  # scores do not depend on it; left keeps the answer position at the end
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._answer_ids = torch.tensor([answers.yes_id, answers.no_id], dtype=torch.long)
-        self.engine = Engine(self)
+        self.encoder = Encoder(tokenizer, family, self.max_length)
+        self.engine = Engine(model, family, self.pad_token_id)
 
-    # ---- loading --------------------------------------------------------------------------------------
+    # ---- loading ----------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(
-        cls,
-        path,
-        device=None,
-        dtype=None,
-        attn_implementation=None,
-        normalize=None,
-        answer_words=None,
-        trust_remote_code=False,
-        max_length=None,
-        batch_size=8,
-        device_map=None,
-    ) -> "RewardModel":
-        """Load a reward model from a local checkpoint directory (no network).
+    def from_pretrained(cls, path, device=None, dtype=None, attn_implementation=None, normalize=None,
+                        answer_words=None, trust_remote_code=False, max_length=None, batch_size=8,
+                        device_map=None) -> RewardModel:
+        """Load a reward model from a local directory, ``tiny:FAMILY`` or a hub id (rdfast.resolve).
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
         ("sdpa"); "flash_attention_2" needs flash-attn installed. normalize defaults to "vocab" and
@@ -121,9 +96,7 @@ class RewardModel:
         ``device_map`` (e.g. "auto") spreads a large reward model over several GPUs through accelerate;
         ``device`` is then ignored.
         """
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-
-        from .adapters import adapter_for
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # heavy
 
         path = resolve(path, tiny_checkpoint, "reward model")
         if attn_implementation == "flash_attention_2":
@@ -134,9 +107,8 @@ class RewardModel:
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        trained = RewardConfig.load(path)
-        # A LoRA adapter directory points at its base model; everything else loads from ``path`` itself.
-        base_path = trained.base_model_path(path) if trained else path
+        trained = RewardConfig.load(path) or RewardConfig()
+        base_path = trained.base_model_path(path)  # a LoRA adapter directory points at its base model
         common = dict(local_files_only=True, trust_remote_code=trust_remote_code)
         config = AutoConfig.from_pretrained(base_path, **common)
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
@@ -148,30 +120,20 @@ class RewardModel:
             kwargs["attn_implementation"] = attn_implementation
         model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
         if base_path != path:
-            from peft import PeftModel
+            from peft import PeftModel  # optional
 
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         model = (model if device_map is not None else model.to(device)).eval()
         model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
-        adapter = adapter_for(config, tokenizer, image_processor)
-        trained = trained or RewardConfig()
-        answers = P.resolve_answer_tokens(tokenizer, adapter.image_placeholder, answer_words or trained.answer_words)
+        family = family_for(config, tokenizer, image_processor)
+        answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
             recorded = getattr(trained, key)
             if recorded is not None and recorded != got:
                 raise ValueError(f"{path}: {FILE_NAME} records {key}={recorded} but the tokenizer gives {got}")
-        return cls(model, tokenizer, adapter, answers, normalize=normalize or trained.normalize,
+        return cls(model, tokenizer, family, answers, normalize=normalize or trained.normalize,
                    max_length=max_length, batch_size=batch_size, instruction=trained.instruction,
                    num_frames=trained.num_frames, fps=trained.fps)
-
-    @property
-    def _head_weight(self) -> torch.Tensor:
-        # looked up at each use: FSDP and peft swap the module's parameters after loading
-        return self.model.get_output_embeddings().weight
-
-    @property
-    def _head_bias(self):
-        return getattr(self.model.get_output_embeddings(), "bias", None)
 
     @property
     def yes_token_id(self) -> int:
@@ -188,41 +150,44 @@ class RewardModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._head_weight.dtype
+        return self.model.get_output_embeddings().weight.dtype
 
-    # ---- public scoring -------------------------------------------------------------------------------
+    # ---- public scoring ---------------------------------------------------------------------------------
     def score(self, images=None, prompts=None, instruction=None, batch_size=None, *, videos=None,
               condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
         """Pointwise reward P(yes | image or video, prompt, instruction).
 
-        images: N PIL images, paths, float tensors [3,H,W] in [0,1], or a tensor [N,3,H,W]. Or videos:
-        N float tensors [T,3,H,W] in [0,1], frame lists, or video files (sampled to ``num_frames`` or at
-        ``fps``); ``condition_images`` adds an image-to-video conditioning image to each item's context.
-        prompts: N non-empty strings. Returns float32 [N] on the model's device; differentiable with
-        respect to tensor images and videos that require grad.
+        Args:
+            images: N PIL images, paths, float tensors [3, H, W] in [0, 1], or a tensor [N, 3, H, W].
+            prompts: N non-empty strings.
+            instruction: a named instruction (prompts.INSTRUCTIONS) or free text; None: the model's own.
+            batch_size: sequences per forward (default: ``options.batch_size``).
+            videos: instead of images, N float tensors [T, 3, H, W] in [0, 1], frame lists, video files or
+                folders of frames (sampled to ``num_frames`` or at ``fps``).
+            condition_images: N image-to-video conditioning images, put in each item's context.
+        Returns:
+            float32 [N] on the model's device; differentiable with respect to tensor media that require grad.
         """
-        columns, kind = self._media(images, None, videos, None)
+        columns, kind = media_columns(images, None, videos, None)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps)
-        return self._probabilities(self._run(items, batch_size))
+        return self.probabilities(self.item_logprobs(items, batch_size))
 
     def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None, *,
                 videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
-        """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference);
-        the same for ``videos1`` / ``videos2``.
+        """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference); the same
+        for ``videos1`` / ``videos2``. Media and prompts as in ``score``.
 
         ``debias=True`` averages with 1 - P(yes) of the swapped order, removing position bias.
         Returns float32 [N].
         """
-        columns, kind = self._media(images1, images2, videos1, videos2, pairwise=True)
+        columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=True)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps)
-        p = self._probabilities(self._run(items, batch_size))
         if not debias:
-            return p
-        swapped = [self._tokenize(it.prompt, it.images[: it.n_condition] + it.images[it.n_condition :][::-1],
-                                  it.instruction, it.index, it.n_condition) for it in items]
-        return 0.5 * (p + 1.0 - self._probabilities(self._run(swapped, batch_size)))
+            return self.probabilities(self.item_logprobs(items, batch_size))
+        both = self.probabilities(self.item_logprobs(items + [self.encoder.swapped(it) for it in items], batch_size))
+        return 0.5 * (both[: len(items)] + 1.0 - both[len(items) :])
 
     def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None, *, videos=None,
              num_frames=None, fps=None) -> RankResult:
@@ -230,8 +195,8 @@ class RewardModel:
 
         candidates: N images (as for ``score``), or ``videos=``: N videos. Each unordered pair is judged in
         both orders and averaged; the candidate with P > 0.5 gets a hard win. Ties in win count are broken by
-        the summed win probabilities. All N(N-1) pairs go through the engine and the head in one call (each
-        candidate encoded once).
+        the summed win probabilities (``ranking.rank_from_pairs``). All N(N-1) pairs go through the engine
+        and the head in one call (each candidate encoded once).
         """
         if (candidates is None) == (videos is None):
             raise InputError("pass candidates (images) or videos, exactly one of them")
@@ -250,172 +215,130 @@ class RewardModel:
         return rank_from_pairs(p, pairs, n, top_k)
 
     def explain(self, prompts=None, images1=None, images2=None, instruction=None, max_new_tokens=128,
-                cot_format="decision_first", batch_size=None, **videos) -> list[dict]:
-        """Decisions with generated reasons, for a chain-of-thought trained model: one dict per item with
-        ``p_yes`` (the reward, read exactly as ``compare``/``score`` read it for decision_first), ``decision``
-        and ``reason``. See ``rdfast.train.explain``."""
-        from .train.explain import explain
+                cot_format="decision_first", batch_size=None, *, videos1=None, videos2=None, condition_images=None,
+                num_frames=None, fps=None) -> list[dict]:
+        """Decisions with generated reasons, for a chain-of-thought trained model (pairwise when ``images2``
+        or ``videos2`` is given, else pointwise).
 
-        return explain(self, prompts, images1, images2, instruction, max_new_tokens, cot_format, batch_size, **videos)
+        decision_first (the paper's format): the reward is read at the first answer position, exactly as
+        ``compare``/``score`` read it, and the reasons are generated greedily after the decision.
+        reasons_first: reasons are generated greedily first, and P(yes) is read where the decision follows.
 
-    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side=None, *,
+        Returns:
+            One dict per item: "p_yes" (float, the reward under ``normalize``), "decision" (the answer word),
+            "reason" (the generated text) and "reason_ids" (its token ids).
+        """
+        if cot_format not in COT_FORMATS:
+            raise ValueError(f"cot_format must be one of {COT_FORMATS}, got {cot_format!r}")
+        pairwise = images2 is not None or videos2 is not None
+        columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=pairwise)
+        items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
+                            num_frames=num_frames, fps=fps)
+        size = batch_size or self.options.batch_size
+        yes, no = self.yes_token_id, self.no_token_id
+        results = []
+        with torch.inference_mode():
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                if cot_format == "decision_first":
+                    logp = self.item_logprobs(chunk, size)
+                    decisions = [yes if a >= b else no for a, b in logp.tolist()]
+                    reason_ids = self._greedy([_extended(it, [d]) for it, d in zip(chunk, decisions)], max_new_tokens)
+                else:
+                    generated = self._greedy(chunk, max_new_tokens)
+                    # the decision is the last answer token the model wrote; without one, it is read after a newline
+                    ats = [max((k for k, t in enumerate(g) if t in (yes, no)), default=None) for g in generated]
+                    reason_ids = [g[:at] if at is not None else g for g, at in zip(generated, ats)]
+                    newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+                    bodies = [r if at is not None else r + newline for r, at in zip(reason_ids, ats)]
+                    logp = self.item_logprobs([_extended(it, b) for it, b in zip(chunk, bodies)], size)
+                    decisions = [yes if a >= b else no for a, b in logp.tolist()]
+                for p, d, ids in zip(self.probabilities(logp).tolist(), decisions, reason_ids):
+                    results.append({"p_yes": p, "decision": self.answers.yes_word if d == yes else self.answers.no_word,
+                                    "reason": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                    "reason_ids": ids})
+        return results
+
+    def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side="left", *,
                      videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> dict:
         """The exact padded keyword inputs of the underlying transformers model for this batch.
 
         ``model(**rm.build_inputs(...))`` reproduces the scores: take the logits at the last non-padding
         position (attention_mask) and read the answer tokens.
         """
-        columns, kind = self._media(images1, images2, videos1, videos2, pairwise=images2 is not None or videos2 is not None)
+        pairwise = images2 is not None or videos2 is not None
+        columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=pairwise)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps)
-        return self.collate(items, padding_side or self.padding_side)
+        return self.collate(items, padding_side)
 
-    # ---- internals ------------------------------------------------------------------------------------
-    @staticmethod
-    def _media(first, second, video_first, video_second, pairwise=False):
-        """(columns, kind) from the image or video arguments of a call; exactly one kind may be given."""
-        has_images = first is not None or second is not None
-        has_videos = video_first is not None or video_second is not None
-        if has_images and has_videos:
-            raise InputError("pass images or videos, not both (use condition_images for image-to-video context)")
-        if has_videos:
-            return ([video_first, video_second] if pairwise else [video_first]), "video"
-        return ([first, second] if pairwise else [first]), "image"
-
-    def encode(self, prompts, image_args: list, instruction=None, *, kind: str = "image", condition=None,
-               num_frames=None, fps=None) -> list[Encoded]:
-        """Validate every item up front (clear errors before any model work), then tokenise.
-
-        image_args: [media] (pointwise) or [media1, media2] (pairwise), images or videos as ``kind`` says;
-        ``condition``: optional conditioning images (image-to-video). Returns one Encoded per prompt.
-        """
+    # ---- the steps below the public calls (training and evaluation use them too) ---------------------------
+    def encode(self, prompts, columns: list, instruction=None, *, kind: str = "image", condition=None,
+               num_frames=None, fps=None) -> list[EncodedItem]:
+        """Validated, tokenised items (``Encoder.encode``) with this model's default instruction and video
+        sampling filled in."""
         instruction = instruction if instruction is not None else self.instruction
         if num_frames is None and fps is None:
             num_frames, fps = self.num_frames, self.fps
-        base = f"{kind}s"
-        fields = [base] if len(image_args) == 1 else [f"{base}1", f"{base}2"]
-        kinds = [kind] * len(fields)
-        if prompts is None or any(a is None for a in image_args):
-            raise InputError(f"{', '.join(fields)} and prompts are required")
-        if isinstance(prompts, str):
-            raise InputError("expected a list of prompts, got a single string", field="prompts")
-        prompts = list(prompts)
-        columns = [as_image_list(a, f) if kind == "image" else as_video_list(a, f) for a, f in zip(image_args, fields)]
-        if condition is not None:
-            if kind != "video":
-                raise InputError("condition_images go with videos (image-to-video)", field="condition_images")
-            columns.insert(0, as_image_list(condition, "condition_images"))
-            fields.insert(0, "condition_images")
-            kinds.insert(0, "image")
-        for f, col in zip(fields, columns):
-            if len(col) != len(prompts):
-                raise InputError(f"{f} has {len(col)} items but prompts has {len(prompts)}")
-        if not prompts:
-            raise InputError("empty batch", field="prompts")
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
-        P.instruction_text(instruction)  # validates it before any work
-        # The same image or video (object, or path) given several times is loaded and preprocessed once; the
-        # engine then encodes it once too (its vision-feature cache keys on the EncodedImage).
-        encoded: dict = {}
-        columns_encoded = []
-        for f, col, k in zip(fields, columns, kinds):
-            out = []
-            for i, media in enumerate(col):
-                key = ("path", os.path.abspath(os.fspath(media))) if isinstance(media, (str, os.PathLike)) else ("obj", id(media))
-                if (k, key) not in encoded:
-                    try:
-                        if k == "image":
-                            encoded[k, key] = self.adapter.encode_image(load_image(media, i, f))
-                        else:
-                            encoded[k, key] = self.adapter.encode_video(*load_video(media, i, f, num_frames, fps))
-                    except InputError as err:
-                        raise InputError(str(err).split(": ", 1)[-1], i, f) from err
-                out.append(encoded[k, key])
-            columns_encoded.append(out)
-        n_condition = 1 if condition is not None else 0
-        return [
-            self._tokenize(prompt, [col[i] for col in columns_encoded], instruction, i, n_condition)
-            for i, prompt in enumerate(prompts)
-        ]
+        return self.encoder.encode(prompts, columns, instruction, kind=kind, condition=condition,
+                                   num_frames=num_frames, fps=fps)
 
-    def _tokenize(self, prompt, media, instruction, index, n_condition=0) -> Encoded:
-        messages = P.build_messages(prompt, len(media) - n_condition, instruction, kind=media[-1].kind,
-                                    condition=n_condition > 0)
-        text = P.render(self.tokenizer, messages, self.adapter.image_placeholder, self.adapter.video_placeholder)
-        text = self.adapter.expand_placeholders(text, media, index)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_length:
-            raise InputError(
-                f"the item is {len(ids)} tokens long with its images, more than the model's context of "
-                f"{self.max_length} tokens",
-                index,
-                "prompts",
-            )
-        return Encoded(ids, media, prompt, instruction, index, n_condition)
+    def collate(self, items: list[EncodedItem], padding_side: str = "left") -> dict:
+        """Padded transformers inputs for encoded items (``encoding.collate``)."""
+        return collate(items, self.family, self.pad_token_id, self.dtype, self.device, padding_side)
 
-    def collate(self, items: list[Encoded], padding_side="left") -> dict:
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        longest = max(len(it.input_ids) for it in items)
-        ids = torch.full((len(items), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), longest), dtype=torch.long)
-        for row, it in enumerate(items):
-            n = len(it.input_ids)
-            cols = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
-            ids[row, cols] = torch.tensor(it.input_ids)
-            mask[row, cols] = 1
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        inputs.update(self.adapter.collate_images([e for it in items for e in it.images], self.dtype, self.device))
-        inputs.update(self.adapter.model_inputs(inputs["input_ids"]))
-        return inputs
+    def last_hidden(self, items: list[EncodedItem], options: EngineOptions | None = None) -> torch.Tensor:
+        """Final hidden states at each item's last token [N, H] (``Engine.last_hidden``; default options:
+        ``self.options``). Runs under the caller's grad mode."""
+        return self.engine.last_hidden(items, options or self.options)
 
     def hidden_states(self, inputs: dict) -> torch.Tensor:
-        """Final hidden states [B, T, H] of the VLM's base model (before the LM head) for collated inputs."""
-        base = getattr(self.model, self.model.base_model_prefix)
-        return base(**inputs, use_cache=False).last_hidden_state
+        """Final hidden states [B, T, H] at every position of collated inputs (``collate``)."""
+        return self.engine.sequence_hidden(inputs)
 
-    @staticmethod
-    def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-        """Index of each row's last real token [B]; right for left and right padding alike."""
-        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-        return (attention_mask * positions).argmax(dim=1)
+    def head_logprobs(self, hidden: torch.Tensor, token_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused head: (logp [N, K] float32, lse [N]) of ``token_ids`` ([K] or [N, K]) over the whole
+        vocabulary, from hidden [N, H]. The LM head is read from the model at each call (FSDP and peft swap
+        its parameters); hidden is cast to the head's dtype (autocast may hand back bf16)."""
+        head = self.model.get_output_embeddings()
+        ids = torch.as_tensor(token_ids, device=head.weight.device)
+        return token_logprobs(hidden.to(device=head.weight.device, dtype=head.weight.dtype), head.weight, ids,
+                              bias=getattr(head, "bias", None))
 
-    def head_logprobs(self, hidden: torch.Tensor, token_ids: torch.Tensor):
-        """(logp [B, K], lse [B]) of ``token_ids`` ([K] or [B, K]) over the full vocabulary, from hidden [B, H]."""
-        from .ops import token_logprobs
+    def answer_logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log P(yes), log P(no) over the whole vocabulary: [N, 2] float32, from hidden [N, H]."""
+        return self.head_logprobs(hidden, [self.yes_token_id, self.no_token_id])[0]
 
-        w = self._head_weight
-        return token_logprobs(hidden.to(w.device), w, token_ids.to(w.device), bias=self._head_bias)
-
-    def answer_logprobs(self, inputs: dict) -> torch.Tensor:
-        """log P(yes), log P(no) over the full vocabulary at each sequence's last real token: [B, 2]."""
-        hidden = self.hidden_states(inputs)
-        last = self.last_positions(inputs["attention_mask"])
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.head_logprobs(h, self._answer_ids)[0]
-
-    def _run(self, items: list[Encoded], batch_size=None) -> torch.Tensor:
-        """Answer log-probs [N, 2] for all items: through the engine, or the plain padded path if all is off."""
-        needs_grad = torch.is_grad_enabled() and (
-            any(e.pixels.requires_grad for it in items for e in it.images)
-            or any(p.requires_grad for p in self.model.parameters())
-        )
-        options = self.options if batch_size is None else replace(self.options, batch_size=batch_size)
-        with contextlib.nullcontext() if needs_grad else torch.inference_mode():
-            if options.feature_cache or options.prefix_cache or options.packing:
-                return self.engine.answer_logprobs(items, options)
-            return self._run_padded(items, options.batch_size)
-
-    def _run_padded(self, items: list[Encoded], batch_size: int) -> torch.Tensor:
-        """The unoptimised reference path: padded micro-batches of full sequences through the model."""
-        out = []
-        for start in range(0, len(items), batch_size):
-            out.append(self.answer_logprobs(self.collate(items[start : start + batch_size], self.padding_side)))
-        return torch.cat(out)
-
-    def _probabilities(self, logp: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, logp: torch.Tensor) -> torch.Tensor:
+        """The reward from answer log-probs [N, 2]: P(yes) under ``normalize`` [N]."""
         if self.normalize == "vocab":
             return logp[:, 0].exp()
         return torch.sigmoid(logp[:, 0] - logp[:, 1])
+
+    def grad_context(self, items: list[EncodedItem], extra_parameters=()):
+        """inference_mode unless a gradient is wanted: grad enabled and a media tensor, a model weight or one
+        of ``extra_parameters`` requires it. The one place this decision is made."""
+        needs_grad = torch.is_grad_enabled() and (
+            any(e.pixels.requires_grad for it in items for e in it.media)
+            or any(p.requires_grad for p in self.model.parameters())
+            or any(p.requires_grad for p in extra_parameters)
+        )
+        return contextlib.nullcontext() if needs_grad else torch.inference_mode()
+
+    def item_logprobs(self, items: list[EncodedItem], batch_size: int | None = None) -> torch.Tensor:
+        """log P(yes), log P(no) [N, 2] float32 for encoded items: the engine, then the fused head, under
+        ``grad_context``."""
+        options = self.options if batch_size is None else replace(self.options, batch_size=batch_size)
+        with self.grad_context(items):
+            return self.answer_logprobs(self.last_hidden(items, options))
+
+    def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
+        return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,
+                                    self.tokenizer.eos_token_id, self.pad_token_id)
+
+
+def _extended(item: EncodedItem, extra: list[int]) -> EncodedItem:
+    """``item`` with ``extra`` token ids appended (a decision, or generated reasons)."""
+    item = copy.copy(item)
+    item.input_ids = list(item.input_ids) + list(extra)
+    return item

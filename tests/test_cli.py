@@ -5,7 +5,8 @@ import json
 import torch
 
 from conftest import load_rm, write_images
-from rdfast.cli import main, score_file
+from rdfast.cli import main
+from rdfast.score_jsonl import score_file
 
 
 def test_score_file_skips_bad_lines_and_keeps_the_rest(tmp_path, gen):

@@ -72,7 +72,7 @@ def test_build_inputs_pixels_equal_hf_image_processor(family, gen):
     image_id = rm.model.config.image_token_id
     if family == "internvl":
         per_image = hf["num_patches"].tolist() if hasattr(hf["num_patches"], "tolist") else hf["num_patches"]
-        expected = [rm.adapter.image_seq_length * n for n in per_image]
+        expected = [rm.family.image_seq_length * n for n in per_image]
     else:
         torch.testing.assert_close(inputs["image_grid_thw"], hf["image_grid_thw"])
         expected = (hf["image_grid_thw"].prod(-1) // ip.merge_size**2).tolist()
@@ -100,7 +100,7 @@ def test_resized_tensor_images_are_close_to_pil(family, gen):
     tensor = torch.from_numpy(np.array(pil[0])).permute(2, 0, 1).float() / 255
     a = rm.build_inputs(prompts=PROMPTS[:1], images1=pil)["pixel_values"]
     b = rm.build_inputs(prompts=PROMPTS[:1], images1=[tensor])["pixel_values"]
-    std = rm.adapter.image_std.max().item()
+    std = rm.family.image_std.max().item()
     assert a.shape == b.shape
     assert (a - b).abs().mean().item() * std < 0.05
 
@@ -231,7 +231,7 @@ def test_bad_batches_are_named():
     with pytest.raises(InputError, match=r"prompts\[0\].*tokens long.*context of 4096"):
         rm.score(images=ims[:1], prompts=["yes " * 5000])
     with pytest.raises(InputError, match=r"prompts\[0\].*placeholder"):
-        rm.score(images=ims[:1], prompts=["sneaky " + rm.adapter.image_placeholder])
+        rm.score(images=ims[:1], prompts=["sneaky " + rm.family.image_placeholder])
 
 
 def test_answer_word_must_be_one_token():
@@ -239,8 +239,8 @@ def test_answer_word_must_be_one_token():
 
     rm = load_rm("qwen2_vl")
     with pytest.raises(ValueError, match="not a single token"):
-        P.resolve_answer_tokens(rm.tokenizer, rm.adapter.image_placeholder, ("yesxqzvw", "no"))
-    ids = P.resolve_answer_tokens(rm.tokenizer, rm.adapter.image_placeholder, ("yes", "no"))
+        P.resolve_answer_tokens(rm.tokenizer, rm.family.image_placeholder, ("yesxqzvw", "no"))
+    ids = P.resolve_answer_tokens(rm.tokenizer, rm.family.image_placeholder, ("yes", "no"))
     assert rm.tokenizer.decode([ids.yes_id]) == "yes" and rm.tokenizer.decode([ids.no_id]) == "no"
 
 
@@ -262,7 +262,7 @@ def test_checkpoint_directory_loads_offline(family):
     )
     out = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [str(load_rm(family).yes_token_id), str(load_rm(family).no_token_id)]
-    with pytest.raises(FileNotFoundError, match="not a local directory"):
+    with pytest.raises(InputError, match="not in the local hub cache"):  # tests run with HF_HUB_OFFLINE=1
         RewardModel.from_pretrained("Qwen/Qwen2-VL-7B-Instruct")
 
 

@@ -80,7 +80,7 @@ def test_training_loss_equals_full_logits_formulation(paradigm, packing, gen):
     batch = Collator(rm, paradigm, cot_format="decision_first")(recs)
     loss, _ = RewardTrainModule(rm, config)(batch)
     if packing:  # the engine's savings happened: each distinct image encoded once, shared prefixes run once
-        assert rm.engine.stats["images_encoded"] == len({id(e) for it in batch.items for e in it.images})
+        assert rm.engine.stats["images_encoded"] == len({id(e) for it in batch.items for e in it.media})
         assert (rm.engine.stats["prefix_tokens"] > 0) == (paradigm == "pointwise")
     ours = loss / batch.units("soft")
     g_ours = torch.autograd.grad(ours, (weight, layer))
@@ -247,7 +247,7 @@ def test_explain_reads_the_decision_first_then_generates_greedily(family, gen):
         ids = inputs["input_ids"][0].tolist() + [rm.yes_token_id if o["decision"] == "yes" else rm.no_token_id]
         for tok in o["reason_ids"][:2]:  # each generated token is the argmax of a full forward (no KV cache)
             x = torch.tensor([ids])
-            full = {**inputs, "input_ids": x, "attention_mask": torch.ones_like(x), **rm.adapter.model_inputs(x)}
+            full = {**inputs, "input_ids": x, "attention_mask": torch.ones_like(x), **rm.family.model_inputs(x)}
             with torch.no_grad():
                 assert rm.model(**full).logits[0, -1].argmax().item() == tok
             ids.append(tok)

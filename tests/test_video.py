@@ -60,8 +60,8 @@ def test_still_video_equals_image_patches_for_qwen(gen):
     """Two identical frames are one temporal patch: exactly what Qwen2-VL makes of a still image."""
     rm = load_rm("qwen2_vl")
     frame = torch.rand(3, 56, 84, generator=gen)
-    image = rm.adapter.encode_image(frame)
-    video = rm.adapter.encode_video(torch.stack([frame, frame]), fps=2.0)
+    image = rm.family.encode_image(frame)
+    video = rm.family.encode_video(torch.stack([frame, frame]), fps=2.0)
     assert torch.equal(image.pixels, video.pixels) and image.meta == video.meta
 
 
@@ -75,7 +75,7 @@ def test_video_positions_equal_transformers_rope_index(family, gen):
     ref, _ = base.get_rope_index(input_ids=inputs["input_ids"], video_grid_thw=inputs["video_grid_thw"],
                                  attention_mask=inputs["attention_mask"], mm_token_type_ids=inputs["mm_token_type_ids"],
                                  **extra)
-    assert torch.equal(rm.adapter.position_ids(item.input_ids, item.images), ref[:, 0])
+    assert torch.equal(rm.family.position_ids(item.input_ids, item.media), ref[:, 0])
 
 
 def test_gradients_reach_the_frames(family, gen):

@@ -13,8 +13,7 @@ from .data import (COT_FORMATS, LABELS, PARADIGMS, TIE, Batch, Collator, DataErr
                    PreferenceRecord, load_preferences, parse_label, save_preferences)
 from .evaluate import (accuracy, accuracy_with_ties, evaluate, load_trained, pair_probabilities,
                        predict_with_ties, tune_tie_threshold)
-from .explain import explain
-from .losses import (answer_ce, bradley_terry_loss, cot_loss, head_logprobs, log_odds, pairwise_loss,
+from .losses import (answer_ce, bradley_terry_loss, cot_loss, log_odds, pairwise_loss,
                      pointwise_loss, sequence_logprobs)
 from .regressive import RegressiveHead, RegressiveRewardModel
 from .trainer import TrainConfig, Trainer, list_checkpoints
@@ -22,7 +21,7 @@ from .trainer import TrainConfig, Trainer, list_checkpoints
 __all__ = [
     "COT_FORMATS", "LABELS", "PARADIGMS", "TIE", "Batch", "Collator", "DataError", "PreferenceDataset", "PreferenceRecord",
     "load_preferences", "parse_label", "save_preferences", "accuracy", "accuracy_with_ties", "evaluate",
-    "load_trained", "pair_probabilities", "predict_with_ties", "tune_tie_threshold", "explain", "answer_ce",
-    "bradley_terry_loss", "cot_loss", "head_logprobs", "log_odds", "pairwise_loss", "pointwise_loss",
+    "load_trained", "pair_probabilities", "predict_with_ties", "tune_tie_threshold", "answer_ce",
+    "bradley_terry_loss", "cot_loss", "log_odds", "pairwise_loss", "pointwise_loss",
     "sequence_logprobs", "RegressiveHead", "RegressiveRewardModel", "TrainConfig", "Trainer", "list_checkpoints",
 ]

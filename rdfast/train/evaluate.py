@@ -20,8 +20,9 @@ from collections import defaultdict
 import torch
 
 from ..errors import InputError
+from ..model import RewardModel
 from .data import TIE, media_group, media_kwargs
-from .regressive import RegressiveRewardModel, read_rdfast_config, run_batched
+from .regressive import RegressiveRewardModel, read_rdfast_config
 
 
 def load_trained(path, device=None, dtype=None, **kwargs):
@@ -29,8 +30,6 @@ def load_trained(path, device=None, dtype=None, **kwargs):
 
     model is a ``RewardModel``, or a ``RegressiveRewardModel`` for the regressive paradigm.
     """
-    from ..model import RewardModel
-
     config = read_rdfast_config(path)
     paradigm = config.get("paradigm", "pairwise")
     if paradigm == "regressive":
@@ -67,25 +66,21 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
         kept, (a, b) = _encode_each(rm, records, rm.instruction, log)
         if not kept:
             return torch.zeros(0), kept
-        r1 = run_batched(rm, a, model.rewards, batch_size, model.head.parameters())
-        r2 = run_batched(rm, b, model.rewards, batch_size, model.head.parameters())
+        r1, r2 = model.rewards(a, batch_size), model.rewards(b, batch_size)
         return torch.sigmoid(r2 - r1).float().cpu(), kept
     rm = model
     if paradigm == "pointwise":
         kept, (a, b) = _encode_each(rm, records, rm.instruction, log)
         if not kept:
             return torch.zeros(0), kept
-        s1 = run_batched(rm, a, rm.answer_logprobs, batch_size)
-        s2 = run_batched(rm, b, rm.answer_logprobs, batch_size)
+        s1, s2 = rm.item_logprobs(a, batch_size), rm.item_logprobs(b, batch_size)
         return torch.sigmoid((s2[:, 0] - s2[:, 1]) - (s1[:, 0] - s1[:, 1])).float().cpu(), kept
     if paradigm not in ("pairwise", "cot"):
         raise ValueError(f"unknown paradigm {paradigm!r}")
     if paradigm == "cot" and cot_format == "reasons_first":
-        from .explain import explain
-
         kept, p = [], []
         for i, rec in enumerate(records):
-            out = explain(rm, [rec.prompt], instruction=rec.instruction, cot_format="reasons_first",
+            out = rm.explain([rec.prompt], instruction=rec.instruction, cot_format="reasons_first",
                           **media_kwargs([rec]))[0]
             kept.append(i)
             p.append(out["p_yes"])

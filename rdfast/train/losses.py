@@ -132,19 +132,6 @@ def cot_loss(decision_logp: torch.Tensor, target: torch.Tensor, token_logp: torc
 # Model side: the fused head on a RewardModel
 
 
-def head_logprobs(rm, hidden: torch.Tensor, token_ids) -> torch.Tensor:
-    """log P(token_ids) over the full vocabulary from hidden [N, H]: [N, K] float32 (the fused head).
-
-    token_ids: [K] or [N, K]. Reads the LM head from the model each call (so wrapped or sharded models are
-    fine) and casts ``hidden`` to its dtype (autocast may hand back bf16 hidden states).
-    """
-    from ..ops import token_logprobs
-
-    head = rm.model.get_output_embeddings()
-    ids = torch.as_tensor(token_ids, device=hidden.device)
-    return token_logprobs(hidden.to(head.weight.dtype), head.weight, ids, bias=getattr(head, "bias", None))[0]
-
-
 def sequence_logprobs(rm, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probabilities of every labelled next token, through the fused head with per-row targets.
 
@@ -157,4 +144,4 @@ def sequence_logprobs(rm, hidden: torch.Tensor, labels: torch.Tensor) -> torch.T
     h = hidden[:, :-1][mask]
     if h.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32)
-    return head_logprobs(rm, h, labels[:, 1:][mask][:, None])[:, 0]
+    return rm.head_logprobs(h, labels[:, 1:][mask][:, None])[0][:, 0]

@@ -7,14 +7,17 @@ safetensors`` and ``rdfast_config.json``; ``RegressiveRewardModel.from_pretraine
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from ..model import RewardModel
+from ..resolve import resolve
 from ..reward_config import RewardConfig
+from ..testing import tiny_checkpoint
 
 HEAD_FILE = "regressive_head.safetensors"
 
@@ -61,27 +64,24 @@ class RegressiveRewardModel:
         self.rm, self.head = rm, head
 
     @classmethod
-    def from_pretrained(cls, path, device=None, dtype=None, **kwargs) -> "RegressiveRewardModel":
+    def from_pretrained(cls, path, device=None, dtype=None, **kwargs) -> RegressiveRewardModel:
         """Load a directory written by ``rdfast.train`` for the regressive paradigm."""
-        from ..model import RewardModel
-
         rm = RewardModel.from_pretrained(path, device=device, dtype=dtype, **kwargs)
-        if not os.path.isfile(os.path.join(path, HEAD_FILE)):
+        if not os.path.isfile(os.path.join(rm_path(path), HEAD_FILE)):
             raise FileNotFoundError(f"{path}: no {HEAD_FILE}; is this a regressive reward model directory?")
-        head = RegressiveHead.load(path, rm.device)
+        head = RegressiveHead.load(rm_path(path), rm.device)
         head.requires_grad_(False)
         return cls(rm, head)
 
-    def rewards(self, inputs: dict) -> torch.Tensor:
-        """Scalar rewards [B] float32 for collated pointwise inputs (``rm.collate``)."""
-        hidden = self.rm.hidden_states(inputs)
-        last = self.rm.last_positions(inputs["attention_mask"])
-        return self.head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+    def rewards(self, items: list, batch_size: int | None = None) -> torch.Tensor:
+        """Scalar rewards [N] float32 for encoded pointwise items (``rm.encode``), through the scoring engine."""
+        options = self.rm.options if batch_size is None else replace(self.rm.options, batch_size=batch_size)
+        with self.rm.grad_context(items, self.head.parameters()):
+            return self.head(self.rm.last_hidden(items, options))
 
     def score(self, images=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
         """Rewards [N] float32 for N (image, prompt) items (unbounded reals; higher is better)."""
-        items = self.rm.encode(prompts, [images], instruction)
-        return run_batched(self.rm, items, self.rewards, batch_size, self.head.parameters())
+        return self.rewards(self.rm.encode(prompts, [images], instruction), batch_size)
 
     def compare(self, images1=None, images2=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
         """P(image 2 better) = sigmoid(r2 - r1) under Bradley-Terry: [N] float32."""
@@ -90,33 +90,11 @@ class RegressiveRewardModel:
         return torch.sigmoid(r2 - r1)
 
 
-def run_batched(rm, items, fn, batch_size=None, extra_params=()):
-    """fn(collated inputs) over items in length-sorted micro-batches, order restored; [N, ...] stacked.
-
-    Runs under inference_mode unless something needs a gradient (as ``RewardModel._run`` does).
-    """
-    batch_size = batch_size or default_batch_size(rm)
-    needs_grad = torch.is_grad_enabled() and (
-        any(e.pixels.requires_grad for it in items for e in it.images)
-        or any(p.requires_grad for p in rm.model.parameters())
-        or any(p.requires_grad for p in extra_params)
-    )
-    order = sorted(range(len(items)), key=lambda k: len(items[k].input_ids))
-    out = [None] * len(items)
-    with contextlib.nullcontext() if needs_grad else torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            values = fn(rm.collate([items[k] for k in chunk], rm.padding_side))
-            for row, k in enumerate(chunk):
-                out[k] = values[row]
-    return torch.stack(out)
-
-
-def default_batch_size(rm) -> int:
-    options = getattr(rm, "options", None)
-    return getattr(options, "batch_size", None) or getattr(rm, "batch_size", 8)
+def rm_path(spec) -> str:
+    """The local directory of a model spec (a path, tiny:NAME or a hub id)."""
+    return resolve(spec, tiny_checkpoint, "reward model")
 
 
 def read_rdfast_config(path) -> dict:
-    config = RewardConfig.load(path)
+    config = RewardConfig.load(rm_path(path))
     return dataclasses.asdict(config) if config else {}

@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..encoding import last_positions
 from ..reward_config import RewardConfig
 from .data import PARADIGMS, Collator
-from .losses import (IGNORE, TIES, bradley_terry_loss, cot_loss, head_logprobs, pairwise_loss, pointwise_loss,
+from .losses import (IGNORE, TIES, bradley_terry_loss, cot_loss, pairwise_loss, pointwise_loss,
                      sequence_logprobs)
 from .regressive import RegressiveHead, hidden_size
 
@@ -141,15 +142,15 @@ class RewardTrainModule(nn.Module):
         target = batch.target.to(rm.device)
         if self.through_engine:
             with self._autocast():
-                h = rm.engine.last_hidden(batch.items, rm.options)
+                h = rm.last_hidden(batch.items)
             return self._last_token_loss(h, target)
         with self._autocast():
             hidden = rm.hidden_states(batch.inputs)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         if cfg.paradigm != "cot":
-            return self._last_token_loss(hidden[rows, rm.last_positions(batch.inputs["attention_mask"])], target)
+            return self._last_token_loss(hidden[rows, last_positions(batch.inputs["attention_mask"])], target)
         decision_pos = batch.decision_pos.to(hidden.device)
-        logp = head_logprobs(rm, hidden[rows, decision_pos - 1], self.answer_ids)
+        logp = rm.head_logprobs(hidden[rows, decision_pos - 1], self.answer_ids)[0]
         labels = batch.labels.to(hidden.device).clone()
         labels[rows, decision_pos] = IGNORE  # the decision is trained through logp (soft for ties)
         loss = cot_loss(logp, target, sequence_logprobs(rm, hidden, labels), cfg.decision_weight, cfg.ties, "sum")
@@ -162,7 +163,7 @@ class RewardTrainModule(nn.Module):
             r = self.head(h)
             loss = bradley_terry_loss(r[0::2], r[1::2], target, cfg.ties, "sum")
             return loss, self._stats(loss, r[1::2] - r[0::2], target)
-        logp = head_logprobs(rm, h, self.answer_ids)
+        logp = rm.head_logprobs(h, self.answer_ids)[0]
         if cfg.paradigm == "pairwise":
             loss = pairwise_loss(logp, target, cfg.ties, "sum")
             return loss, self._stats(loss, logp[:, 0] - logp[:, 1], target)

@@ -1,9 +1,18 @@
-"""What every family adapter provides."""
+"""What every VLM family module provides: pixels, media tokens, positions, and the engine's hooks.
+
+The engine (rdfast/engine.py) is family-agnostic: everything it needs from a family comes through the
+methods below. A family whose language model takes more than embeddings and positions (per-layer inputs
+such as Qwen3-VL's deepstack features, or recurrent state such as Qwen3.5's linear attention) overrides
+``sequence_inputs`` (per-position extras, cut and batched by the engine with the tokens),
+``language_forward`` (how the batch reaches the language model) and ``new_cache``/``expand_cache`` (the
+state a shared prefix hands to its suffixes).
+"""
 from __future__ import annotations
 
+import inspect
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +28,12 @@ def size_value(size, key: str):
 
 
 @dataclass
-class EncodedImage:
+class EncodedMedia:
     """One image or video in the family's pixel layout.
 
     pixels: the family's pixel tensor (Qwen2-VL: flattened patches [n_patches, C*T*P*P]; InternVL: tiles or
     frames [n, 3, S, S]). expansion: the token string that replaces the item's placeholder; n_tokens: how
-    many feature tokens it holds; n_starts: how many expansion-start tokens its expansion holds (one per
-    InternVL video frame). meta: family data besides pixels (Qwen2-VL: grid [t, h, w]).
+    many feature tokens it holds. meta: family data besides pixels (Qwen2-VL: grid [t, h, w]).
     kind: "image" or "video"; fps: the video's sampled frame rate.
     """
 
@@ -34,17 +42,36 @@ class EncodedImage:
     n_tokens: int
     meta: tuple = ()
     kind: str = "image"
-    n_starts: int = 1
     fps: float | None = None
 
 
-class VisionAdapter(ABC):
-    family = "base"
+@dataclass
+class SequenceInputs:
+    """One full sequence as the language model takes it.
+
+    embeds: input embeddings [T, D] with media features in place; positions: position ids [P, T] (P = 3 for
+    multimodal rotary positions); extras: per-position family inputs, each [T, ...] (time first), which the
+    engine cuts at a shared prefix and right-pads with zeros exactly as it does the embeddings.
+    """
+
+    embeds: torch.Tensor
+    positions: torch.Tensor
+    extras: dict = field(default_factory=dict)
+
+
+def cache_keyword(language_model) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); the keyword this version takes."""
+    params = inspect.signature(language_model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class Family(ABC):
+    name = "base"
     #: the text a chat template renders for one {"type": "image"} / {"type": "video"} item (set per instance)
     image_placeholder: str
     video_placeholder: str
-    #: the token that opens every image (or frame) expansion: shared prefixes are cut before the last one
-    expansion_start_token: str
+    #: whether suffixes may be packed into one row (varlen attention): not for recurrent state
+    supports_varlen = True
 
     def __init__(self, config, tokenizer, image_processor):
         self.config = config
@@ -55,19 +82,19 @@ class VisionAdapter(ABC):
 
     # ---- pixels -------------------------------------------------------------------------------------
     @abstractmethod
-    def encode_image(self, image) -> EncodedImage:
+    def encode_image(self, image) -> EncodedMedia:
         """One loaded image (RGB PIL or float tensor [3, H, W] in [0, 1]) in the family's layout."""
 
     @abstractmethod
-    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedImage:
+    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedMedia:
         """One video (float frames [T, 3, H, W] in [0, 1], sampled at ``fps``) in the family's layout."""
 
     @abstractmethod
-    def collate_images(self, encoded: list[EncodedImage], dtype, device) -> dict:
+    def collate_images(self, encoded: list[EncodedMedia], dtype, device) -> dict:
         """The model's pixel keyword inputs for media in sequence order (pixel_values, image_grid_thw, ...)."""
 
     @abstractmethod
-    def features(self, base_model, encoded: list[EncodedImage], dtype, device) -> list[torch.Tensor]:
+    def features(self, base_model, encoded: list[EncodedMedia], dtype, device) -> list[torch.Tensor]:
         """The vision tower + projector on ``encoded``: features [n_tokens, D] per item, in order."""
 
     @property
@@ -79,9 +106,49 @@ class VisionAdapter(ABC):
         """Extra keyword inputs derived from the token ids (none by default)."""
         return {}
 
-    def position_ids(self, input_ids: list[int], media: list[EncodedImage]) -> torch.Tensor:
+    def position_ids(self, input_ids: list[int], media: list[EncodedMedia]) -> torch.Tensor:
         """Position ids [P, T] of one unpadded sequence (1-D rotary by default: P = 1)."""
         return torch.arange(len(input_ids)).view(1, -1)
+
+    # ---- the engine's hooks -------------------------------------------------------------------------
+    def sequence_inputs(self, embedding, input_ids: list[int], media: list[EncodedMedia], features: list,
+                        device) -> SequenceInputs:
+        """One full sequence: token embeddings with each media item's features [n_tokens, D] in place of its
+        media tokens, and its positions. ``features``: what ``features`` returned for this sequence's media."""
+        ids = torch.tensor(input_ids, device=device)
+        embeds = embedding(ids)
+        if features:
+            is_media = torch.isin(ids, torch.tensor(self.media_token_ids, device=device))
+            embeds = embeds.masked_scatter(is_media[:, None], torch.cat(features).to(embeds.dtype))
+        return SequenceInputs(embeds, self.position_ids(input_ids, media).to(device))
+
+    def language_forward(self, language_model, embeds: torch.Tensor, positions: torch.Tensor,
+                         attention_mask: torch.Tensor, cache, extras: dict, **attention_kwargs) -> torch.Tensor:
+        """One language-model forward over a batch; returns the final hidden states [B, T, H].
+
+        embeds [B, T, D]; positions [P, B, T]; attention_mask [B, past + T] (1 = attend); cache: from
+        ``new_cache``/``expand_cache``, filled in place; extras: the batched ``SequenceInputs.extras``
+        ([B, T, ...], zero at padding); attention_kwargs: varlen layout for the packed path.
+        """
+        if positions.shape[0] == 1:
+            positions = positions[0]
+        out = language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
+                             use_cache=True, **{cache_keyword(language_model): cache}, **attention_kwargs)
+        return out.last_hidden_state
+
+    def new_cache(self, text_config):
+        """An empty cache for one forward (transformers' DynamicCache by default)."""
+        from transformers import DynamicCache  # heavy
+
+        return DynamicCache(config=text_config)
+
+    def expand_cache(self, cache, batch_size: int, text_config):
+        """A new cache holding a shared prefix's state (``cache``, batch 1) for ``batch_size`` suffixes;
+        ``cache`` itself is left unchanged (it serves every suffix batch)."""
+        out = self.new_cache(text_config)
+        for layer, entry in enumerate(cache.layers):
+            out.update(entry.keys.expand(batch_size, -1, -1, -1), entry.values.expand(batch_size, -1, -1, -1), layer)
+        return out
 
     # ---- shared helpers -----------------------------------------------------------------------------
     def resized(self, image, height: int, width: int) -> torch.Tensor:
@@ -106,7 +173,7 @@ class VisionAdapter(ABC):
     def normalized(self, image: torch.Tensor) -> torch.Tensor:
         return (image - self.image_mean.to(image)) / self.image_std.to(image)
 
-    def expand_placeholders(self, text: str, media: list[EncodedImage], index: int | None = None) -> str:
+    def expand_placeholders(self, text: str, media: list[EncodedMedia], index: int | None = None) -> str:
         """Replace the i-th image/video placeholder of ``text`` by ``media[i].expansion``."""
         placeholders = {"image": self.image_placeholder, "video": self.video_placeholder}
         pattern = "|".join(f"(?P<{kind}>{re.escape(p)})" for kind, p in placeholders.items())

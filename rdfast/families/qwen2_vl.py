@@ -1,35 +1,24 @@
 """Qwen2-VL and Qwen2.5-VL: dynamic-resolution patches, merged 2x2 into image tokens, multimodal RoPE."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..errors import InputError
 from ..images import image_size
-from .base import EncodedImage, VisionAdapter, size_value
+from .base import EncodedMedia, Family, size_value
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Target (height, width) of the Qwen2-VL processor: multiples of ``factor``, area within
-    [min_pixels, max_pixels], aspect ratio kept as closely as possible."""
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} exceeds 200")
-    h = round(height / factor) * factor
-    w = round(width / factor) * factor
-    if h * w > max_pixels:
-        scale = math.sqrt(height * width / max_pixels)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-    elif h * w < min_pixels:
-        scale = math.sqrt(min_pixels / (height * width))
-        h = math.ceil(height * scale / factor) * factor
-        w = math.ceil(width * scale / factor) * factor
-    return h, w
+    """Target (height, width) of the Qwen2-VL processor (transformers' own rule, from its torchvision-free module)."""
+    try:  # heavy
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as resize
+    except ImportError:  # transformers before the PIL/torchvision split keeps it in the default module
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as resize
+    return resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-class Qwen2VLAdapter(VisionAdapter):
-    family = "qwen2_vl"
+class Qwen2VLFamily(Family):
+    name = "qwen2_vl"
 
     def __init__(self, config, tokenizer, image_processor):
         super().__init__(config, tokenizer, image_processor)
@@ -48,7 +37,6 @@ class Qwen2VLAdapter(VisionAdapter):
         self.vision_end = tok(config.vision_end_token_id)
         self.image_placeholder = f"{self.vision_start}{self.image_token}{self.vision_end}"
         self.video_placeholder = f"{self.vision_start}{self.video_token}{self.vision_end}"
-        self.expansion_start_token = self.vision_start
         # Qwen2.5-VL spaces video frames in time by tokens_per_second * seconds per temporal patch.
         self.tokens_per_second = getattr(config.vision_config, "tokens_per_second", None) if config.model_type == "qwen2_5_vl" else None
 
@@ -73,16 +61,16 @@ class Qwen2VLAdapter(VisionAdapter):
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (t, h/m, w/m, m, m, C, tp, P, P)
         return x.reshape(grid_t * grid_h * grid_w, c * tp * p * p), (grid_t, grid_h, grid_w)
 
-    def encode_image(self, image) -> EncodedImage:
+    def encode_image(self, image) -> EncodedMedia:
         height, width = self.target_size(*image_size(image))
         pixels = self.normalized(self.resized(image, height, width))
         # a still image is one temporal patch of identical frames
         patches, grid = self.patchify(pixels.unsqueeze(0).expand(self.temporal_patch_size, -1, -1, -1))
         n_tokens = grid[1] * grid[2] // self.merge_size**2
         expansion = f"{self.vision_start}{self.image_token * n_tokens}{self.vision_end}"
-        return EncodedImage(patches, expansion, n_tokens, grid)
+        return EncodedMedia(patches, expansion, n_tokens, grid)
 
-    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedImage:
+    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedMedia:
         height, width = self.target_size(frames.shape[2], frames.shape[3])
         pixels = self.normalized(self.resized(frames, height, width))
         pad = -pixels.shape[0] % self.temporal_patch_size  # repeat the last frame to fill the temporal patch
@@ -91,7 +79,7 @@ class Qwen2VLAdapter(VisionAdapter):
         patches, grid = self.patchify(pixels)
         n_tokens = grid[0] * grid[1] * grid[2] // self.merge_size**2
         expansion = f"{self.vision_start}{self.video_token * n_tokens}{self.vision_end}"
-        return EncodedImage(patches, expansion, n_tokens, grid, kind="video", fps=fps)
+        return EncodedMedia(patches, expansion, n_tokens, grid, kind="video", fps=fps)
 
     def collate_images(self, encoded, dtype, device) -> dict:
         out = {}
@@ -124,7 +112,7 @@ class Qwen2VLAdapter(VisionAdapter):
         types[input_ids == self.video_token_id] = 2
         return {"mm_token_type_ids": types}
 
-    def position_ids(self, input_ids: list[int], media: list[EncodedImage]) -> torch.Tensor:
+    def position_ids(self, input_ids: list[int], media: list[EncodedMedia]) -> torch.Tensor:
         """Multimodal rotary positions [3, T] (temporal, height, width) of one unpadded sequence.
 
         Text advances all three by one per token. A media item's tokens sit on its merged grid starting at

@@ -1,37 +1,23 @@
 """InternVL (transformers-native): fixed-size tiles chosen by aspect ratio, plus a thumbnail."""
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from ..images import image_size
-from .base import EncodedImage, VisionAdapter, size_value
+from .base import EncodedMedia, Family, size_value
 
 
-@lru_cache(maxsize=256)
 def tile_grid(height: int, width: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
-    """(columns, rows) of the tile canvas whose aspect ratio is closest to the image's.
-
-    Candidates are ordered by tile count; on equal aspect-ratio distance the larger canvas wins while the
-    image covers more than half of it (InternVL's dynamic-resolution rule)."""
-    canvases = sorted(
-        ((c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles),
-        key=lambda cr: cr[0] * cr[1],
-    )
-    aspect = width / height
-    best, best_diff = (1, 1), float("inf")
-    for cols, rows in canvases:
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and height * width > 0.5 * tile * tile * cols * rows:
-            best = (cols, rows)
-    return best
+    """(columns, rows) of the tile canvas InternVL's processor picks (transformers' GOT-OCR2 rule)."""
+    try:  # heavy
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+    except ImportError:  # transformers before the PIL/torchvision split keeps it in the default module
+        from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
+    return get_optimal_tiled_canvas((height, width), (tile, tile), min_tiles, max_tiles)
 
 
-class InternVLAdapter(VisionAdapter):
-    family = "internvl"
+class InternVLFamily(Family):
+    name = "internvl"
 
     def __init__(self, config, tokenizer, image_processor, crop_to_patches: bool = True):
         super().__init__(config, tokenizer, image_processor)
@@ -52,7 +38,6 @@ class InternVLAdapter(VisionAdapter):
         self.image_placeholder = self.context_token
         self.video_placeholder = getattr(tokenizer, "video_token", None) or "<video>"
         self.image_token_id = config.image_token_id
-        self.expansion_start_token = self.start_token
 
     @property
     def media_token_ids(self):
@@ -71,20 +56,20 @@ class InternVLAdapter(VisionAdapter):
             out.append(self.resized(image, s, s))
         return [self.normalized(t) for t in out]
 
-    def encode_image(self, image) -> EncodedImage:
+    def encode_image(self, image) -> EncodedMedia:
         tiles = torch.stack(self.tiles(image))
         n_tokens = self.image_seq_length * tiles.shape[0]
         expansion = f"{self.start_token}{self.context_token * n_tokens}{self.end_token}"
-        return EncodedImage(tiles, expansion, n_tokens, (tiles.shape[0],))
+        return EncodedMedia(tiles, expansion, n_tokens, (tiles.shape[0],))
 
-    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedImage:
+    def encode_video(self, frames: torch.Tensor, fps: float) -> EncodedMedia:
         """Frames as images: each resized to one tile, labelled "Frame i:" (InternVLProcessor's layout)."""
         s = self.tile
         pixels = self.normalized(self.resized(frames, s, s))
         frame = f"{self.start_token}{self.context_token * self.image_seq_length}{self.end_token}"
         expansion = "\n".join(f"Frame{i + 1}: {frame}" for i in range(pixels.shape[0]))
         n = pixels.shape[0]
-        return EncodedImage(pixels, expansion, self.image_seq_length * n, (n,), kind="video", n_starts=n, fps=fps)
+        return EncodedMedia(pixels, expansion, self.image_seq_length * n, (n,), kind="video", fps=fps)
 
     def collate_images(self, encoded, dtype, device) -> dict:
         # images' tiles and videos' frames in sequence order, as InternVLProcessor lays them out

@@ -1,0 +1,31 @@
+"""VLM families: everything that differs between VLM families lives here, one module per family.
+
+A family turns loaded images into the family's pixel inputs (in torch, so gradients reach the pixels),
+expands each image placeholder of the rendered prompt into the family's media tokens, computes positions,
+and supplies the engine's hooks (``Family`` in base.py). The engine above is family-agnostic.
+"""
+from __future__ import annotations
+
+from .base import EncodedMedia, Family, SequenceInputs
+from .internvl import InternVLFamily
+from .qwen2_vl import Qwen2VLFamily
+
+FAMILY_CLASSES = {
+    "qwen2_vl": Qwen2VLFamily,
+    "qwen2_5_vl": Qwen2VLFamily,
+    "internvl": InternVLFamily,
+}
+
+
+def family_for(config, tokenizer, image_processor) -> Family:
+    """The family of a transformers config (by ``config.model_type``)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILY_CLASSES:
+        raise ValueError(
+            f"unsupported model type {model_type!r}; rdfast supports {sorted(FAMILY_CLASSES)} "
+            "(Qwen2-VL, Qwen2.5-VL and transformers-native InternVL checkpoints)"
+        )
+    return FAMILY_CLASSES[model_type](config, tokenizer, image_processor)
+
+
+__all__ = ["FAMILY_CLASSES", "EncodedMedia", "Family", "SequenceInputs", "family_for"]
