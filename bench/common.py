@@ -26,7 +26,7 @@ def machine(device: torch.device | str | None = None) -> str:
 # Per-GPU ceilings, matched by substring of torch.cuda.get_device_name (first match wins), in one place:
 # (dense bf16 matrix FLOP/s, HBM bytes/s). Dense, never the 2:4-sparse figure (twice as high).
 GPU_PEAKS = {
-    "H200": (790e12, 4.3e12),  # measured here on an H200 (KINDS.md): 8192^3 bf16 matmul 769-798 TFLOP/s; copy 4.3 TB/s
+    "H200": (790e12, 4.3e12),  # measured on an H200 (torch): 8192^3 bf16 matmul 769-798 TFLOP/s; D2D copy 4.3 TB/s
     "H100 PCIe": (756e12, 2.0e12),  # NVIDIA H100 datasheet, PCIe card: dense bf16 756 TFLOP/s, HBM2e 2.0 TB/s
     "H100": (989e12, 3.35e12),  # NVIDIA H100 datasheet, SXM: dense bf16 989 TFLOP/s, HBM3 3.35 TB/s
 }
