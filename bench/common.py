@@ -23,6 +23,23 @@ def machine(device: torch.device | str | None = None) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+# Per-GPU ceilings, matched by substring of torch.cuda.get_device_name (first match wins), in one place:
+# (dense bf16 matrix FLOP/s, HBM bytes/s). Dense, never the 2:4-sparse figure (twice as high).
+GPU_PEAKS = {
+    "H200": (790e12, 4.3e12),  # measured on an H200 (torch): 8192^3 bf16 matmul 769-798 TFLOP/s; D2D copy 4.3 TB/s
+    "H100 PCIe": (756e12, 2.0e12),  # NVIDIA H100 datasheet, PCIe card: dense bf16 756 TFLOP/s, HBM2e 2.0 TB/s
+    "H100": (989e12, 3.35e12),  # NVIDIA H100 datasheet, SXM: dense bf16 989 TFLOP/s, HBM3 3.35 TB/s
+}
+
+
+def gpu_peaks(name: str) -> tuple[float, float] | None:
+    """(dense bf16 FLOP/s, HBM bytes/s) of the GPU called ``name``, or None when it is not in GPU_PEAKS."""
+    for key, peaks in GPU_PEAKS.items():
+        if key in name:
+            return peaks
+    return None
+
+
 def load_average() -> float | None:
     """The 1-minute load average: other jobs on the same cores slow every timing, so each row says how busy."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from common import load_average, machine
+from common import gpu_peaks, load_average, machine
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rdfast.engine import BATCHING, prefix_groups, sharing_keys  # noqa: E402
@@ -236,9 +236,8 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     (t_rd, t_hf, t_nv), ours, ref = (t["rdfast"], t["hf"], t["naive"]), out["rdfast"], out["hf"]
     ratio, unique_flops = ideal_ratio(rm, items)
     n = len(items)
-    peak = None
-    if rm.device.type == "cuda":
-        peak = 2 * 989e12 if "H100" in machine(rm.device) or "H200" in machine(rm.device) else None
+    peaks = gpu_peaks(machine(rm.device)) if rm.device.type == "cuda" else None
+    peak = peaks[0] if peaks else None  # dense bf16 (bench/common.py's GPU_PEAKS)
     return {
         "name": name,
         "pairs": n,
