@@ -35,8 +35,8 @@ HEAD_TESTS=(tests/test_ops.py::test_cuda_matches_float64
 TP_PRESET=qwen2.5-vl-3b           # bench/throughput.py's preset: real shapes, random weights
 TP_SCENARIOS=ref16,rank8          # the throughput step's scenarios; the varlen step runs the first one
 # bench/throughput.py's engine-batching flag, in this one place (to become --batching length|varlen|padded):
-TP_DEFAULT_ARGS=(--packing equal)
-TP_VARLEN_ARGS=(--packing varlen)
+TP_DEFAULT_ARGS=(--batching length)
+TP_VARLEN_ARGS=(--batching varlen)
 RESULT_STEPS="head_bench throughput varlen diffusion"   # each writes OUT/<step>.json
 
 STEPS=() ; declare -A BUDGET WHAT
@@ -182,7 +182,7 @@ sys.path.insert(0, os.path.join(os.environ["REPO"], "bench"))
 import torch
 import throughput as T
 from rdfast import testing as RT
-from rdfast.adapters import adapter_for
+from rdfast.families import family_for
 from rdfast.model import RewardModel
 from rdfast.prompts import resolve_answer_tokens
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
@@ -213,9 +213,9 @@ def build(args, preset):
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     model.eval().requires_grad_(False)
-    adapter = adapter_for(config, tokenizer, processor)
-    answers = resolve_answer_tokens(tokenizer, adapter.image_placeholder, ("yes", "no"))
-    rm = RewardModel(model, tokenizer, adapter, answers, normalize="vocab", batch_size=16)
+    family = family_for(config, tokenizer, processor)
+    answers = resolve_answer_tokens(tokenizer, family.image_placeholder, ("yes", "no"))
+    rm = RewardModel(model, tokenizer, family, answers, normalize="vocab", batch_size=16)
     if device.type == "cuda":
         torch.cuda.synchronize()
     params = sum(p.numel() for p in model.parameters())
