@@ -12,7 +12,7 @@
 | reward.py    | the reward model as a reward (images or videos): pairwise vs cached Best-of-N references, pointwise |
 | refl.py      | ReFLTrainer: ReFL with memory-efficient backward |
 | search.py    | Search over Paths, Best-of-N, the search tree (JSON, figure) |
-| toy.py       | the analytic Gaussian-mixture toy for search |
+| gaussian_toy.py | the analytic Gaussian-mixture toy for search |
 | testing.py   | tiny diffusers pipelines built from configs |
 | cli.py       | ``rdfast refl`` and ``rdfast search`` |
 """
@@ -27,7 +27,7 @@ _LAZY = {
     "ReFLTrainer": "refl", "ReFLConfig": "refl",
     "search_over_paths": "search", "best_of_n": "search", "pipeline_problem": "search", "search_nfe": "search",
     "equal_nfe_k": "search", "SearchResult": "search", "Problem": "search",
-    "toy_problem": "toy",
+    "toy_problem": "gaussian_toy",
 }
 
 __all__ = list(_LAZY)
