@@ -1,0 +1,33 @@
+"""Stable Diffusion 1.x / 2.x (``StableDiffusionPipeline``): a UNet, one CLIP text encoder, CFG."""
+from __future__ import annotations
+
+import torch
+
+from .base import _CFGAdapter
+
+
+class SDAdapter(_CFGAdapter):
+    family = "sd"
+
+    @property
+    def model(self):
+        return self.pipe.unet
+
+    def latent_shape(self, height, width):
+        return (self.model.config.in_channels, height // self.vae_scale, width // self.vae_scale)
+
+    @torch.no_grad()
+    def encode(self, prompts) -> tuple:
+        prompts = self.check_prompts(prompts)
+        pe, npe = self.pipe.encode_prompt(prompts, self.device, 1, self.cfg,
+                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None)
+        out = (pe,) + ((npe,) if self.cfg else ())
+        return tuple(c.to(self.dtype) for c in out)
+
+    def _run(self, x, t, pe):
+        return self.model(x, t, encoder_hidden_states=pe, return_dict=False)[0]
+
+    def denoise(self, x, t, *cond):
+        return self._guided(self._run, x, t, cond[:1], cond[1:])
+
+    n_positive = 1
