@@ -7,7 +7,7 @@
 | module | job |
 |---|---|
 | sampler.py   | noise levels, x0 prediction, update, exact re-noising, guidance, NFE: each in one place |
-| pipelines.py | FLUX / SD3 / SD 1.5 / SDXL / Wan 2.1 (video) adapters: prompts, noise, guided denoiser, VAE decode |
+| pipelines/   | FLUX / SD3 / SD 1.5 / SDXL / Wan 2.1 (video) wrappers: prompts, noise, guided denoiser, VAE decode |
 | graphs.py    | CUDA-graph capture and replay of the fixed-shape denoiser step |
 | reward.py    | the reward model as a reward (images or videos): pairwise vs cached Best-of-N references, pointwise |
 | refl.py      | ReFLTrainer: ReFL with memory-efficient backward |

@@ -127,7 +127,7 @@ def _size(args):
 
 
 def _frames(args):
-    """--num-frames, or the tiny video pipeline's default; None leaves it to the adapter (image pipelines: none)."""
+    """--num-frames, or the tiny video pipeline's default; None leaves it to the wrapper (image pipelines: none)."""
     if args.num_frames is not None or not args.pipeline.startswith("tiny:"):
         return args.num_frames
     from .testing import DEFAULT_FRAMES

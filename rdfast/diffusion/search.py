@@ -59,16 +59,16 @@ class Problem:
 def pipeline_problem(pipe, prompt: str, num_steps: int, height: int, width: int, guidance_scale=None,
                      graphs: bool = True, num_frames: int | None = None) -> Problem:
     """A search problem on a diffusers pipeline (FLUX / SD3 / Wan 2.1 with Euler flow matching, SD / SDXL with
-    DDIM). num_frames: frames per video for video pipelines (None: the adapter's default)."""
+    DDIM). num_frames: frames per video for video pipelines (None: the wrapper's default)."""
     from .pipelines import adapt
 
-    ad = adapt(pipe, guidance_scale, num_frames=num_frames)
-    [prompt] = ad.check_prompts([prompt])
-    schedule = ad.schedule(num_steps, height, width)
+    wrapper = adapt(pipe, guidance_scale, num_frames=num_frames)
+    [prompt] = wrapper.check_prompts([prompt])
+    schedule = wrapper.schedule(num_steps, height, width)
     schedule.require_rewindable()
-    sampler = Sampler(ad.denoise, schedule, ad.evals_per_step, graphs=graphs)
-    return Problem(sampler, lambda n, g: ad.noise(n, height, width, g), lambda z: ad.decode(z, height, width),
-                   prompt, ad.encode([prompt]))
+    sampler = Sampler(wrapper.denoise, schedule, wrapper.evals_per_step, graphs=graphs)
+    return Problem(sampler, lambda n, g: wrapper.noise(n, height, width, g), lambda z: wrapper.decode(z, height, width),
+                   prompt, wrapper.encode([prompt]))
 
 
 def search_nfe(num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int,

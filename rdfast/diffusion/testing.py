@@ -67,28 +67,28 @@ def t5_tokenizer():
 def _clip_text(tok, hidden=32, projection=None):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
 def _t5_text(tok, d_model):
     from transformers import T5Config, T5EncoderModel
 
-    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                    decoder_start_token_id=tok.pad_token_id)
-    return T5EncoderModel(cfg)
+    return T5EncoderModel(config)
 
 
 def _umt5_text(tok, d_model):
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+    config = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                      decoder_start_token_id=tok.pad_token_id)
-    return UMT5EncoderModel(cfg)
+    return UMT5EncoderModel(config)
 
 
 def _wan(bench: bool):
@@ -108,7 +108,7 @@ def _wan(bench: bool):
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12 if not bench else 32, in_channels=z,
         out_channels=z, text_dim=32, freq_dim=32, ffn_dim=32 if not bench else 128, num_layers=2 if not bench else 4,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    # Wan 2.1's flow shift; Euler rather than its UniPC (rdfast samples Euler either way: see WanAdapter)
+    # Wan 2.1's flow shift; Euler rather than its UniPC (rdfast samples Euler either way: see WanWrapper)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return WanPipeline(tokenizer=tok, text_encoder=_umt5_text(tok, 32), vae=vae, scheduler=sched,
                        transformer=transformer)

@@ -7,12 +7,12 @@ from ..sampler import Schedule, guide
 from .vae import _checkpoint, _fine_checkpointing
 
 
-class PipelineAdapter:
+class PipelineWrapper:
     """Common parts; subclasses implement encode/denoise and the latent layout of one family."""
 
     family = "?"
     latent_multiple = 8  # height and width must be multiples of this (pixels)
-    video = False        # True: decode gives videos [n, T, 3, H, W] and the adapter has ``num_frames``
+    video = False        # True: decode gives videos [n, T, 3, H, W] and the wrapper has ``num_frames``
 
     def __init__(self, pipe, guidance_scale: float | None = None, negative_prompt: str = ""):
         self.pipe = pipe
@@ -21,9 +21,9 @@ class PipelineAdapter:
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         self.vae = pipe.vae
-        cfg = self.vae.config
+        config = self.vae.config
         # video VAEs (Wan) state their spatial factor; image VAEs halve once per block after the first
-        self.vae_scale = cfg.get("scale_factor_spatial") or 2 ** (len(cfg.block_out_channels) - 1)
+        self.vae_scale = config.get("scale_factor_spatial") or 2 ** (len(config.block_out_channels) - 1)
         self.vae.requires_grad_(False)
         for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
             enc = getattr(pipe, name, None)
@@ -47,12 +47,12 @@ class PipelineAdapter:
         return next(self.model.parameters()).dtype
 
     @property
-    def cfg(self) -> bool:
+    def do_classifier_free_guidance(self) -> bool:
         return False
 
     @property
     def evals_per_step(self) -> int:
-        return 2 if self.cfg else 1
+        return 2 if self.do_classifier_free_guidance else 1
 
     # ---- checks -------------------------------------------------------------------------------------------
     def check_size(self, height: int, width: int):
@@ -112,14 +112,14 @@ class PipelineAdapter:
 
     # ---- decode / encode -----------------------------------------------------------------------------------
     def _to_vae(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        return latents / cfg.scaling_factor + shift
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return latents / config.scaling_factor + shift
 
     def _from_vae(self, z: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        return (z - shift) * cfg.scaling_factor
+        config = self.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return (z - shift) * config.scaling_factor
 
     def decode(self, x0: torch.Tensor, height: int, width: int, checkpoint: bool = False,
                tile: bool = False) -> torch.Tensor:
@@ -171,11 +171,11 @@ class PipelineAdapter:
             self.model.disable_gradient_checkpointing()
 
 
-class _CFGAdapter(PipelineAdapter):
+class ClassifierFreeGuidanceWrapper(PipelineWrapper):
     default_guidance = 7.0
 
     @property
-    def cfg(self) -> bool:
+    def do_classifier_free_guidance(self) -> bool:
         return self.guidance_scale > 1.0
 
     n_positive = 1
@@ -189,7 +189,7 @@ class _CFGAdapter(PipelineAdapter):
         return self._run(x, t, *cond)
 
     def _guided(self, run, x, t, cond_pos: tuple, cond_neg: tuple):
-        if not self.cfg:
+        if not self.do_classifier_free_guidance:
             return run(x, t, *cond_pos)
         # both halves in one forward, as the pipelines do: [uncond, cond]
         both = run(torch.cat([x, x]), torch.cat([t, t]), *(torch.cat([n, p]) for n, p in zip(cond_neg, cond_pos)))

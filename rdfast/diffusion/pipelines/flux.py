@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PipelineAdapter
+from .base import PipelineWrapper
 
 
-class FluxAdapter(PipelineAdapter):
+class FluxWrapper(PipelineWrapper):
     family = "flux"
     default_guidance = 3.5
 
@@ -36,10 +36,10 @@ class FluxAdapter(PipelineAdapter):
     def _set_timesteps(self, sched, num_steps, height, width):
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # heavy
 
-        cfg = sched.config
+        config = sched.config
         seq = (height // self.vae_scale // 2) * (width // self.vae_scale // 2)
-        mu = calculate_shift(seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        mu = calculate_shift(seq, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)  # as FluxPipeline.__call__
 
     @torch.no_grad()

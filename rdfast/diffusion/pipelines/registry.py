@@ -6,35 +6,35 @@ import os
 import torch
 
 from ..testing import tiny_pipeline
-from .base import PipelineAdapter
-from .flux import FluxAdapter
-from .sd import SDAdapter
-from .sd3 import SD3Adapter
-from .sdxl import SDXLAdapter
-from .wan import WanAdapter
+from .base import PipelineWrapper
+from .flux import FluxWrapper
+from .sd import SDWrapper
+from .sd3 import SD3Wrapper
+from .sdxl import SDXLWrapper
+from .wan import WanWrapper
 
-ADAPTERS = {"FluxPipeline": FluxAdapter, "StableDiffusion3Pipeline": SD3Adapter,
-            "StableDiffusionPipeline": SDAdapter, "StableDiffusionXLPipeline": SDXLAdapter,
-            "WanPipeline": WanAdapter}
+WRAPPERS = {"FluxPipeline": FluxWrapper, "StableDiffusion3Pipeline": SD3Wrapper,
+            "StableDiffusionPipeline": SDWrapper, "StableDiffusionXLPipeline": SDXLWrapper,
+            "WanPipeline": WanWrapper}
 
 
-def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineAdapter:
-    """The adapter for a diffusers pipeline (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
-    StableDiffusionXLPipeline, WanPipeline); an adapter passes through unchanged. Clear error for other pipelines.
+def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineWrapper:
+    """The wrapper for a diffusers pipeline (FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline,
+    StableDiffusionXLPipeline, WanPipeline); a wrapper passes through unchanged. Clear error for other pipelines.
 
-    kwargs go to the adapter (``num_frames`` for video pipelines, ``max_sequence_length``, ``negative_prompt``);
-    ``num_frames=None`` means the adapter's default.
+    kwargs go to the wrapper (``num_frames`` for video pipelines, ``max_sequence_length``, ``negative_prompt``);
+    ``num_frames=None`` means the wrapper's default.
     """
     num_frames = kwargs.pop("num_frames", None)
-    if isinstance(pipe, PipelineAdapter):
+    if isinstance(pipe, PipelineWrapper):
         if num_frames is not None and num_frames != getattr(pipe, "num_frames", None):
-            raise ValueError(f"num_frames={num_frames!r} differs from the given {pipe.family} adapter's "
-                             f"{getattr(pipe, 'num_frames', None)!r} (image adapters have none): pass it to adapt()")
+            raise ValueError(f"num_frames={num_frames!r} differs from the given {pipe.family} wrapper's "
+                             f"{getattr(pipe, 'num_frames', None)!r} (image wrappers have none): pass it to adapt()")
         return pipe
     name = type(pipe).__name__
-    if name not in ADAPTERS:
-        raise ValueError(f"pipeline {name} is not supported; rdfast.diffusion supports {', '.join(ADAPTERS)}")
-    cls = ADAPTERS[name]
+    if name not in WRAPPERS:
+        raise ValueError(f"pipeline {name} is not supported; rdfast.diffusion supports {', '.join(WRAPPERS)}")
+    cls = WRAPPERS[name]
     if num_frames is not None:
         if not cls.video:
             raise ValueError(f"num_frames is for video pipelines; {name} generates images")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import _CFGAdapter
+from .base import ClassifierFreeGuidanceWrapper
 
 
-class SDAdapter(_CFGAdapter):
+class SDWrapper(ClassifierFreeGuidanceWrapper):
     family = "sd"
 
     @property
@@ -19,9 +19,9 @@ class SDAdapter(_CFGAdapter):
     @torch.no_grad()
     def encode(self, prompts) -> tuple:
         prompts = self.check_prompts(prompts)
-        pe, npe = self.pipe.encode_prompt(prompts, self.device, 1, self.cfg,
-                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None)
-        out = (pe,) + ((npe,) if self.cfg else ())
+        pe, npe = self.pipe.encode_prompt(prompts, self.device, 1, self.do_classifier_free_guidance,
+                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.do_classifier_free_guidance else None)
+        out = (pe,) + ((npe,) if self.do_classifier_free_guidance else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe):

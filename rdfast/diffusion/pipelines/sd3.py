@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import _CFGAdapter
+from .base import ClassifierFreeGuidanceWrapper
 
 
-class SD3Adapter(_CFGAdapter):
+class SD3Wrapper(ClassifierFreeGuidanceWrapper):
     family = "sd3"
 
     def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int = 256):
@@ -37,10 +37,10 @@ class SD3Adapter(_CFGAdapter):
     def encode(self, prompts) -> tuple:
         prompts = self.check_prompts(prompts)
         pe, npe, pooled, npooled = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=self.cfg,
-            negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None,
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=self.do_classifier_free_guidance,
+            negative_prompt=[self.negative_prompt] * len(prompts) if self.do_classifier_free_guidance else None,
             max_sequence_length=self.max_sequence_length)
-        out = (pe, pooled) + ((npe, npooled) if self.cfg else ())
+        out = (pe, pooled) + ((npe, npooled) if self.do_classifier_free_guidance else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe, pooled):

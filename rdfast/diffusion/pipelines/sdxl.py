@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import _CFGAdapter
+from .base import ClassifierFreeGuidanceWrapper
 
 
-class SDXLAdapter(_CFGAdapter):
+class SDXLWrapper(ClassifierFreeGuidanceWrapper):
     """SDXL: SD's UNet loop plus pooled text embeddings and size/crop conditioning ("time ids")."""
 
     family = "sdxl"
@@ -43,8 +43,8 @@ class SDXLAdapter(_CFGAdapter):
         # negative None = "" with SDXL's force_zeros_for_empty_prompt honoured, as the pipeline's own default
         neg = None if self.negative_prompt == "" else [self.negative_prompt] * len(prompts)
         pe, npe, pooled, npooled = self.pipe.encode_prompt(prompt=prompts, device=self.device,
-                                                           do_classifier_free_guidance=self.cfg, negative_prompt=neg)
-        out = (pe, pooled) + ((npe, npooled) if self.cfg else ())
+                                                           do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=neg)
+        out = (pe, pooled) + ((npe, npooled) if self.do_classifier_free_guidance else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe, pooled):

@@ -7,11 +7,11 @@ import warnings
 import torch
 
 from ..sampler import UnsupportedScheduler
-from .base import _CFGAdapter
+from .base import ClassifierFreeGuidanceWrapper
 from .vae import _checkpoint
 
 
-class WanAdapter(_CFGAdapter):
+class WanWrapper(ClassifierFreeGuidanceWrapper):
     """Wan 2.1 text-to-video (``WanPipeline``: WanTransformer3DModel, AutoencoderKLWan, a UMT5 text encoder).
 
     Latents [n, C, F, h, w], F = (num_frames - 1) / scale_factor_temporal + 1. As ``pipe(...)``: prompts padded to
@@ -30,11 +30,11 @@ class WanAdapter(_CFGAdapter):
 
     def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int = 512,
                  num_frames: int = 81):
-        cfg = pipe.config
-        if cfg.get("boundary_ratio") is not None or getattr(pipe, "transformer_2", None) is not None:
+        config = pipe.config
+        if config.get("boundary_ratio") is not None or getattr(pipe, "transformer_2", None) is not None:
             raise ValueError("Wan 2.2's two-expert pipeline (transformer_2 / boundary_ratio) is not supported; "
                              "rdfast.diffusion supports Wan 2.1 (one transformer)")
-        if cfg.get("expand_timesteps"):
+        if config.get("expand_timesteps"):
             raise ValueError("Wan 2.2 TI2V (expand_timesteps=True: per-token timesteps) is not supported; "
                              "rdfast.diffusion supports Wan 2.1")
         if getattr(pipe, "transformer", None) is None:
@@ -98,10 +98,10 @@ class WanAdapter(_CFGAdapter):
     @torch.no_grad()
     def encode(self, prompts) -> tuple:
         prompts = self.check_prompts(prompts)
-        pe, npe = self.pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=self.cfg, device=self.device,
-                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.cfg else None,
+        pe, npe = self.pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=self.do_classifier_free_guidance, device=self.device,
+                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.do_classifier_free_guidance else None,
                                           max_sequence_length=self.max_sequence_length)
-        out = (pe,) + ((npe,) if self.cfg else ())
+        out = (pe,) + ((npe,) if self.do_classifier_free_guidance else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe):
@@ -112,9 +112,9 @@ class WanAdapter(_CFGAdapter):
 
     # ---- decode / encode ----------------------------------------------------------------------------------
     def _latent_stats(self, like: torch.Tensor):
-        cfg = self.vae.config
-        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
-        inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
+        config = self.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
+        inv_std = 1.0 / torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(like.device, like.dtype)
         return mean, inv_std
 
     def _to_vae(self, latents, height, width):
