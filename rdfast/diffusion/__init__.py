@@ -1,6 +1,6 @@
 """rdfast.diffusion: aligning generators with the reward model (ReFL) and searching with it (Search over Paths).
 
-``import rdfast.diffusion`` is cheap: diffusers and peft load on first use.
+``import rdfast.diffusion`` is cheap: diffusers, transformers and peft load on first use.
 
     from rdfast.diffusion import ReFLTrainer, PairwiseReward, PointwiseReward, search_over_paths, pipeline_problem
 
@@ -16,26 +16,20 @@
 | testing.py   | tiny diffusers pipelines built from configs |
 | cli.py       | ``rdfast refl`` and ``rdfast search`` |
 """
-from importlib import import_module
+from .gaussian_toy import toy_problem
+from .graphs import GraphRunner
+from .pipelines import adapt, load_pipeline
+from .refl import ReFLConfig, ReFLTrainer
+from .reward import PairwiseReward, PointwiseReward, rank_pairwise, reward_fn
+from .sampler import NFE, Sampler, Schedule, UnsupportedScheduler, combine, guide, renoise, split
+from .search import Problem, SearchResult, best_of_n, equal_nfe_k, pipeline_problem, search_nfe, search_over_paths
 
-_LAZY = {
-    "Sampler": "sampler", "Schedule": "sampler", "NFE": "sampler", "UnsupportedScheduler": "sampler",
-    "split": "sampler", "combine": "sampler", "renoise": "sampler", "guide": "sampler",
-    "adapt": "pipelines", "load_pipeline": "pipelines",
-    "GraphRunner": "graphs",
-    "PairwiseReward": "reward", "PointwiseReward": "reward", "reward_fn": "reward", "rank_pairwise": "reward",
-    "ReFLTrainer": "refl", "ReFLConfig": "refl",
-    "search_over_paths": "search", "best_of_n": "search", "pipeline_problem": "search", "search_nfe": "search",
-    "equal_nfe_k": "search", "SearchResult": "search", "Problem": "search",
-    "toy_problem": "gaussian_toy",
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "Sampler", "Schedule", "NFE", "UnsupportedScheduler", "split", "combine", "renoise", "guide",
+    "adapt", "load_pipeline",
+    "GraphRunner",
+    "PairwiseReward", "PointwiseReward", "reward_fn", "rank_pairwise",
+    "ReFLTrainer", "ReFLConfig",
+    "search_over_paths", "best_of_n", "pipeline_problem", "search_nfe", "equal_nfe_k", "SearchResult", "Problem",
+    "toy_problem",
+]

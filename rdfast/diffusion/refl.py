@@ -30,6 +30,7 @@ checkpoint per latent frame, and the reward judges them as videos ("t2v" unless 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -132,7 +133,7 @@ class ReFLTrainer:
         model = self.wrapper.model
         model.requires_grad_(False)
         if c.lora_rank is not None:
-            from peft import LoraConfig
+            from peft import LoraConfig  # optional
 
             names = [n for n, _ in model.named_modules()]
             for t in c.lora_targets:
@@ -294,8 +295,6 @@ class ReFLTrainer:
     def save(self, path):
         """LoRA: the adapter weights (diffusers' ``save_lora_adapter``); full: the denoiser's ``save_pretrained``.
         Also writes refl_config.json."""
-        import json
-
         os.makedirs(path, exist_ok=True)
         if self.config.lora_rank is not None:
             self.wrapper.model.save_lora_adapter(path)

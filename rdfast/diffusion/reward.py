@@ -21,6 +21,8 @@ import contextlib
 import functools
 
 import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 
 @contextlib.contextmanager
@@ -31,8 +33,7 @@ def activation_checkpointing(rm):
     checkpointing layers alone (not on their children) enables it while attention/dropout submodules stay in
     eval mode, so scores are unchanged. Restored on exit.
     """
-    from torch.utils.checkpoint import checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_layers import GradientCheckpointingLayer  # heavy
 
     layers = [m for m in rm.model.modules() if isinstance(m, GradientCheckpointingLayer)]
     saved = [(m.gradient_checkpointing, m.training, getattr(m, "_gradient_checkpointing_func", None)) for m in layers]
@@ -157,8 +158,6 @@ class PairwiseReward:
     def prepare(self, prompts, generate, progress: bool = True):
         """Build the references of every prompt not cached yet; ``generate(prompt, n)`` -> images [n, 3, H, W]
         (or videos [n, T, 3, H, W])."""
-        from tqdm import tqdm
-
         todo = [p for p in dict.fromkeys(prompts) if p not in self.references]
         for p in tqdm(todo, desc="Best-of-N references", unit="prompt", disable=not progress or not todo):
             self.reference(p, generate(p, self.n))

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .graphs import GraphRunner
+
 FLOW, VP = "flow", "vp"
 #: scheduler class names the sampler reads, and whether search may rewind them (deterministic, stateless steps)
 SUPPORTED = {"FlowMatchEulerDiscreteScheduler": True, "DDIMScheduler": True, "DDPMScheduler": False}
@@ -229,8 +231,6 @@ class Sampler:
 
     def __init__(self, denoiser, schedule: Schedule, evals_per_step: int = 1, graphs: bool = True,
                  nfe: NFE | None = None):
-        from .graphs import GraphRunner
-
         self.denoiser = denoiser
         self.schedule = schedule
         self.evals_per_step = int(evals_per_step)

@@ -23,6 +23,8 @@ import pathlib
 import shutil
 import tempfile
 
+import torch
+
 KINDS = ("flux", "sd3", "sd", "sdxl", "wan")
 SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
@@ -34,8 +36,8 @@ a portrait of a smiling woman; a city skyline at sunset; a bird flying over wate
 
 
 def _bpe(bos: str | None, eos: str, pad: str, unk: str, max_length: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # heavy
+    from transformers import PreTrainedTokenizerFast  # heavy
 
     tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -65,7 +67,7 @@ def t5_tokenizer():
 
 
 def _clip_text(tok, hidden=32, projection=None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # heavy
 
     config = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
@@ -74,7 +76,7 @@ def _clip_text(tok, hidden=32, projection=None):
 
 
 def _t5_text(tok, d_model):
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # heavy
 
     config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -83,7 +85,7 @@ def _t5_text(tok, d_model):
 
 
 def _umt5_text(tok, d_model):
-    from transformers import UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel  # heavy
 
     config = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
@@ -95,7 +97,7 @@ def _wan(bench: bool):
     """Wan 2.1's layout at toy width: a causal video VAE with 8x spatial and 4x temporal compression (so 9 frames
     are 3 latent frames), per-channel latent statistics, a (1, 2, 2)-patch transformer, UMT5, flow matching.
     bench: 64 px, 17 frames, a wider VAE and four transformer blocks (bench/refl_memory.py --pipeline wan)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel  # heavy
 
     tok = t5_tokenizer()
     z = 4
@@ -115,7 +117,7 @@ def _wan(bench: bool):
 
 
 def _vae(channels: tuple, latent_channels: int, **extra):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy
 
     n = len(channels)
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=channels, layers_per_block=1,
@@ -125,10 +127,16 @@ def _vae(channels: tuple, latent_channels: int, **extra):
 
 
 def _build(kind: str, size: str, seed: int):
-    import torch
-    from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
-                           SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (  # heavy
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)  # same seed -> same weights
     bench = size == "bench"
@@ -183,7 +191,7 @@ def _build(kind: str, size: str, seed: int):
     if kind == "wan":
         return _wan(bench)
     if kind == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
+        from diffusers import StableDiffusionXLPipeline  # heavy
 
         clip = clip_tokenizer()
         vae = _vae((8, 16), 4, scaling_factor=0.13025)
@@ -206,7 +214,7 @@ def _build(kind: str, size: str, seed: int):
 def _flux_shaped():
     """FLUX.1's block shapes (width 3072 = 24 heads x 128, FLUX's VAE) with 2 double + 4 single blocks and tiny text
     encoders: about 0.9 B random parameters, for GPU memory checks (512 px images)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # heavy
 
     clip, t5 = clip_tokenizer(), t5_tokenizer()
     vae = _vae((128, 256, 512, 512), 16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
@@ -268,8 +276,7 @@ def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dt
 
     size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks, ~0.9 B params.
     """
-    import torch
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline  # heavy
 
     if size == "gpu":
         with torch.device(device):
@@ -294,13 +301,9 @@ class torch_threads:
         self.n = n
 
     def __enter__(self):
-        import torch
-
         self.saved = torch.get_num_threads()
         torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.saved)

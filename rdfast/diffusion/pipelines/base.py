@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..sampler import Schedule, guide
-from .vae import _checkpoint, _fine_checkpointing
+from .vae import checkpointed, set_fine_checkpointing
 
 
 class PipelineWrapper:
@@ -141,11 +141,11 @@ class PipelineWrapper:
         decoder = getattr(vae, "decoder", None)
         if checkpoint and torch.is_grad_enabled() and x0.requires_grad:
             if decoder is not None:
-                _fine_checkpointing(decoder, True)
+                set_fine_checkpointing(decoder, True)
             # one checkpoint per sample: backward recomputes (and frees) one sample's decoder at a time
-            return torch.cat([_checkpoint(run, x0[i:i + 1]) for i in range(x0.shape[0])])
+            return torch.cat([checkpointed(run, x0[i:i + 1]) for i in range(x0.shape[0])])
         if decoder is not None:
-            _fine_checkpointing(decoder, False)
+            set_fine_checkpointing(decoder, False)
         return run(x0)
 
     @torch.no_grad()

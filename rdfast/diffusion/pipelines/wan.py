@@ -8,7 +8,7 @@ import torch
 
 from ..sampler import UnsupportedScheduler
 from .base import ClassifierFreeGuidanceWrapper
-from .vae import _checkpoint
+from .vae import checkpointed
 
 
 class WanWrapper(ClassifierFreeGuidanceWrapper):
@@ -145,7 +145,7 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
         z = self._to_vae(x0.to(vae.dtype), height, width)
         if checkpoint and torch.is_grad_enabled() and x0.requires_grad:
             if tile:
-                video = torch.cat([_checkpoint(self._vae_decode, z[i:i + 1], True) for i in range(z.shape[0])])
+                video = torch.cat([checkpointed(self._vae_decode, z[i:i + 1], True) for i in range(z.shape[0])])
             else:
                 self.vae.use_tiling = False
                 video = torch.cat([self._decode_framewise(z[i:i + 1]) for i in range(z.shape[0])])
@@ -160,7 +160,7 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
         x = vae.post_quant_conv(z)  # a 1x1x1 convolution: frame-local, kept (latent-sized)
         layout, cache, frames = (None,) * self._n_causal_convs, [], []
         for i in range(x.shape[2]):
-            out, layout, cache = _checkpoint(_wan_frame, vae.decoder, x[:, :, i:i + 1], layout, i == 0, *cache)
+            out, layout, cache = checkpointed(_wan_frame, vae.decoder, x[:, :, i:i + 1], layout, i == 0, *cache)
             frames.append(out)
         return torch.cat(frames, 2).clamp(-1.0, 1.0)
 
