@@ -21,6 +21,9 @@ video VAE decodes one latent frame at a time (the first to 1 frame, each later o
 frames), and ``decode(..., checkpoint=True)`` puts one activation checkpoint around each of those per-frame
 decodes, so backward holds one latent frame's decoder activations at a time.
 
+The private diffusers APIs this package relies on (underscore methods, VAE internals, patched methods) are listed
+in ``rdfast.private_apis``, which tests check against the installed diffusers.
+
 | module      | job |
 |---|---|
 | base.py     | ``PipelineWrapper`` (the shared interface) and ``ClassifierFreeGuidanceWrapper`` |
