@@ -72,7 +72,8 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     PrivateAPI("transformers.modeling_layers", "GradientCheckpointingLayer._gradient_checkpointing_func",
                "the checkpoint function those layers call; set and restored by activation_checkpointing"),
     # ---- torch, used by bench/refl_memory.py ------------------------------------------------------------------------
-    PrivateAPI("torch.utils._python_dispatch", "TorchDispatchMode", "TensorPeak counts live tensor bytes on any device"),
+    PrivateAPI("torch.utils._python_dispatch", "TorchDispatchMode",
+               "TensorPeak counts live tensor bytes on any device"),
     PrivateAPI("torch.utils._pytree", "tree_flatten", "TensorPeak walks each operator's outputs"),
 )
 

@@ -237,7 +237,13 @@ def cmd_search(args):
 
 
 def main(argv=None):
-    """Stand-alone entry (``python -m rdfast.diffusion.cli``) until rdfast's own CLI registers these commands."""
+    """``python -m rdfast.diffusion.cli refl|search ...``: the same commands as ``rdfast refl|search``.
+
+    rdfast's own CLI (``rdfast.cli``) adds them through ``register``; this entry parses only these two.
+
+    Args:
+        argv: the arguments after the program name (None: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(prog="rdfast")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

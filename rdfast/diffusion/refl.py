@@ -12,10 +12,9 @@ Memory (``memory_efficient=True``, the default): activation checkpointing in the
 decode checkpointed (only latents kept; recomputed in backward one sample and one resnet at a time; video:
 one sample and one latent frame at a time, keeping the causal convolutions' two-frame caches between frames); the
 frozen reward model's layers recomputed in backward, no weight gradients. Options: tiled VAE decode, bf16
-autocast, the reward model on another device. ``bench/refl_memory.py`` measures the peak against the naive
-path (CPU, 256 px FLUX-like pipeline: 0.22 of it at batch 2, 0.42 at batch 1; the step takes ~1.4-2x the
-time; video, a Wan-shaped pipeline at 64 px and 17 frames: 0.26 at batch 2, ~2x the time); tests hold the
-gradients of both paths equal (cosine >= 0.9999 in float32).
+autocast, the reward model on another device. ``bench/refl_memory.py`` measures the peak memory and the step
+time against the naive path (its figures are in bench/results and the README); tests hold the gradients of both
+paths equal (cosine >= 0.9999 in float32).
 
     trainer = ReFLTrainer(pipe, PairwiseReward(rm, n=16, top_k=2), height=512, width=512, lora_rank=16)
     for prompts in loader:                 # the trainer's own step ...

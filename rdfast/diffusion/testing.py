@@ -274,7 +274,8 @@ def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=No
 def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
     """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``).
 
-    size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks, ~0.9 B params.
+    size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks,
+    about 0.9 B parameters.
     """
     from diffusers import DiffusionPipeline  # heavy
 
@@ -294,7 +295,7 @@ class torch_threads:
     """Context manager: run torch with ``n`` intra-op threads, restoring the previous count on exit.
 
     Tiny models gain nothing from several threads, and on a shared, busy CPU each parallel region waits for a
-    descheduled thread: one thread is faster there by orders of magnitude (tests use it).
+    descheduled thread, so one thread is much faster there (tests use it).
     """
 
     def __init__(self, n: int = 1):

@@ -12,6 +12,8 @@ from conftest import load_rm  # noqa: E402
 
 from rdfast.diffusion.refl import ReFLConfig, ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import PairwiseReward, activation_checkpointing, reward_fn  # noqa: E402
+from rdfast.diffusion.sampler import UnsupportedScheduler  # noqa: E402
+from rdfast.diffusion.search import pipeline_problem  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
 KINDS = ("flux", "sd3", "sd", "sdxl")
@@ -149,10 +151,7 @@ def test_pretraining_loss_mixing(gen):
 
 
 def test_ddpm_scheduler_trains_but_cannot_be_searched():
-    from diffusers import DDPMScheduler
-
-    from rdfast.diffusion.sampler import UnsupportedScheduler
-    from rdfast.diffusion.search import pipeline_problem
+    from diffusers import DDPMScheduler  # optional
 
     pipe = tiny_pipeline("sd")
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)

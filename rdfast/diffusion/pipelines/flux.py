@@ -18,10 +18,10 @@ class FluxWrapper(PipelineWrapper):
         self._img_ids = {}
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self.pipe.transformer
 
-    def latent_shape(self, height, width):
+    def latent_shape(self, height: int, width: int) -> tuple:
         h, w = height // self.vae_scale, width // self.vae_scale
         c = self.model.config.in_channels // 4
         self._ids(h // 2, w // 2)
@@ -43,13 +43,14 @@ class FluxWrapper(PipelineWrapper):
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)  # as FluxPipeline.__call__
 
     @torch.no_grad()
-    def encode(self, prompts) -> tuple:
+    def encode(self, prompts: list[str]) -> tuple:
         prompts = self.check_prompts(prompts)
         pe, pooled, _ = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
                                                 max_sequence_length=self.max_sequence_length)
         return pe.to(self.dtype), pooled.to(self.dtype)
 
-    def denoise(self, x, t, prompt_embeds, pooled):
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                pooled: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         guidance = None
         if self.model.config.guidance_embeds:
@@ -59,7 +60,7 @@ class FluxWrapper(PipelineWrapper):
                           encoder_hidden_states=prompt_embeds, txt_ids=txt_ids, img_ids=self._img_ids[x.shape[1]],
                           return_dict=False)[0]
 
-    def predict(self, x, t, *cond):
+    def predict(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         """The unguided model output for positive cond (FLUX's distilled guidance is part of the model)."""
         return self.denoise(x, t, *cond)
 
@@ -67,7 +68,7 @@ class FluxWrapper(PipelineWrapper):
         z = self.pipe._unpack_latents(latents, height, width, self.vae_scale)
         return super()._to_vae(z, height, width)
 
-    def encode_images(self, images, generator=None):
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         z = super().encode_images(images, generator)
         n, c, h, w = z.shape
         self._ids(h // 2, w // 2)

@@ -15,10 +15,10 @@ class SD3Wrapper(ClassifierFreeGuidanceWrapper):
         self.max_sequence_length = max_sequence_length
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self.pipe.transformer
 
-    def latent_shape(self, height, width):
+    def latent_shape(self, height: int, width: int) -> tuple:
         return (self.model.config.in_channels, height // self.vae_scale, width // self.vae_scale)
 
     def _set_timesteps(self, sched, num_steps, height, width):
@@ -34,20 +34,21 @@ class SD3Wrapper(ClassifierFreeGuidanceWrapper):
         sched.set_timesteps(num_steps, **kwargs)
 
     @torch.no_grad()
-    def encode(self, prompts) -> tuple:
+    def encode(self, prompts: list[str]) -> tuple:
         prompts = self.check_prompts(prompts)
+        guided = self.do_classifier_free_guidance
         pe, npe, pooled, npooled = self.pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=self.do_classifier_free_guidance,
-            negative_prompt=[self.negative_prompt] * len(prompts) if self.do_classifier_free_guidance else None,
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=guided,
+            negative_prompt=[self.negative_prompt] * len(prompts) if guided else None,
             max_sequence_length=self.max_sequence_length)
-        out = (pe, pooled) + ((npe, npooled) if self.do_classifier_free_guidance else ())
+        out = (pe, pooled) + ((npe, npooled) if guided else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe, pooled):
         return self.model(hidden_states=x, timestep=t, encoder_hidden_states=pe, pooled_projections=pooled,
                           return_dict=False)[0]
 
-    def denoise(self, x, t, *cond):
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         return self._guided(self._run, x, t, cond[:2], cond[2:])
 
     n_positive = 2

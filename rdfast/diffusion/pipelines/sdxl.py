@@ -17,10 +17,10 @@ class SDXLWrapper(ClassifierFreeGuidanceWrapper):
         self._time_ids = {}
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self.pipe.unet
 
-    def latent_shape(self, height, width):
+    def latent_shape(self, height: int, width: int) -> tuple:
         h, w = height // self.vae_scale, width // self.vae_scale
         self._register_size(h, w)
         return (self.model.config.in_channels, h, w)
@@ -38,13 +38,14 @@ class SDXLWrapper(ClassifierFreeGuidanceWrapper):
             self._time_ids[(h, w)] = ids.to(self.device)
 
     @torch.no_grad()
-    def encode(self, prompts) -> tuple:
+    def encode(self, prompts: list[str]) -> tuple:
         prompts = self.check_prompts(prompts)
+        guided = self.do_classifier_free_guidance
         # negative None = "" with SDXL's force_zeros_for_empty_prompt honoured, as the pipeline's own default
         neg = None if self.negative_prompt == "" else [self.negative_prompt] * len(prompts)
         pe, npe, pooled, npooled = self.pipe.encode_prompt(prompt=prompts, device=self.device,
-                                                           do_classifier_free_guidance=self.do_classifier_free_guidance, negative_prompt=neg)
-        out = (pe, pooled) + ((npe, npooled) if self.do_classifier_free_guidance else ())
+                                                           do_classifier_free_guidance=guided, negative_prompt=neg)
+        out = (pe, pooled) + ((npe, npooled) if guided else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe, pooled):
@@ -52,10 +53,10 @@ class SDXLWrapper(ClassifierFreeGuidanceWrapper):
         return self.model(x, t, encoder_hidden_states=pe, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
                           return_dict=False)[0]
 
-    def denoise(self, x, t, *cond):
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         return self._guided(self._run, x, t, cond[:2], cond[2:])
 
-    def encode_images(self, images, generator=None):
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         z = super().encode_images(images, generator)
         self._register_size(*z.shape[-2:])
         return z

@@ -52,14 +52,15 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
         self._warned = False
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module:
         return self.pipe.transformer
 
     # ---- frames ---------------------------------------------------------------------------------------------
     def latent_frames(self, num_frames: int) -> int:
+        """Latent frames F for ``num_frames`` video frames: (num_frames - 1) // scale_factor_temporal + 1."""
         return (num_frames - 1) // self.temporal_scale + 1
 
-    def check_frames(self, num_frames) -> int:
+    def check_frames(self, num_frames: int) -> int:
         """A frame count the VAE produces exactly: 1 + k * scale_factor_temporal (Wan 2.1: 1, 5, 9, ..., 81)."""
         tf = self.temporal_scale
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % tf:
@@ -71,7 +72,7 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
                              f"multiple of the transformer's temporal patch {pt}")
         return num_frames
 
-    def latent_shape(self, height, width):
+    def latent_shape(self, height: int, width: int) -> tuple:
         return (self.model.config.in_channels, self.latent_frames(self.num_frames), height // self.vae_scale,
                 width // self.vae_scale)
 
@@ -96,18 +97,19 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
 
     # ---- conditioning and the denoiser ------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompts) -> tuple:
+    def encode(self, prompts: list[str]) -> tuple:
         prompts = self.check_prompts(prompts)
-        pe, npe = self.pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=self.do_classifier_free_guidance, device=self.device,
-                                          negative_prompt=[self.negative_prompt] * len(prompts) if self.do_classifier_free_guidance else None,
+        guided = self.do_classifier_free_guidance
+        pe, npe = self.pipe.encode_prompt(prompt=prompts, do_classifier_free_guidance=guided, device=self.device,
+                                          negative_prompt=[self.negative_prompt] * len(prompts) if guided else None,
                                           max_sequence_length=self.max_sequence_length)
-        out = (pe,) + ((npe,) if self.do_classifier_free_guidance else ())
+        out = (pe,) + ((npe,) if guided else ())
         return tuple(c.to(self.dtype) for c in out)
 
     def _run(self, x, t, pe):
         return self.model(hidden_states=x, timestep=t, encoder_hidden_states=pe, return_dict=False)[0]
 
-    def denoise(self, x, t, *cond):
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         return self._guided(self._run, x, t, cond[:1], cond[1:])
 
     # ---- decode / encode ----------------------------------------------------------------------------------
@@ -132,6 +134,12 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
     def decode(self, x0: torch.Tensor, height: int, width: int, checkpoint: bool = False,
                tile: bool = False) -> torch.Tensor:
         """Clean latents [n, C, F, h, w] -> videos float32 [n, T, 3, H, W] in [0, 1] (differentiable).
+
+        Args:
+            x0: clean latents [n, C, F, h, w] (any float dtype).
+            height, width: video size in pixels.
+            checkpoint: recompute the decoder in backward (default False; only used when x0 requires grad).
+            tile: diffusers' tiled decode (default False).
 
         checkpoint=True: one activation checkpoint per sample and latent frame (the VAE's own decoding unit: the
         first latent frame gives 1 frame, each later one ``scale_factor_temporal`` frames). Between frames only
@@ -165,8 +173,16 @@ class WanWrapper(ClassifierFreeGuidanceWrapper):
         return torch.cat(frames, 2).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def encode_images(self, videos: torch.Tensor, generator=None) -> torch.Tensor:
-        """Videos float [n, T, 3, H, W] in [0, 1] -> clean latents [n, C, F, h, w] (for the pretraining loss)."""
+    def encode_images(self, videos: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Videos -> clean latents (for the pretraining loss), without gradient.
+
+        Args:
+            videos: float [n, T, 3, H, W] in [0, 1]; T a frame count ``check_frames`` accepts.
+            generator: for sampling the VAE's latent distribution (None: torch's global one).
+
+        Returns:
+            latents [n, C, F, h, w] in ``dtype``.
+        """
         if not torch.is_tensor(videos) or videos.dim() != 5 or videos.shape[2] != 3:
             raise ValueError(f"videos: expected a float tensor [n, T, 3, H, W], got "
                              f"{tuple(videos.shape) if torch.is_tensor(videos) else type(videos).__name__}")
