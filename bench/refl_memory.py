@@ -121,7 +121,7 @@ def child(args):
                           graphs=False, seed=args.seed, num_frames=DEFAULT_FRAMES.get((args.pipeline, args.size)))
     with torch.random.fork_rng(devices=[]):  # nonzero LoRA B, so every LoRA tensor has a gradient to compare
         torch.manual_seed(args.seed)
-        for n, p in trainer.ad.model.named_parameters():
+        for n, p in trainer.wrapper.model.named_parameters():
             if "lora_B" in n:
                 torch.nn.init.normal_(p, std=0.02)
     prompts = PROMPTS[: args.batch] + PROMPTS[: max(0, args.batch - len(PROMPTS))]
@@ -159,8 +159,8 @@ def child(args):
     torch.save(grads, args.grads_out)
     out = {"path": args.path, "peak_bytes": int(peak), "tracked_peak_bytes": int(tracked.peak),
            "rss_peak_bytes": rss, "step_seconds": seconds, "stop_step": info["stop_step"], "reward": info["reward"],
-           "params": sum(p.numel() for p in trainer.ad.model.parameters()),
-           "num_frames": getattr(trainer.ad, "num_frames", None),
+           "params": sum(p.numel() for p in trainer.wrapper.model.parameters()),
+           "num_frames": getattr(trainer.wrapper, "num_frames", None),
            "trainable": sum(p.numel() for p in trainer.parameters)}
     with open(args.result_out, "w") as fh:
         json.dump(out, fh)

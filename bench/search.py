@@ -1,4 +1,4 @@
-"""Search over Paths against Best-of-N at equal NFE on the analytic toy (rdfast.diffusion.toy).
+"""Search over Paths against Best-of-N at equal NFE on the analytic toy (rdfast.diffusion.gaussian_toy).
 
 Data: an 8-mode Gaussian ring in 2-D with the exact posterior-mean denoiser (flow matching, Euler, T steps on a
 real FlowMatchEulerDiscreteScheduler). Verifier: a Gaussian bump halfway between two modes, where the data
@@ -32,8 +32,8 @@ EXTRA = [(2, 8, 10, 2, 4), (4, 4, 10, 1, 2), (8, 4, 6, 2, 4)]
 def compare(seeds: int, num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int,
             seed0: int = 0) -> dict:
     """One configuration over ``seeds`` paired runs; returns the row (plain data)."""
+    from rdfast.diffusion.gaussian_toy import toy_problem
     from rdfast.diffusion.search import best_of_n, equal_nfe_k, search_nfe, search_over_paths
-    from rdfast.diffusion.toy import toy_problem
 
     s_rewards, b_rewards, nfe_s, nfe_b, verifier_s, verifier_b = [], [], set(), set(), set(), set()
     for i in range(seeds):

@@ -16,6 +16,18 @@ import json
 import os
 import sys
 
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..model import RewardModel
+from ..testing import tiny_checkpoint
+from .pipelines import load_pipeline
+from .refl import ReFLTrainer
+from .reward import PairwiseReward, PointwiseReward
+from .search import best_of_n, equal_nfe_k, pipeline_problem, search_over_paths
+from .testing import DEFAULT_FRAMES, DEFAULT_SIDE
+
 
 def register(subparsers) -> None:
     """Add the ``refl`` and ``search`` subcommands to rdfast's argparse subparsers."""
@@ -120,27 +132,19 @@ def _tiny_key(spec: str):
 def _size(args):
     default = 512
     if args.pipeline.startswith("tiny:"):
-        from .testing import DEFAULT_SIDE
-
         default = DEFAULT_SIDE.get(_tiny_key(args.pipeline), 32)
     return args.height or default, args.width or default
 
 
 def _frames(args):
-    """--num-frames, or the tiny video pipeline's default; None leaves it to the adapter (image pipelines: none)."""
+    """--num-frames, or the tiny video pipeline's default; None leaves it to the wrapper (image pipelines: none)."""
     if args.num_frames is not None or not args.pipeline.startswith("tiny:"):
         return args.num_frames
-    from .testing import DEFAULT_FRAMES
-
     return DEFAULT_FRAMES.get(_tiny_key(args.pipeline))
 
 
 def _load_rm(spec: str, device):
-    from ..model import RewardModel
-
     if spec.startswith("tiny:"):
-        from ..testing import tiny_checkpoint
-
         spec = str(tiny_checkpoint(spec[5:]))
     return RewardModel.from_pretrained(spec, device=device)
 
@@ -151,12 +155,6 @@ def _check_spec(value: str, flag: str):
 
 
 def cmd_refl(args):
-    from tqdm import tqdm
-
-    from .pipelines import load_pipeline
-    from .refl import ReFLTrainer
-    from .reward import PairwiseReward
-
     _check_spec(args.pipeline, "--pipeline")
     _check_spec(args.reward, "--reward")
     prompts = _prompts(args)
@@ -190,13 +188,6 @@ def cmd_refl(args):
 
 
 def cmd_search(args):
-    import torch
-    from PIL import Image
-
-    from .pipelines import load_pipeline
-    from .reward import PointwiseReward
-    from .search import best_of_n, equal_nfe_k, pipeline_problem, search_over_paths
-
     _check_spec(args.pipeline, "--pipeline")
     _check_spec(args.verifier, "--verifier")
     prompts = _prompts(args)
@@ -246,7 +237,13 @@ def cmd_search(args):
 
 
 def main(argv=None):
-    """Stand-alone entry (``python -m rdfast.diffusion.cli``) until rdfast's own CLI registers these commands."""
+    """``python -m rdfast.diffusion.cli refl|search ...``: the same commands as ``rdfast refl|search``.
+
+    rdfast's own CLI (``rdfast.cli``) adds them through ``register``; this entry parses only these two.
+
+    Args:
+        argv: the arguments after the program name (None: ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(prog="rdfast")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -12,17 +12,16 @@ Memory (``memory_efficient=True``, the default): activation checkpointing in the
 decode checkpointed (only latents kept; recomputed in backward one sample and one resnet at a time; video:
 one sample and one latent frame at a time, keeping the causal convolutions' two-frame caches between frames); the
 frozen reward model's layers recomputed in backward, no weight gradients. Options: tiled VAE decode, bf16
-autocast, the reward model on another device. ``bench/refl_memory.py`` measures the peak against the naive
-path (CPU, 256 px FLUX-like pipeline: 0.22 of it at batch 2, 0.42 at batch 1; the step takes ~1.4-2x the
-time; video, a Wan-shaped pipeline at 64 px and 17 frames: 0.26 at batch 2, ~2x the time); tests hold the
-gradients of both paths equal (cosine >= 0.9999 in float32).
+autocast, the reward model on another device. ``bench/refl_memory.py`` measures the peak memory and the step
+time against the naive path (its figures are in bench/results and the README); tests hold the gradients of both
+paths equal (cosine >= 0.9999 in float32).
 
     trainer = ReFLTrainer(pipe, PairwiseReward(rm, n=16, top_k=2), height=512, width=512, lora_rank=16)
     for prompts in loader:                 # the trainer's own step ...
         info = trainer.step(prompts)
     loss, info = trainer.loss(prompts)     # ... or your loop: loss.backward(); your optimizer.step()
 
-Video (Wan 2.1): the same trainer; the adapter's decode gives videos [N, T, 3, H, W], decoded with one activation
+Video (Wan 2.1): the same trainer; the wrapper's decode gives videos [N, T, 3, H, W], decoded with one activation
 checkpoint per latent frame, and the reward judges them as videos ("t2v" unless told otherwise):
 
     trainer = ReFLTrainer(wan_pipe, PairwiseReward(rm, n=4, top_k=1), height=480, width=832, num_frames=33)
@@ -30,6 +29,7 @@ checkpoint per latent frame, and the reward judges them as videos ("t2v" unless 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -69,7 +69,7 @@ class ReFLConfig:
     graphs: bool = True                    # CUDA graphs for the no-grad sampling steps (CUDA only)
     seed: int = 0
     reference_batch: int = 8               # Best-of-N candidates sampled per forward
-    num_frames: int | None = None          # video pipelines: frames per video (None: the adapter's default)
+    num_frames: int | None = None          # video pipelines: frames per video (None: the wrapper's default)
 
     def validate(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -105,7 +105,7 @@ class ReFLConfig:
 class ReFLTrainer:
     """ReFL on a diffusers pipeline (FLUX, SD3, SD 1.5 / SDXL with DDIM, Wan 2.1 video) against a reward.
 
-    pipe: a diffusers pipeline or a ``PipelineAdapter``. reward: a ``PairwiseReward`` (its references are built
+    pipe: a diffusers pipeline or a ``PipelineWrapper``. reward: a ``PairwiseReward`` (its references are built
     here from the base model: LoRA disabled, or before the first update for full finetuning), a
     ``PointwiseReward``, or any ``fn(images [N,3,H,W] float in [0,1], prompts) -> Tensor[N]`` (differentiable;
     video pipelines pass videos [N,T,3,H,W]).
@@ -123,16 +123,16 @@ class ReFLTrainer:
         self.config = c = config
         if not callable(reward):
             raise TypeError(f"reward must be callable (images, prompts) -> Tensor, got {type(reward).__name__}")
-        self.ad = adapt(pipe, c.guidance_scale, num_frames=c.num_frames)
-        self.ad.check_size(c.height, c.width)
-        if self.ad.video:
-            c.num_frames = self.ad.num_frames  # recorded in refl_config.json
+        self.wrapper = adapt(pipe, c.guidance_scale, num_frames=c.num_frames)
+        self.wrapper.check_size(c.height, c.width)
+        if self.wrapper.video:
+            c.num_frames = self.wrapper.num_frames  # recorded in refl_config.json
         self.reward = reward
-        self.schedule = self.ad.schedule(c.num_steps, c.height, c.width)
-        model = self.ad.model
+        self.schedule = self.wrapper.schedule(c.num_steps, c.height, c.width)
+        model = self.wrapper.model
         model.requires_grad_(False)
         if c.lora_rank is not None:
-            from peft import LoraConfig
+            from peft import LoraConfig  # optional
 
             names = [n for n, _ in model.named_modules()]
             for t in c.lora_targets:
@@ -150,16 +150,16 @@ class ReFLTrainer:
         self.parameters = params
         self.optimizer = optimizer or torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         self.generator = torch.Generator().manual_seed(c.seed)
-        self.sampler = Sampler(self.ad.denoise, self.schedule, self.ad.evals_per_step, graphs=c.graphs)
-        # Reference sampling runs with adapters disabled; a separate sampler keeps its own captured graphs.
-        self._base_sampler = Sampler(self.ad.denoise, self.schedule, self.ad.evals_per_step, graphs=c.graphs)
+        self.sampler = Sampler(self.wrapper.denoise, self.schedule, self.wrapper.evals_per_step, graphs=c.graphs)
+        # Reference sampling runs with LoRA disabled; a separate sampler keeps its own captured graphs.
+        self._base_sampler = Sampler(self.wrapper.denoise, self.schedule, self.wrapper.evals_per_step, graphs=c.graphs)
         self.updates = 0
 
     # ---- sampling ---------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def base_model(self):
         """The denoiser as it was before training: LoRA adapters disabled (a no-op for full finetuning)."""
-        model = self.ad.model
+        model = self.wrapper.model
         lora = self.config.lora_rank is not None
         if lora:
             model.disable_adapters()
@@ -175,8 +175,8 @@ class ReFLTrainer:
 
         base=True samples the base model (LoRA disabled). generator: a CPU torch.Generator (default: the trainer's).
         """
-        c, ad = self.config, self.ad
-        prompts = ad.check_prompts(prompts)
+        c, wrapper = self.config, self.wrapper
+        prompts = wrapper.check_prompts(prompts)
         gen = generator if generator is not None else self.generator
         sampler = self._base_sampler if base else self.sampler
         out = []
@@ -185,16 +185,16 @@ class ReFLTrainer:
         with ctx, self._autocast():
             for s in range(0, len(prompts), bs):
                 chunk = prompts[s:s + bs]
-                x = ad.noise(len(chunk), c.height, c.width, gen)
-                x, _ = sampler.run(x, 0, self.schedule.num_steps, ad.encode(chunk), generator=gen)
-                out.append(ad.decode(x, c.height, c.width, tile=c.tile_vae))
+                x = wrapper.noise(len(chunk), c.height, c.width, gen)
+                x, _ = sampler.run(x, 0, self.schedule.num_steps, wrapper.encode(chunk), generator=gen)
+                out.append(wrapper.decode(x, c.height, c.width, tile=c.tile_vae))
         return torch.cat(out)
 
     def prepare_references(self, prompts, progress: bool = True):
         """Best-of-N references for every prompt (a no-op unless the reward is a PairwiseReward)."""
         if not isinstance(self.reward, PairwiseReward):
             return
-        todo = [p for p in dict.fromkeys(self.ad.check_prompts(prompts)) if not self.reward.has_reference(p)]
+        todo = [p for p in dict.fromkeys(self.wrapper.check_prompts(prompts)) if not self.reward.has_reference(p)]
         if todo and self.updates and self.config.lora_rank is None:
             raise RuntimeError(f"no Best-of-N reference for prompt {todo[0]!r}, and full finetuning has already "
                                "changed the base model: call prepare_references(all_prompts) before the first step")
@@ -204,7 +204,7 @@ class ReFLTrainer:
     # ---- the loss ---------------------------------------------------------------------------------------
     def _autocast(self):
         if self.config.autocast == "bf16":
-            return torch.autocast(device_type=self.ad.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.wrapper.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def draw_stop_step(self) -> int:
@@ -216,19 +216,19 @@ class ReFLTrainer:
         """The ReFL loss of one batch (call ``.backward()`` on it yourself), and a dict of plain floats.
 
         prompts: B strings (one sample each). pretrain: optional (latents, prompts), clean latents in the
-        denoiser's layout (``trainer.ad.encode_images(images)``; video adapters take videos [N, T, 3, H, W]),
+        denoiser's layout (``trainer.wrapper.encode_images(images)``; video wrappers take videos [N, T, 3, H, W]),
         mixed in with ``pretrain_weight``.
         """
-        c, ad, sampler = self.config, self.ad, self.sampler
-        prompts = ad.check_prompts(prompts)
+        c, wrapper, sampler = self.config, self.wrapper, self.sampler
+        prompts = wrapper.check_prompts(prompts)
         if pretrain is not None:
             self._check_pretrain(pretrain)
         self.prepare_references(prompts, progress=False)
-        ad.set_gradient_checkpointing(c.memory_efficient)
+        wrapper.set_gradient_checkpointing(c.memory_efficient)
         if hasattr(self.reward, "checkpoint"):
             self.reward.checkpoint = c.memory_efficient
-        cond = ad.encode(prompts)
-        x = ad.noise(len(prompts), c.height, c.width, self.generator)
+        cond = wrapper.encode(prompts)
+        x = wrapper.noise(len(prompts), c.height, c.width, self.generator)
         j = self.draw_stop_step()
         first = j - c.grad_steps + 1
         with torch.no_grad(), self._autocast():
@@ -238,7 +238,7 @@ class ReFLTrainer:
             x0 = None
             for i in range(first, j + 1):
                 x, x0 = sampler.step(x, i, cond, generator=self.generator)
-            images = ad.decode(x0, c.height, c.width, checkpoint=c.memory_efficient, tile=c.tile_vae)
+            images = wrapper.decode(x0, c.height, c.width, checkpoint=c.memory_efficient, tile=c.tile_vae)
         r = self.reward(images, prompts).float()
         if r.shape != (len(prompts),):
             raise ValueError(f"reward returned shape {tuple(r.shape)}, expected ({len(prompts)},)")
@@ -256,21 +256,21 @@ class ReFLTrainer:
         if not (isinstance(pretrain, (tuple, list)) and len(pretrain) == 2 and torch.is_tensor(pretrain[0])):
             raise ValueError("pretrain must be (latents tensor, prompts list)")
         latents, prompts = pretrain
-        self.ad.check_prompts(prompts)
+        self.wrapper.check_prompts(prompts)
         if latents.shape[0] != len(prompts):
             raise ValueError(f"pretrain: {latents.shape[0]} latents but {len(prompts)} prompts")
 
     def pretrain_loss(self, latents: torch.Tensor, prompts) -> torch.Tensor:
         """The denoising loss the model was pretrained with (flow: v = eps - x0; VP: its prediction type), on
         clean latents [B, ...] in the denoiser's layout. Conditional only (no guidance)."""
-        ad, s = self.ad, self.schedule
-        x0 = latents.to(ad.device, torch.float32)
+        wrapper, s = self.wrapper, self.schedule
+        x0 = latents.to(wrapper.device, torch.float32)
         t, level = s.training_levels(x0.shape[0], self.generator)
         eps = torch.randn(x0.shape, generator=self.generator).to(x0.device)
         level = level.to(x0.device)
-        xt = combine(x0, eps, level, s.kind).to(ad.dtype)
+        xt = combine(x0, eps, level, s.kind).to(wrapper.dtype)
         with self._autocast():
-            out = ad.predict(xt, t.to(ad.device, ad.dtype), *ad.positive(ad.encode(prompts)))
+            out = wrapper.predict(xt, t.to(wrapper.device, wrapper.dtype), *wrapper.positive(wrapper.encode(prompts)))
         target = training_target(x0, eps, level, s.kind, s.prediction)
         return torch.nn.functional.mse_loss(out.float(), target)
 
@@ -294,12 +294,10 @@ class ReFLTrainer:
     def save(self, path):
         """LoRA: the adapter weights (diffusers' ``save_lora_adapter``); full: the denoiser's ``save_pretrained``.
         Also writes refl_config.json."""
-        import json
-
         os.makedirs(path, exist_ok=True)
         if self.config.lora_rank is not None:
-            self.ad.model.save_lora_adapter(path)
+            self.wrapper.model.save_lora_adapter(path)
         else:
-            self.ad.model.save_pretrained(path)
+            self.wrapper.model.save_pretrained(path)
         with open(os.path.join(path, "refl_config.json"), "w") as fh:
             json.dump(asdict(self.config), fh, indent=2)

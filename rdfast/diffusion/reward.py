@@ -12,8 +12,8 @@ verifier), so engine-side caches (shared prefixes, vision features) serve all of
 
 Videos go to the reward model as ``videos1`` / ``videos2`` (pairwise) or ``videos`` (pointwise), judged by the
 text-to-video instruction ("t2v") unless another is given ("motion", or any text); ``num_frames`` limits the frames
-it sees per video. Best-of-N over videos ranks by the same pairwise win counts as ``RewardModel.rank`` (which takes
-images only): ``rank_pairwise``.
+it sees per video. Best-of-N references are ranked by ``RewardModel.rank`` (pairwise win counts over every ordered
+pair); ``rank_pairwise`` calls it for images or videos alike (videos go as ``videos=``).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import contextlib
 import functools
 
 import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
 
 
 @contextlib.contextmanager
@@ -31,8 +33,7 @@ def activation_checkpointing(rm):
     checkpointing layers alone (not on their children) enables it while attention/dropout submodules stay in
     eval mode, so scores are unchanged. Restored on exit.
     """
-    from torch.utils.checkpoint import checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from transformers.modeling_layers import GradientCheckpointingLayer  # heavy
 
     layers = [m for m in rm.model.modules() if isinstance(m, GradientCheckpointingLayer)]
     saved = [(m.gradient_checkpointing, m.training, getattr(m, "_gradient_checkpointing_func", None)) for m in layers]
@@ -91,9 +92,23 @@ def _instruction(instruction, kind: str):
 @torch.no_grad()
 def rank_pairwise(rm, candidates: torch.Tensor, prompt: str, top_k: int = 1, instruction=None, num_frames=None,
                   batch_size=None):
-    """Best-of-N by pairwise win counts over images [n, 3, H, W] or videos [n, T, 3, H, W]: ``RewardModel.rank``
-    (every ordered pair judged, both orders averaged, a hard win for P > 0.5, ties broken by summed win
-    probabilities). Returns ``RankResult``."""
+    """Best-of-N by pairwise win counts: ``RewardModel.rank`` over one prompt's candidates.
+
+    Every ordered pair is judged, both orders averaged, a hard win for P > 0.5, ties broken by summed win
+    probabilities.
+
+    Args:
+        rm: a ``RewardModel``.
+        candidates: images float [n, 3, H, W] or videos float [n, T, 3, H, W] in [0, 1], n >= 2.
+        prompt: the prompt the candidates were generated for.
+        top_k: how many of the best to return (default 1).
+        instruction: the judging instruction; None: the reward model's default, "t2v" for videos.
+        num_frames: videos: frames the reward model sees per video, evenly spread (None: all).
+        batch_size: pairs per reward-model forward (None: the reward model's default).
+
+    Returns:
+        ``RankResult``: ``top`` (indices, best first) and ``wins`` (hard wins per candidate).
+    """
     kind = media_kind(candidates)
     n = candidates.shape[0]
     if n < 2:
@@ -157,8 +172,6 @@ class PairwiseReward:
     def prepare(self, prompts, generate, progress: bool = True):
         """Build the references of every prompt not cached yet; ``generate(prompt, n)`` -> images [n, 3, H, W]
         (or videos [n, T, 3, H, W])."""
-        from tqdm import tqdm
-
         todo = [p for p in dict.fromkeys(prompts) if p not in self.references]
         for p in tqdm(todo, desc="Best-of-N references", unit="prompt", disable=not progress or not todo):
             self.reference(p, generate(p, self.n))

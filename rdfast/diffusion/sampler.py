@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .graphs import GraphRunner
+
 FLOW, VP = "flow", "vp"
 #: scheduler class names the sampler reads, and whether search may rewind them (deterministic, stateless steps)
 SUPPORTED = {"FlowMatchEulerDiscreteScheduler": True, "DDIMScheduler": True, "DDPMScheduler": False}
@@ -174,31 +176,31 @@ class Schedule:
                 f"scheduler {name} is not supported; rdfast samples with {', '.join(SUPPORTED)} "
                 "(search needs FlowMatchEulerDiscreteScheduler or DDIMScheduler). Swap it in with "
                 "e.g. DDIMScheduler.from_config(pipe.scheduler.config)")
-        cfg = scheduler.config
+        config = scheduler.config
         if getattr(scheduler, "timesteps", None) is None or getattr(scheduler, "num_inference_steps", None) is None:
             raise ValueError(f"{name}: call set_timesteps before reading the schedule")
         timesteps = scheduler.timesteps.detach().to("cpu", torch.float64)
         if name == "FlowMatchEulerDiscreteScheduler":
             for flag in ("stochastic_sampling", "invert_sigmas"):
-                if cfg.get(flag):
+                if config.get(flag):
                     raise UnsupportedScheduler(f"{name} with {flag}=True is not supported")
             sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
             return cls(FLOW, "flow", timesteps, sigmas[:-1].clone(), sigmas.clone(), True, name, scheduler=scheduler)
-        if cfg.get("thresholding"):
+        if config.get("thresholding"):
             raise UnsupportedScheduler(f"{name} with thresholding=True (dynamic thresholding) is not supported")
-        prediction = cfg.prediction_type
+        prediction = config.prediction_type
         abar = scheduler.alphas_cumprod.detach().to("cpu", torch.float64)
         steps = timesteps.long()
         model_levels = abar[steps]
         if name == "DDIMScheduler":
             final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float64)
-            prev = steps - cfg.num_train_timesteps // scheduler.num_inference_steps
+            prev = steps - config.num_train_timesteps // scheduler.num_inference_steps
         else:  # DDPM: its own previous_timestep
             final = torch.tensor(1.0, dtype=torch.float64)
             prev = torch.tensor([int(scheduler.previous_timestep(int(t))) for t in steps])
         nxt = torch.where(prev >= 0, abar[prev.clamp_min(0)], final)
         levels = torch.cat([model_levels[:1], nxt])
-        clip = float(cfg.clip_sample_range) if cfg.get("clip_sample") else None
+        clip = float(config.clip_sample_range) if config.get("clip_sample") else None
         return cls(VP, prediction, timesteps, model_levels, levels, SUPPORTED[name], name, clip=clip,
                    scheduler=scheduler, train_levels=abar)
 
@@ -229,8 +231,6 @@ class Sampler:
 
     def __init__(self, denoiser, schedule: Schedule, evals_per_step: int = 1, graphs: bool = True,
                  nfe: NFE | None = None):
-        from .graphs import GraphRunner
-
         self.denoiser = denoiser
         self.schedule = schedule
         self.evals_per_step = int(evals_per_step)

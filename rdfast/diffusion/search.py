@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
+from .pipelines import adapt
 from .sampler import NFE, Sampler
 
 
@@ -59,16 +61,14 @@ class Problem:
 def pipeline_problem(pipe, prompt: str, num_steps: int, height: int, width: int, guidance_scale=None,
                      graphs: bool = True, num_frames: int | None = None) -> Problem:
     """A search problem on a diffusers pipeline (FLUX / SD3 / Wan 2.1 with Euler flow matching, SD / SDXL with
-    DDIM). num_frames: frames per video for video pipelines (None: the adapter's default)."""
-    from .pipelines import adapt
-
-    ad = adapt(pipe, guidance_scale, num_frames=num_frames)
-    [prompt] = ad.check_prompts([prompt])
-    schedule = ad.schedule(num_steps, height, width)
+    DDIM). num_frames: frames per video for video pipelines (None: the wrapper's default)."""
+    wrapper = adapt(pipe, guidance_scale, num_frames=num_frames)
+    [prompt] = wrapper.check_prompts([prompt])
+    schedule = wrapper.schedule(num_steps, height, width)
     schedule.require_rewindable()
-    sampler = Sampler(ad.denoise, schedule, ad.evals_per_step, graphs=graphs)
-    return Problem(sampler, lambda n, g: ad.noise(n, height, width, g), lambda z: ad.decode(z, height, width),
-                   prompt, ad.encode([prompt]))
+    sampler = Sampler(wrapper.denoise, schedule, wrapper.evals_per_step, graphs=graphs)
+    return Problem(sampler, lambda n, g: wrapper.noise(n, height, width, g), lambda z: wrapper.decode(z, height, width),
+                   prompt, wrapper.encode([prompt]))
 
 
 def search_nfe(num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int,
@@ -123,10 +123,10 @@ class SearchResult:
 
     def save_figure(self, path, baseline: "SearchResult | None" = None, max_rounds: int = 8):
         """Image grid (survivors of each round, best first) beside the reward-per-round plot (Agg backend)."""
-        import matplotlib
+        import matplotlib  # heavy
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # heavy
 
         rounds = self.rounds
         thumbs = self.thumbnails[-max_rounds:]
@@ -210,8 +210,6 @@ def search_over_paths(problem: Problem, verifier, n: int = 4, m: int = 4, start_
     start_step defaults to half the schedule. batch_size caps the denoiser's batch (N * M branches run in chunks).
     generator: CPU generator for the starting noises and the re-noising noise.
     """
-    from tqdm import tqdm
-
     sampler = problem.sampler
     sched = sampler.schedule
     sched.require_rewindable()
@@ -267,8 +265,6 @@ def search_over_paths(problem: Problem, verifier, n: int = 4, m: int = 4, start_
 def best_of_n(problem: Problem, verifier, k: int, generator: torch.Generator | None = None,
               batch_size: int | None = None, progress: bool = True) -> SearchResult:
     """Best-of-N (random search): k full samples, the best by the verifier. NFE = g * k * T."""
-    from tqdm import tqdm
-
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k (Best-of-N samples) must be a positive int, got {k!r}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

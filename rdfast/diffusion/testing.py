@@ -23,6 +23,8 @@ import pathlib
 import shutil
 import tempfile
 
+import torch
+
 KINDS = ("flux", "sd3", "sd", "sdxl", "wan")
 SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
@@ -34,8 +36,8 @@ a portrait of a smiling woman; a city skyline at sunset; a bird flying over wate
 
 
 def _bpe(bos: str | None, eos: str, pad: str, unk: str, max_length: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # heavy
+    from transformers import PreTrainedTokenizerFast  # heavy
 
     tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
@@ -65,37 +67,37 @@ def t5_tokenizer():
 
 
 def _clip_text(tok, hidden=32, projection=None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # heavy
 
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+    config = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, projection_dim=projection or hidden,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
 
 def _t5_text(tok, d_model):
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel  # heavy
 
-    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                    decoder_start_token_id=tok.pad_token_id)
-    return T5EncoderModel(cfg)
+    return T5EncoderModel(config)
 
 
 def _umt5_text(tok, d_model):
-    from transformers import UMT5Config, UMT5EncoderModel
+    from transformers import UMT5Config, UMT5EncoderModel  # heavy
 
-    cfg = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
+    config = UMT5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4,
                      relative_attention_num_buckets=8, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                      decoder_start_token_id=tok.pad_token_id)
-    return UMT5EncoderModel(cfg)
+    return UMT5EncoderModel(config)
 
 
 def _wan(bench: bool):
     """Wan 2.1's layout at toy width: a causal video VAE with 8x spatial and 4x temporal compression (so 9 frames
     are 3 latent frames), per-channel latent statistics, a (1, 2, 2)-patch transformer, UMT5, flow matching.
     bench: 64 px, 17 frames, a wider VAE and four transformer blocks (bench/refl_memory.py --pipeline wan)."""
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel  # heavy
 
     tok = t5_tokenizer()
     z = 4
@@ -108,14 +110,14 @@ def _wan(bench: bool):
         patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12 if not bench else 32, in_channels=z,
         out_channels=z, text_dim=32, freq_dim=32, ffn_dim=32 if not bench else 128, num_layers=2 if not bench else 4,
         cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-    # Wan 2.1's flow shift; Euler rather than its UniPC (rdfast samples Euler either way: see WanAdapter)
+    # Wan 2.1's flow shift; Euler rather than its UniPC (rdfast samples Euler either way: see WanWrapper)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     return WanPipeline(tokenizer=tok, text_encoder=_umt5_text(tok, 32), vae=vae, scheduler=sched,
                        transformer=transformer)
 
 
 def _vae(channels: tuple, latent_channels: int, **extra):
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy
 
     n = len(channels)
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=channels, layers_per_block=1,
@@ -125,10 +127,16 @@ def _vae(channels: tuple, latent_channels: int, **extra):
 
 
 def _build(kind: str, size: str, seed: int):
-    import torch
-    from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
-                           SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
-                           UNet2DConditionModel)
+    from diffusers import (  # heavy
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)  # same seed -> same weights
     bench = size == "bench"
@@ -183,7 +191,7 @@ def _build(kind: str, size: str, seed: int):
     if kind == "wan":
         return _wan(bench)
     if kind == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
+        from diffusers import StableDiffusionXLPipeline  # heavy
 
         clip = clip_tokenizer()
         vae = _vae((8, 16), 4, scaling_factor=0.13025)
@@ -206,7 +214,7 @@ def _build(kind: str, size: str, seed: int):
 def _flux_shaped():
     """FLUX.1's block shapes (width 3072 = 24 heads x 128, FLUX's VAE) with 2 double + 4 single blocks and tiny text
     encoders: about 0.9 B random parameters, for GPU memory checks (512 px images)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel  # heavy
 
     clip, t5 = clip_tokenizer(), t5_tokenizer()
     vae = _vae((128, 256, 512, 512), 16, shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False,
@@ -266,10 +274,10 @@ def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=No
 def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
     """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``).
 
-    size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks, ~0.9 B params.
+    size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks,
+    about 0.9 B parameters.
     """
-    import torch
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline  # heavy
 
     if size == "gpu":
         with torch.device(device):
@@ -287,20 +295,16 @@ class torch_threads:
     """Context manager: run torch with ``n`` intra-op threads, restoring the previous count on exit.
 
     Tiny models gain nothing from several threads, and on a shared, busy CPU each parallel region waits for a
-    descheduled thread: one thread is faster there by orders of magnitude (tests use it).
+    descheduled thread, so one thread is much faster there (tests use it).
     """
 
     def __init__(self, n: int = 1):
         self.n = n
 
     def __enter__(self):
-        import torch
-
         self.saved = torch.get_num_threads()
         torch.set_num_threads(self.n)
         return self
 
     def __exit__(self, *exc):
-        import torch
-
         torch.set_num_threads(self.saved)

@@ -9,8 +9,11 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from conftest import load_rm  # noqa: E402
+
 from rdfast.diffusion.refl import ReFLConfig, ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import PairwiseReward, activation_checkpointing, reward_fn  # noqa: E402
+from rdfast.diffusion.sampler import UnsupportedScheduler  # noqa: E402
+from rdfast.diffusion.search import pipeline_problem  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
 KINDS = ("flux", "sd3", "sd", "sdxl")
@@ -48,7 +51,7 @@ def test_memory_efficient_gradients_equal_naive(kind):
     # gaussian LoRA init: A and B both nonzero, so every LoRA tensor has a gradient to compare
     trainer = ReFLTrainer(tiny_pipeline(kind), PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2,
                           guidance_scale=3.0, seed=_seed(), **SMALL)
-    for n, p in trainer.ad.model.named_parameters():
+    for n, p in trainer.wrapper.model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
     prompts = ["a red fox in the snow", "a blue car"]
@@ -139,7 +142,7 @@ def test_options_run(options):
 def test_pretraining_loss_mixing(gen):
     trainer = ReFLTrainer(tiny_pipeline("sd"), brightness, lora_rank=4, pretrain_weight=0.5, seed=_seed(),
                           guidance_scale=1.0, **SMALL)
-    latents = trainer.ad.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
+    latents = trainer.wrapper.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
     loss, info = trainer.loss(["a red fox", "a cat"], pretrain=(latents, ["a red fox", "a cat"]))
     assert info["pretrain_loss"] > 0
     assert loss.item() == pytest.approx(info["refl_loss"] + 0.5 * info["pretrain_loss"], rel=1e-5)
@@ -148,10 +151,7 @@ def test_pretraining_loss_mixing(gen):
 
 
 def test_ddpm_scheduler_trains_but_cannot_be_searched():
-    from diffusers import DDPMScheduler
-
-    from rdfast.diffusion.sampler import UnsupportedScheduler
-    from rdfast.diffusion.search import pipeline_problem
+    from diffusers import DDPMScheduler  # optional
 
     pipe = tiny_pipeline("sd")
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -185,7 +185,7 @@ def test_full_finetuning_needs_references_up_front():
         trainer.step(["a blue car"])
 
 
-def test_reward_fn_adapter_accepts_common_layouts(gen):
+def test_reward_fn_accepts_common_layouts(gen):
     seen = []
 
     def fake(images, prompts):

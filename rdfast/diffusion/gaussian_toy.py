@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .sampler import Sampler
+from .sampler import Sampler, Schedule
 from .search import Problem
 
 
@@ -71,9 +71,7 @@ class TargetVerifier:
 
 def toy_problem(num_steps: int = 20, mixture: GaussianMixture | None = None, graphs: bool = False):
     """(Problem, verifier) for the default toy: 8-mode ring, target halfway between modes 0 and 1."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from .sampler import Schedule
+    from diffusers import FlowMatchEulerDiscreteScheduler  # heavy
 
     mix = mixture or GaussianMixture.ring()
     sched = FlowMatchEulerDiscreteScheduler(shift=1.0)

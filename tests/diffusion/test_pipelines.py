@@ -28,13 +28,13 @@ def pipe_of(kind):
 def test_sampling_equals_pipeline_call(kind, gen):
     """Same starting latents: our sampler + decode reproduces ``pipe(...)`` (guidance included)."""
     pipe = pipe_of(kind)
-    ad = adapt(pipe, guidance_scale=4.0)
+    wrapper = adapt(pipe, guidance_scale=4.0)
     prompts = ["a red fox in the snow", "a blue car"]
-    x = ad.noise(2, 32, 32, gen)
-    sampler = Sampler(ad.denoise, ad.schedule(3, 32, 32), ad.evals_per_step)
+    x = wrapper.noise(2, 32, 32, gen)
+    sampler = Sampler(wrapper.denoise, wrapper.schedule(3, 32, 32), wrapper.evals_per_step)
     with torch.no_grad():
-        xT, _ = sampler.run(x, 0, 3, ad.encode(prompts))
-        ours = ad.decode(xT, 32, 32)
+        xT, _ = sampler.run(x, 0, 3, wrapper.encode(prompts))
+        ours = wrapper.decode(xT, 32, 32)
     ref = pipe(prompts, num_inference_steps=3, height=32, width=32, latents=x.clone(), guidance_scale=4.0,
                output_type="pt").images
     assert ours.shape == ref.shape == (2, 3, 32, 32)
@@ -44,12 +44,12 @@ def test_sampling_equals_pipeline_call(kind, gen):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_decode_is_differentiable_and_checkpointed_equal(kind, gen):
-    ad = adapt(pipe_of(kind))
-    z = ad.noise(2, 32, 32, gen).requires_grad_(True)
+    wrapper = adapt(pipe_of(kind))
+    z = wrapper.noise(2, 32, 32, gen).requires_grad_(True)
     w = torch.rand(2, 3, 32, 32, generator=gen)
     grads = []
     for ckpt in (False, True):
-        img = ad.decode(z, 32, 32, checkpoint=ckpt)
+        img = wrapper.decode(z, 32, 32, checkpoint=ckpt)
         (img * w).sum().backward()
         grads.append(z.grad.clone())
         z.grad = None
@@ -61,20 +61,20 @@ def test_decode_is_differentiable_and_checkpointed_equal(kind, gen):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_encode_images_roundtrip_shape(kind, gen):
-    ad = adapt(pipe_of(kind))
-    lat = ad.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
-    assert lat.shape == ad.noise(2, 32, 32, gen).shape
+    wrapper = adapt(pipe_of(kind))
+    lat = wrapper.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
+    assert lat.shape == wrapper.noise(2, 32, 32, gen).shape
 
 
 def test_bad_inputs_are_named():
-    ad = adapt(pipe_of("flux"))
+    wrapper = adapt(pipe_of("flux"))
     with pytest.raises(ValueError, match="height must be a positive multiple of 2"):
-        ad.noise(1, 33, 32)
+        wrapper.noise(1, 33, 32)
     with pytest.raises(ValueError, match=r"prompts\[1\]"):
-        ad.encode(["a cat", "  "])
+        wrapper.encode(["a cat", "  "])
     with pytest.raises(ValueError, match="single string"):
-        ad.encode("a cat")
+        wrapper.encode("a cat")
     with pytest.raises(ValueError, match="num_steps"):
-        ad.schedule(0, 32, 32)
+        wrapper.schedule(0, 32, 32)
     with pytest.raises(ValueError, match="not supported"):
         adapt(object())

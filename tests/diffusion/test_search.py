@@ -9,11 +9,18 @@ import torch
 pytest.importorskip("diffusers")
 
 from conftest import load_rm  # noqa: E402
+
+from rdfast.diffusion.gaussian_toy import GaussianMixture, toy_problem  # noqa: E402
 from rdfast.diffusion.reward import PointwiseReward  # noqa: E402
-from rdfast.diffusion.search import (best_of_n, equal_nfe_k, pipeline_problem, search_nfe,  # noqa: E402
-                                     search_over_paths, search_rounds)
+from rdfast.diffusion.search import (  # noqa: E402
+    best_of_n,
+    equal_nfe_k,
+    pipeline_problem,
+    search_nfe,
+    search_over_paths,
+    search_rounds,
+)
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
-from rdfast.diffusion.toy import GaussianMixture, toy_problem  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,23 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from conftest import load_rm  # noqa: E402
+
 from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.refl import ReFLTrainer  # noqa: E402
-from rdfast.diffusion.reward import PairwiseReward, PointwiseReward, rank_pairwise, reward_fn  # noqa: E402
+from rdfast.diffusion.reward import (  # noqa: E402
+    PairwiseReward,
+    PointwiseReward,
+    rank_pairwise,
+    reward_fn,
+)
 from rdfast.diffusion.sampler import Sampler  # noqa: E402
-from rdfast.diffusion.search import best_of_n, equal_nfe_k, pipeline_problem, search_nfe, search_over_paths  # noqa
+from rdfast.diffusion.search import (  # noqa
+    best_of_n,
+    equal_nfe_k,
+    pipeline_problem,
+    search_nfe,
+    search_over_paths,
+)
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
 FRAMES = 9
@@ -45,14 +57,14 @@ def motion(videos, prompts):
 
 def test_sampling_equals_pipeline_call(wan, gen):
     """Same starting latents: our sampler + decode reproduces ``pipe(...)`` (classifier-free guidance included)."""
-    ad = adapt(wan, guidance_scale=4.0, num_frames=FRAMES)
+    wrapper = adapt(wan, guidance_scale=4.0, num_frames=FRAMES)
     prompts = ["a red fox in the snow", "a blue car"]
-    x = ad.noise(2, 32, 32, gen)
+    x = wrapper.noise(2, 32, 32, gen)
     assert x.shape == (2, 4, 3, 4, 4)  # 9 frames -> 3 latent frames, 32 px -> 4
-    sampler = Sampler(ad.denoise, ad.schedule(3, 32, 32), ad.evals_per_step)
+    sampler = Sampler(wrapper.denoise, wrapper.schedule(3, 32, 32), wrapper.evals_per_step)
     with torch.no_grad():
-        xT, _ = sampler.run(x, 0, 3, ad.encode(prompts))
-        ours = ad.decode(xT, 32, 32)
+        xT, _ = sampler.run(x, 0, 3, wrapper.encode(prompts))
+        ours = wrapper.decode(xT, 32, 32)
     ref = wan(prompts, num_inference_steps=3, height=32, width=32, num_frames=FRAMES, latents=x.clone(),
               guidance_scale=4.0, output_type="pt").frames
     assert ours.shape == ref.shape == (2, FRAMES, 3, 32, 32)
@@ -63,16 +75,16 @@ def test_sampling_equals_pipeline_call(wan, gen):
 def test_framewise_checkpointed_decode_equals_vae_decode(wan, gen):
     """One checkpoint per sample and latent frame: same videos and latent gradients as AutoencoderKLWan.decode,
     and backward recomputes the decoder once per (sample, latent frame)."""
-    ad = adapt(wan, num_frames=FRAMES)
-    z = ad.noise(2, 32, 32, gen).requires_grad_(True)
+    wrapper = adapt(wan, num_frames=FRAMES)
+    z = wrapper.noise(2, 32, 32, gen).requires_grad_(True)
     w = torch.rand(2, FRAMES, 3, 32, 32, generator=gen)
     calls = []
-    hook = ad.vae.decoder.register_forward_pre_hook(lambda *a: calls.append(1))
+    hook = wrapper.vae.decoder.register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         out, grads, n_calls = [], [], []
         for ckpt in (False, True):
             calls.clear()
-            video = ad.decode(z, 32, 32, checkpoint=ckpt)
+            video = wrapper.decode(z, 32, 32, checkpoint=ckpt)
             (video * w).sum().backward()
             out.append(video.detach())
             grads.append(z.grad.clone())
@@ -85,7 +97,7 @@ def test_framewise_checkpointed_decode_equals_vae_decode(wan, gen):
     assert scale > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4 * scale)  # per-sample vs batched sums
     assert n_calls == [3, 2 * 3 * 2]  # naive: one batched call per latent frame; checkpointed: forward + recompute
-    tiled = ad.decode(z, 32, 32, checkpoint=True, tile=True)  # per-sample checkpoint around diffusers' tiled decode
+    tiled = wrapper.decode(z, 32, 32, checkpoint=True, tile=True)  # per-sample checkpoint around diffusers' tiled decode
     (tiled * w).sum().backward()
     torch.testing.assert_close(tiled.detach(), out[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z.grad, grads[0], rtol=1e-4, atol=1e-4 * scale)
@@ -97,7 +109,7 @@ def test_video_refl_gradients_equal_naive_and_reach_every_lora_weight(wan):
     rm = load_rm("qwen2_vl")
     trainer = ReFLTrainer(wan, PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2, guidance_scale=3.0,
                           seed=_seed(), **SMALL)
-    for n, p in trainer.ad.model.named_parameters():
+    for n, p in trainer.wrapper.model.named_parameters():
         if "lora_B" in n:  # gaussian B: every LoRA tensor then has a gradient to compare
             torch.nn.init.normal_(p, std=0.05)
     prompts = ["a red fox in the snow", "a blue car"]
@@ -133,7 +145,7 @@ def test_video_toy_reward_goes_up(wan):
     assert after > before * 1.02, (before, after)  # seen: +6% to +8%
     # the pretraining loss on real videos mixes in (clean latents from the video VAE)
     videos = torch.rand(2, FRAMES, 3, 32, 32, generator=torch.Generator().manual_seed(eval_seed))
-    latents = trainer.ad.encode_images(videos)
+    latents = trainer.wrapper.encode_images(videos)
     assert latents.shape == (2, 4, 3, 4, 4)
     trainer.config.pretrain_weight = 0.5
     loss, info = trainer.loss(prompts, pretrain=(latents, prompts))
@@ -218,13 +230,17 @@ def test_video_search_returns_the_best_scored_video(wan, tmp_path):
 
 
 def test_unipc_is_sampled_with_euler_on_its_flow_schedule(wan):
-    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+        WanPipeline,
+    )
 
     parts = {k: v for k, v in wan.components.items() if k in ("tokenizer", "text_encoder", "vae", "transformer")}
     unipc = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    ad = adapt(WanPipeline(scheduler=unipc, **parts), num_frames=FRAMES)
+    wrapper = adapt(WanPipeline(scheduler=unipc, **parts), num_frames=FRAMES)
     with pytest.warns(UserWarning, match="Euler steps on UniPC's flow schedule"):
-        sched = ad.schedule(4, 32, 32)
+        sched = wrapper.schedule(4, 32, 32)
     assert sched.kind == "flow" and sched.rewindable
     euler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     euler.set_timesteps(4)
@@ -240,17 +256,17 @@ def test_bad_video_inputs_are_named(wan, gen):
         ReFLTrainer(wan, motion, **{**SMALL, "num_frames": 0})
     with pytest.raises(ValueError, match="num_frames is for video pipelines"):
         adapt(tiny_pipeline("flux"), num_frames=9)
-    ad = adapt(wan, num_frames=FRAMES)
-    assert adapt(ad, num_frames=FRAMES) is ad
-    with pytest.raises(ValueError, match="differs from the given wan adapter"):
-        pipeline_problem(ad, "a cat", 4, 32, 32, num_frames=13)
+    wrapper = adapt(wan, num_frames=FRAMES)
+    assert adapt(wrapper, num_frames=FRAMES) is wrapper
+    with pytest.raises(ValueError, match="differs from the given wan wrapper"):
+        pipeline_problem(wrapper, "a cat", 4, 32, 32, num_frames=13)
     with pytest.raises(ValueError, match="height must be a positive multiple of 16"):
-        ad.noise(1, 24, 32)
+        wrapper.noise(1, 24, 32)
     parts = {k: v for k, v in wan.components.items() if k != "transformer_2"}
     with pytest.raises(ValueError, match="Wan 2.2"):
         adapt(WanPipeline(**parts, boundary_ratio=0.875))
     with pytest.raises(ValueError, match="videos: expected a float tensor"):
-        ad.encode_images(torch.rand(2, 3, 32, 32))
+        wrapper.encode_images(torch.rand(2, 3, 32, 32))
     reward = PointwiseReward(load_rm("qwen2_vl"))
     with pytest.raises(ValueError, match="zero frames"):
         reward(torch.rand(1, 0, 3, 32, 32), ["a"])

@@ -1,0 +1,115 @@
+"""Every private third-party API rdfast relies on, in one table: underscore names, undocumented attributes and
+parameters, and methods rdfast patches. A new diffusers / transformers / torch release can move any of them without
+notice; ``tests/test_private_apis.py`` checks that each one still exists in the installed versions (it does not pin
+versions).
+
+A row is ``(module, path, why)``: ``module`` is imported, then ``path`` is followed attribute by attribute. The last
+part of ``path`` may also name
+
+- an instance attribute of a class (one set in ``__init__`` or used by the class's own methods, so not on the class
+  itself): found as ``self.<name>`` in the source of the class or one of its bases;
+- a parameter of a function or method: found in its signature.
+
+Add a row wherever rdfast starts to use such an API, and name the rdfast file that uses it in ``why``.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import NamedTuple
+
+
+class PrivateAPI(NamedTuple):
+    module: str  # importable module path
+    path: str    # attribute path inside it
+    why: str     # what rdfast uses it for, and where
+
+
+_FLUX = "diffusers.pipelines.flux.pipeline_flux"
+_SDXL = "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl"
+_WAN_VAE = "diffusers.models.autoencoders.autoencoder_kl_wan"
+_PATCHED = "patched per instance in VAE decoders for per-submodule activation checkpointing (matched by class name; "
+
+PRIVATE_APIS: tuple[PrivateAPI, ...] = (
+    # ---- diffusers: pipeline internals (rdfast/diffusion/pipelines/) ------------------------------------------
+    PrivateAPI(_FLUX, "calculate_shift",
+               "the resolution-dependent timestep shift mu, set as FluxPipeline.__call__ sets it (flux.py; sd3.py "
+               "with dynamic shifting)"),
+    PrivateAPI(_FLUX, "FluxPipeline._prepare_latent_image_ids", "positions of FLUX's packed latent tokens (flux.py)"),
+    PrivateAPI(_FLUX, "FluxPipeline._pack_latents", "VAE latents -> FLUX's packed 2x2 tokens (flux.py encode_images)"),
+    PrivateAPI(_FLUX, "FluxPipeline._unpack_latents", "packed tokens -> VAE latents before decoding (flux.py)"),
+    PrivateAPI(_SDXL, "StableDiffusionXLPipeline._get_add_time_ids", "SDXL's size and crop conditioning (sdxl.py)"),
+    # ---- diffusers: VAE internals (rdfast/diffusion/pipelines/) --------------------------------------------------
+    PrivateAPI("diffusers.models.autoencoders.autoencoder_kl", "AutoencoderKL.use_tiling",
+               "set per decode from tile=True/False (base.py decode)"),
+    PrivateAPI(_WAN_VAE, "AutoencoderKLWan.use_tiling", "set per decode from tile=True/False (wan.py decode)"),
+    PrivateAPI(_WAN_VAE, "AutoencoderKLWan._decode",
+               "wan.py _decode_framewise repeats its loop over latent frames (no tiling) with one activation "
+               "checkpoint per frame: a change to this loop must be mirrored there"),
+    PrivateAPI(_WAN_VAE, "AutoencoderKLWan.post_quant_conv", "the loop's first, frame-local step (wan.py)"),
+    PrivateAPI(_WAN_VAE, "WanDecoder3d.forward.feat_cache",
+               "the causal convolutions' frame caches, passed in and out of each latent frame's decode as tensors "
+               "(wan.py _wan_frame; the string 'Rep' marks a first-chunk cache)"),
+    PrivateAPI(_WAN_VAE, "WanDecoder3d.forward.feat_idx", "the running index into feat_cache (wan.py _wan_frame)"),
+    PrivateAPI(_WAN_VAE, "WanDecoder3d.forward.first_chunk", "marks the first latent frame (wan.py _wan_frame)"),
+    PrivateAPI(_WAN_VAE, "WanCausalConv3d", "counted by class name to size the cache layout (wan.py)"),
+    PrivateAPI("diffusers.models.autoencoders.vae", "Decoder.gradient_checkpointing",
+               "turned off under rdfast's finer checkpointing: nesting both recomputes every block twice (vae.py)"),
+    PrivateAPI("diffusers.models.resnet", "ResnetBlock2D.forward", _PATCHED + "vae.py)"),
+    PrivateAPI("diffusers.models.upsampling", "Upsample2D.forward", _PATCHED + "vae.py)"),
+    PrivateAPI("diffusers.models.attention_processor", "Attention.forward", _PATCHED + "vae.py)"),
+    # ---- diffusers: scheduler state read as plain tensors (rdfast/diffusion/sampler.py Schedule) -------------------
+    PrivateAPI("diffusers.schedulers.scheduling_flow_match_euler_discrete", "FlowMatchEulerDiscreteScheduler.sigmas",
+               "the flow noise levels of every step, the final one included"),
+    PrivateAPI("diffusers.schedulers.scheduling_ddim", "DDIMScheduler.alphas_cumprod", "alpha_bar per timestep"),
+    PrivateAPI("diffusers.schedulers.scheduling_ddim", "DDIMScheduler.final_alpha_cumprod",
+               "the level after DDIM's last step"),
+    PrivateAPI("diffusers.schedulers.scheduling_ddpm", "DDPMScheduler.alphas_cumprod", "alpha_bar per timestep"),
+    PrivateAPI("diffusers.schedulers.scheduling_ddpm", "DDPMScheduler.previous_timestep", "DDPM's step spacing"),
+    # ---- transformers, used by rdfast/diffusion/reward.py ----------------------------------------------------------
+    PrivateAPI("transformers.modeling_layers", "GradientCheckpointingLayer.gradient_checkpointing",
+               "switched on in the frozen reward model's layers for one backward (activation_checkpointing)"),
+    PrivateAPI("transformers.modeling_layers", "GradientCheckpointingLayer._gradient_checkpointing_func",
+               "the checkpoint function those layers call; set and restored by activation_checkpointing"),
+    # ---- torch, used by bench/refl_memory.py ------------------------------------------------------------------------
+    PrivateAPI("torch.utils._python_dispatch", "TorchDispatchMode",
+               "TensorPeak counts live tensor bytes on any device"),
+    PrivateAPI("torch.utils._pytree", "tree_flatten", "TensorPeak walks each operator's outputs"),
+)
+
+
+def lookup(module: str, path: str):
+    """The object a ``PrivateAPI`` row names, or AttributeError / ImportError when it no longer exists.
+
+    Args:
+        module: an importable module path, e.g. ``"diffusers.pipelines.flux.pipeline_flux"``.
+        path: a dotted attribute path inside it, e.g. ``"FluxPipeline._pack_latents"``; its last part may be an
+            instance attribute of a class or a parameter of a function (see the module docstring).
+
+    Returns:
+        the attribute itself; for an instance attribute, the class whose source uses it; for a parameter, its
+        ``inspect.Parameter``.
+    """
+    obj = importlib.import_module(module)
+    parts = path.split(".")
+    for i, name in enumerate(parts):
+        last = i == len(parts) - 1
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+        elif last and inspect.isclass(obj):
+            owners = [c for c in obj.__mro__ if c.__module__ != "builtins" and f"self.{name}" in _source(c)]
+            if not owners:
+                raise AttributeError(f"{module}.{path}: no 'self.{name}' in {obj.__name__} or its bases")
+            obj = owners[0]
+        elif last and callable(obj) and name in inspect.signature(obj).parameters:
+            obj = inspect.signature(obj).parameters[name]
+        else:
+            raise AttributeError(f"{module}.{path}: {name!r} not found")
+    return obj
+
+
+def _source(cls) -> str:
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):  # no source file (compiled or built-in): the attribute cannot be confirmed there
+        return ""
