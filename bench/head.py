@@ -33,8 +33,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from rdfast import ops  # noqa: E402
 from common import load_average, machine  # noqa: E402
+from rdfast import ops  # noqa: E402
 
 HEADS = {"7b": (3584, 152064), "small": (896, 32000)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "head.csv")
@@ -141,7 +141,7 @@ def measure(fns, repeats, device, memory, budget_s=5.0):
         n[name] = max(1, min(repeats, int(budget_s / max(first, 1e-9))))
         if first < 1.0:
             times[name], peak[name] = [], None
-    for r in range(repeats):
+    for _r in range(repeats):
         for name in fns:
             if len(times[name]) < n[name]:
                 call(name)
@@ -194,7 +194,7 @@ def main(argv=None):
                 for backward in (False,) if a.no_backward else (False, True):
                     passes = 2 if backward else 1
                     fns = {"read": flat.sum}  # the roofline, measured beside every case
-                    fns.update({name: (lambda name=name: step(name, hidden, weight, ids, backward))
+                    fns.update({name: (lambda name=name, h=hidden, w=weight, i=ids, b=backward: step(name, h, w, i, b))
                                 for name in ["full"] + names})
                     results = measure(fns, a.repeats, device, memory)
                     t_read = results.pop("read")[0]  # medians throughout

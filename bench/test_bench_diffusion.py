@@ -10,6 +10,7 @@ pytest.importorskip("peft")
 
 import refl_memory  # noqa: E402  bench/refl_memory.py (pytest puts this directory on sys.path)
 import search as search_bench  # noqa: E402  bench/search.py
+
 from rdfast.diffusion.testing import torch_threads  # noqa: E402
 
 

@@ -2,8 +2,8 @@
 few-second smoke). Real numbers come from bench/head.py. Nothing here asserts timings."""
 import pytest
 import torch
-
 from head import make_head, step  # bench/head.py (pytest puts this directory on sys.path)
+
 from rdfast import ops
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -7,9 +7,8 @@ CI runs them once with --benchmark-disable (a smoke that also checks rdfast equa
 import functools
 
 import pytest
-import torch
-
 import throughput as T
+import torch
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,15 +13,15 @@ skipped; the rest are kept. Output lines carry the input fields, the input line 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 
 from .demo import run_demo
 from .diffusion import cli as diffusion_cli
+from .errors import run_command
 from .model import RewardModel
 from .score_jsonl import score_file
 from .train import cli as train_cli
+
 
 def _load(args):
     device = args.device
@@ -72,7 +72,7 @@ def main(argv=None):
     for module in (train_cli, diffusion_cli):
         module.register(sub)
     args = parser.parse_args(argv)
-    args.func(args)
+    run_command(args.func, args, args.command)
 
 
 if __name__ == "__main__":

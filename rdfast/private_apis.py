@@ -31,6 +31,23 @@ _WAN_VAE = "diffusers.models.autoencoders.autoencoder_kl_wan"
 _PATCHED = "patched per instance in VAE decoders for per-submodule activation checkpointing (matched by class name; "
 
 PRIVATE_APIS: tuple[PrivateAPI, ...] = (
+    # ---- transformers: the scoring core (rdfast/engine.py, families/, attention.py) ------------------------
+    PrivateAPI("transformers.cache_utils", "DynamicCache.layers",
+               "a shared prefix's per-layer keys and values, expanded to each suffix batch (families/base.py)"),
+    PrivateAPI("transformers.cache_utils", "DynamicLayer.keys", "the prefix keys read per layer (families/base.py)"),
+    PrivateAPI("transformers.cache_utils", "DynamicLayer.values", "the prefix values read per layer (families/base.py)"),
+    PrivateAPI("transformers.configuration_utils", "PretrainedConfig._attn_implementation",
+               "switching the language model to rdfast's varlen attention (attention.py install)"),
+    PrivateAPI("transformers", "AttentionInterface._global_mapping",
+               "registering the varlen attention function once (attention.py install)"),
+    PrivateAPI("transformers.integrations.sdpa_attention", "sdpa_attention_forward",
+               "unpacked calls fall through to sdpa unchanged (attention.py)"),
+    PrivateAPI("transformers.masking_utils", "ALL_MASK_ATTENTION_FUNCTIONS",
+               "the sdpa mask builder reused for the varlen implementation (attention.py install)"),
+    PrivateAPI("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl", "smart_resize",
+               "Qwen2-VL's target image size, from the torchvision-free processor module (families/qwen2_vl.py)"),
+    PrivateAPI("transformers.models.got_ocr2.image_processing_pil_got_ocr2", "get_optimal_tiled_canvas",
+               "InternVL's tile grid, from the torchvision-free processor module (families/internvl.py)"),
     # ---- diffusers: pipeline internals (rdfast/diffusion/pipelines/) ------------------------------------------
     PrivateAPI(_FLUX, "calculate_shift",
                "the resolution-dependent timestep shift mu, set as FluxPipeline.__call__ sets it (flux.py; sd3.py "

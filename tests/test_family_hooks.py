@@ -13,6 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from conftest import load_rm
+from rdfast.engine import EngineOptions
 from rdfast.families.qwen2_vl import Qwen2VLFamily
 from rdfast.model import RewardModel
 from rdfast.testing import random_images
@@ -75,9 +76,12 @@ def hooked_model(seed: int) -> RewardModel:
 
 
 def logprobs(rm, items, **options):
-    rm.options = replace(rm.options, **options)
-    with torch.inference_mode():
-        return rm.item_logprobs(items)
+    saved, rm.options = rm.options, EngineOptions(**options)  # the defaults, changed only as given
+    try:
+        with torch.inference_mode():
+            return rm.item_logprobs(items)
+    finally:
+        rm.options = saved
 
 
 @pytest.mark.parametrize("batching", ["length", "padded", "varlen"])

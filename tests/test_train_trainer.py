@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from conftest import load_rm
 from rdfast import RewardModel
 from rdfast.testing import random_images, tiny_checkpoint
-from rdfast.train import (Collator, PreferenceRecord, RegressiveRewardModel, TrainConfig, Trainer, evaluate,
-                          load_trained, tune_tie_threshold)
+from rdfast.train import (
+    Collator,
+    PreferenceRecord,
+    RegressiveRewardModel,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    load_trained,
+    tune_tie_threshold,
+)
 from rdfast.train.cli import main as cli_main
 from rdfast.train.trainer import RewardTrainModule
 

@@ -4,13 +4,13 @@ import io
 import json
 
 import torch
+from test_video import clips
 
 from conftest import load_rm, save_frames
 from rdfast.testing import random_images, tiny_checkpoint
 from rdfast.train import Collator, PreferenceRecord, TrainConfig, evaluate, load_preferences, load_trained
 from rdfast.train.cli import main as cli_main
 from rdfast.train.trainer import RewardTrainModule
-from test_video import clips
 
 
 def seed_of(gen):

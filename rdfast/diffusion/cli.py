@@ -20,9 +20,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import InputError, run_command
 from ..model import RewardModel
+from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from .pipelines import load_pipeline
+from .pipelines.registry import resolve_pipeline
 from .refl import ReFLTrainer
 from .reward import PairwiseReward, PointwiseReward
 from .search import best_of_n, equal_nfe_k, pipeline_problem, search_over_paths
@@ -143,15 +146,16 @@ def _frames(args):
     return DEFAULT_FRAMES.get(_tiny_key(args.pipeline))
 
 
-def _load_rm(spec: str, device):
-    if spec.startswith("tiny:"):
-        spec = str(tiny_checkpoint(spec[5:]))
-    return RewardModel.from_pretrained(spec, device=device)
-
-
 def _check_spec(value: str, flag: str):
-    if not value.startswith("tiny:") and not os.path.isdir(value):
-        raise SystemExit(f"rdfast: {flag} {value!r} is not a local directory (rdfast never downloads)")
+    """Resolve a --pipeline or --reward/--verifier spec before any heavy work (one clear error otherwise)."""
+    try:
+        if flag == "--pipeline":
+            if not (value.startswith("tiny:") and value.endswith(":gpu")):
+                resolve_pipeline(value)
+        else:
+            resolve(value, tiny_checkpoint, "reward model")
+    except InputError as err:
+        raise InputError(f"{flag}: {err}") from err
 
 
 def cmd_refl(args):
@@ -161,7 +165,7 @@ def cmd_refl(args):
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
     pipe = load_pipeline(args.pipeline, device=args.device)
-    rm = _load_rm(args.reward, args.reward_device or args.device)
+    rm = RewardModel.from_pretrained(args.reward, device=args.reward_device or args.device)
     reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias,
                             num_frames=args.rm_frames)
     trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_frames=_frames(args),
@@ -194,7 +198,7 @@ def cmd_search(args):
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
     pipe = load_pipeline(args.pipeline, device=args.device)
-    verifier = PointwiseReward(_load_rm(args.verifier, args.verifier_device or args.device), args.instruction,
+    verifier = PointwiseReward(RewardModel.from_pretrained(args.verifier, device=args.verifier_device or args.device), args.instruction,
                                num_frames=args.rm_frames)
 
     def pil(img):
@@ -247,7 +251,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="rdfast")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    args.func(args)
+    run_command(args.func, args, args.command)
 
 
 if __name__ == "__main__":

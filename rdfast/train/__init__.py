@@ -9,12 +9,30 @@
 Paradigms: "pairwise" (generative, with a reference: the paper's main RM), "pointwise" (generative, the
 search verifier), "regressive" (scalar head, the baseline) and "cot" (pairwise with reasons).
 """
-from .data import (COT_FORMATS, LABELS, PARADIGMS, TIE, Batch, Collator, DataError, PreferenceDataset,
-                   PreferenceRecord, load_preferences, parse_label, save_preferences)
-from .evaluate import (accuracy, accuracy_with_ties, evaluate, load_trained, pair_probabilities,
-                       predict_with_ties, tune_tie_threshold)
-from .losses import (answer_ce, bradley_terry_loss, cot_loss, log_odds, pairwise_loss,
-                     pointwise_loss, sequence_logprobs)
+from .data import (
+                   COT_FORMATS,
+                   LABELS,
+                   PARADIGMS,
+                   TIE,
+                   Batch,
+                   Collator,
+                   DataError,
+                   PreferenceDataset,
+                   PreferenceRecord,
+                   load_preferences,
+                   parse_label,
+                   save_preferences,
+)
+from .evaluate import (
+                   accuracy,
+                   accuracy_with_ties,
+                   evaluate,
+                   load_trained,
+                   pair_probabilities,
+                   predict_with_ties,
+                   tune_tie_threshold,
+)
+from .losses import answer_ce, bradley_terry_loss, cot_loss, log_odds, pairwise_loss, pointwise_loss, sequence_logprobs
 from .regressive import RegressiveHead, RegressiveRewardModel
 from .trainer import TrainConfig, Trainer, list_checkpoints
 

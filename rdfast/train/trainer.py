@@ -36,8 +36,7 @@ from torch import nn
 from ..encoding import last_positions
 from ..reward_config import RewardConfig
 from .data import PARADIGMS, Collator
-from .losses import (IGNORE, TIES, bradley_terry_loss, cot_loss, pairwise_loss, pointwise_loss,
-                     sequence_logprobs)
+from .losses import IGNORE, TIES, bradley_terry_loss, cot_loss, pairwise_loss, pointwise_loss, sequence_logprobs
 from .regressive import RegressiveHead, hidden_size
 
 LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

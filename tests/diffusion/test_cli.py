@@ -17,10 +17,7 @@ def _one_thread():
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="rdfast")
-    cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    args.func(args)
+    cli.main(argv)
 
 
 def test_register_adds_both_subcommands():
@@ -58,16 +55,23 @@ def test_refl_command_trains_and_saves(tmp_path):
     assert (out / "final" / "pytorch_lora_weights.safetensors").exists()
 
 
-def test_bad_inputs_fail_before_loading(tmp_path):
+def test_bad_inputs_fail_before_loading(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: 'prompt'"):
         cli.read_prompts(str(bad))
     with pytest.raises(FileNotFoundError, match="--prompts"):
         cli.read_prompts(str(tmp_path / "missing.txt"))
-    with pytest.raises(SystemExit, match="--pipeline"):
+    with pytest.raises(SystemExit) as exit_info:
         run(["search", "--pipeline", str(tmp_path / "nope"), "--verifier", "tiny:qwen2_vl", "--prompt", "x",
              "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--pipeline" in err and "nope" in err  # a user error: one line, exit 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        run(["search", "--pipeline", "tiny:flux", "--verifier", "tiny:nofamily", "--prompt", "x",
+             "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "--verifier" in capsys.readouterr().err
 
 
 def test_video_commands_on_tiny_wan(tmp_path):

@@ -89,7 +89,7 @@ def test_graph_replay_equals_eager_on_gpu(batch):
     gen = torch.Generator(device="cpu").manual_seed(batch)
     graphed, _ = _sampler(dev, True)
     eager, _ = _sampler(dev, False)
-    for rep in range(2):  # new inputs each time: the static buffers are refilled, not stale
+    for _rep in range(2):  # new inputs each time: the static buffers are refilled, not stale
         x = torch.randn(batch, 4, 16, 16, generator=gen).to(dev)
         cond = torch.randn(batch, 32, generator=gen).to(dev)
         got = _run(graphed, x, cond)

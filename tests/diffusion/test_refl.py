@@ -9,7 +9,6 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from conftest import load_rm  # noqa: E402
-
 from rdfast.diffusion.refl import ReFLConfig, ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import PairwiseReward, activation_checkpointing, reward_fn  # noqa: E402
 from rdfast.diffusion.sampler import UnsupportedScheduler  # noqa: E402

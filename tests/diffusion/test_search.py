@@ -9,7 +9,6 @@ import torch
 pytest.importorskip("diffusers")
 
 from conftest import load_rm  # noqa: E402
-
 from rdfast.diffusion.gaussian_toy import GaussianMixture, toy_problem  # noqa: E402
 from rdfast.diffusion.reward import PointwiseReward  # noqa: E402
 from rdfast.diffusion.search import (  # noqa: E402

@@ -12,7 +12,6 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from conftest import load_rm  # noqa: E402
-
 from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.refl import ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import (  # noqa: E402

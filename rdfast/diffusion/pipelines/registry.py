@@ -1,11 +1,10 @@
 """The pipeline class -> wrapper table, ``adapt`` and ``load_pipeline``."""
 from __future__ import annotations
 
-import os
-
 import torch
 
-from ..testing import tiny_pipeline
+from ...resolve import resolve
+from ..testing import tiny_pipeline, tiny_pipeline_dir
 from .base import PipelineWrapper
 from .flux import FluxWrapper
 from .sd import SDWrapper
@@ -42,17 +41,26 @@ def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineWrappe
     return cls(pipe, guidance_scale, **kwargs)
 
 
+def tiny_pipeline_spec_dir(name: str):
+    """The directory of ``tiny:KIND[:SIZE]`` (the resolver's tiny form for pipelines)."""
+    kind, _, size = name.partition(":")
+    return tiny_pipeline_dir(kind, size or "tiny")
+
+
+def resolve_pipeline(spec: str) -> str:
+    """A local directory for a pipeline spec: a directory, ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` or a hub id."""
+    return resolve(spec, tiny_pipeline_spec_dir, "pipeline")
+
+
 def load_pipeline(spec: str, device=None, dtype=None):
-    """A diffusers pipeline from a local directory, or ``tiny:flux|sd3|sd|sdxl|wan`` for a tiny random one (no
-    network)."""
-    if spec.startswith("tiny:"):
-        kind, _, size = spec[5:].partition(":")
-        return tiny_pipeline(kind, size or "tiny", device=device or "cpu", dtype=dtype)
-    if not os.path.isdir(spec):
-        raise FileNotFoundError(f"pipeline {spec!r} is not a local directory (rdfast never downloads); "
-                                "use tiny:flux, tiny:sd3, tiny:sd, tiny:sdxl or tiny:wan for a tiny random pipeline")
+    """A diffusers pipeline from a local directory, a hub id, or ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` for a tiny
+    random one (rdfast.resolve). ``tiny:flux:gpu`` is built in memory on ``device`` and never cached."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("tiny:") and spec.endswith(":gpu"):
+        return tiny_pipeline(spec[5:].partition(":")[0], "gpu", device=device, dtype=dtype)
     from diffusers import DiffusionPipeline  # heavy
 
-    pipe = DiffusionPipeline.from_pretrained(spec, dtype=dtype or torch.float32, local_files_only=True)
+    pipe = DiffusionPipeline.from_pretrained(resolve_pipeline(spec), dtype=dtype or torch.float32,
+                                             local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return pipe.to(device)
