@@ -77,7 +77,7 @@ setup(
         "hf": HF,
         "triton": ["triton>=3.6"],
         "gpu": ["flash-attn>=2.6", "xformers>=0.0.28"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "ruff>=0.6"],
     },
     entry_points={"console_scripts": ["rdfast=rdfast.cli:main"]},
 )
