@@ -1,7 +1,7 @@
 """Image inputs: loading and validation, before any model work.
 
 rdfast accepts PIL images, file paths, float tensors [3, H, W] in [0, 1], or a batch tensor [N, 3, H, W].
-PIL images and paths stay PIL (so the family adapter can resize them exactly as the HF processor does);
+PIL images and paths stay PIL (so the VLM family can resize them exactly as the HF processor does);
 tensors stay tensors (so gradients reach the pixels).
 """
 from __future__ import annotations

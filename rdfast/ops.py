@@ -26,7 +26,8 @@ _CPP_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _TORCH_CHUNK_ELEMENTS = 1 << 23  # fp32 weight elements per step of the torch backend (32 MiB)
 
 
-def token_logprobs(hidden, weight, token_ids, bias=None, backend="auto"):
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, token_ids, bias: torch.Tensor | None = None,
+                   backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities over the full vocabulary of a few tokens, without a [B, V] logits buffer.
 
     Args:
@@ -48,7 +49,7 @@ def token_logprobs(hidden, weight, token_ids, bias=None, backend="auto"):
     return _Head.apply(hidden, weight, bias, ids, impl)
 
 
-def available_backends(device="cpu", dtype=torch.float32):
+def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
     """Names of the backends that can run for tensors of this device and dtype (besides "auto")."""
     probe = torch.empty(0, device=device, dtype=dtype)
     return [name for name in BACKENDS[1:] if _unavailable(name, probe) is None]
