@@ -354,7 +354,7 @@ def curve_callback(every, sets, paradigm, store, log):
         trainer.wrapped.eval()
         with torch.no_grad():
             for name, recs in sets.items():
-                p, kept = pair_probabilities(trainer._eval_model(), recs, paradigm, log=None)
+                p, kept = pair_probabilities(trainer.scoring_model(), recs, paradigm, log=None)
                 acc, _ = accuracy(p, [recs[i].label for i in kept])
                 store.setdefault(name, []).append({"step": step, "accuracy": acc})
         trainer.wrapped.train()

@@ -20,8 +20,11 @@ from collections import defaultdict
 import torch
 
 from ..errors import InputError
+from ..model import RewardModel
+from ..reward_config import RewardConfig
 from .data import TIE, media_group, media_kwargs
-from .regressive import RegressiveRewardModel, read_rdfast_config, run_batched
+from .explain import explain
+from .regressive import RegressiveRewardModel, run_batched
 
 
 def load_trained(path, device=None, dtype=None, **kwargs):
@@ -29,10 +32,8 @@ def load_trained(path, device=None, dtype=None, **kwargs):
 
     model is a ``RewardModel``, or a ``RegressiveRewardModel`` for the regressive paradigm.
     """
-    from ..model import RewardModel
-
-    config = read_rdfast_config(path)
-    paradigm = config.get("paradigm", "pairwise")
+    config = RewardConfig.load(path)
+    paradigm = (config.paradigm if config else None) or "pairwise"
     if paradigm == "regressive":
         return RegressiveRewardModel.from_pretrained(path, device=device, dtype=dtype, **kwargs), paradigm
     return RewardModel.from_pretrained(path, device=device, dtype=dtype, **kwargs), paradigm
@@ -81,8 +82,6 @@ def pair_probabilities(model, records, paradigm="pairwise", debias=False, batch_
     if paradigm not in ("pairwise", "cot"):
         raise ValueError(f"unknown paradigm {paradigm!r}")
     if paradigm == "cot" and cot_format == "reasons_first":
-        from .explain import explain
-
         kept, p = [], []
         for i, rec in enumerate(records):
             out = explain(rm, [rec.prompt], instruction=rec.instruction, cot_format="reasons_first",

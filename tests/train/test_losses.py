@@ -12,7 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdfast.train import (bradley_terry_loss, cot_loss, pairwise_loss, pointwise_loss, sequence_logprobs)
+from rdfast.train import (
+    bradley_terry_loss,
+    cot_loss,
+    pairwise_loss,
+    pointwise_loss,
+    sequence_logprobs,
+)
 from rdfast.train.losses import head_logprobs
 
 V = 97  # odd sizes on purpose
