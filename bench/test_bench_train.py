@@ -5,7 +5,8 @@ the report's shape. Nothing here asserts timings or accuracies.
 """
 import json
 
-from train_synthetic import main  # bench/train_synthetic.py (pytest puts this directory on sys.path)
+# bench/train_synthetic.py (pytest puts this directory on sys.path)
+from train_synthetic import main
 
 
 def test_train_synthetic_smoke(benchmark, tmp_path):

@@ -21,7 +21,7 @@ after a long plateau (a multiplicative text-image interaction); with captioning 
 caption``) all three reward models stayed at chance within the budget in our runs. The longer mixed
 warm-up first forms that matching circuit (its yes/no VQA accuracy is reported).
 
-    python bench/train_synthetic.py --json bench/results/train_synthetic.json   # ~12 min on 2 idle CPU cores
+    python bench/train_synthetic.py --json bench/results/train_synthetic.json   # minutes on CPU (see the report)
     python bench/train_synthetic.py --smoke --json /tmp/smoke.json               # seconds; plumbing only
 
 Writes the JSON report, a learning-curve PNG next to it, and prints a short table. Asserts nothing.
@@ -29,7 +29,6 @@ Writes the JSON report, a learning-curve PNG next to it, and prints a short tabl
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import random
 import shutil
@@ -38,10 +37,26 @@ import tempfile
 import time
 
 import torch
+from PIL import Image, ImageDraw
 
 from common import load_average, machine, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from rdfast import prompts as P
+from rdfast.model import Encoded, RewardModel
+from rdfast.testing import tiny_checkpoint
+from rdfast.train import (
+    PreferenceRecord,
+    TrainConfig,
+    Trainer,
+    accuracy,
+    evaluate,
+    load_trained,
+    pair_probabilities,
+    sequence_logprobs,
+)
+from rdfast.train.plots import smooth
 
 COLOURS = {"red": (215, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 195, 20)}
 SHAPES = ("circle", "square", "triangle")
@@ -54,10 +69,10 @@ VISION_FROZEN, VISION_LR_SCALE = 0.15, 0.3
 CAPTION_QUESTION = "Describe the image."
 
 PRESETS = {
-    "full": dict(size=56, train_pairs=8000, test_pairs=400, warmup_steps=6000, warmup_batch=16, steps=1200, batch=16,
-                 warmup_lr=1e-3, lr=3e-4, eval_every=150, curve_pairs=200),
-    "smoke": dict(size=56, train_pairs=32, test_pairs=8, warmup_steps=2, warmup_batch=4, steps=2, batch=4,
-                  warmup_lr=1e-3, lr=1e-4, eval_every=1, curve_pairs=8),
+    "full": {"size": 56, "train_pairs": 8000, "test_pairs": 400, "warmup_steps": 6000, "warmup_batch": 16,
+             "steps": 1200, "batch": 16, "warmup_lr": 1e-3, "lr": 3e-4, "eval_every": 150, "curve_pairs": 200},
+    "smoke": {"size": 56, "train_pairs": 32, "test_pairs": 8, "warmup_steps": 2, "warmup_batch": 4, "steps": 2,
+              "batch": 4, "warmup_lr": 1e-3, "lr": 1e-4, "eval_every": 1, "curve_pairs": 8},
 }
 MODEL = {}  # config overrides of rdfast.testing's tiny Qwen2-VL (text 64 x 2 layers, vision 64 x 2 blocks)
 
@@ -72,8 +87,6 @@ def phrase(colour, shape, count) -> str:
 
 def render(colour, shape, count, rng: random.Random, size: int):
     """A size x size RGB image with ``count`` non-overlapping shapes of one colour on a light background."""
-    from PIL import Image, ImageDraw
-
     shade = rng.randint(225, 250)
     img = Image.new("RGB", (size, size), (shade, shade, shade))
     draw = ImageDraw.Draw(img)
@@ -105,8 +118,6 @@ def combos(ood: bool):
 
 def make_pairs(n: int, rng: random.Random, size: int, ood: bool = False, instruction: str = INSTRUCTION):
     """n PreferenceRecords; record i's rejected image differs in attribute i % 3 (colour, shape, count)."""
-    from rdfast.train import PreferenceRecord
-
     pool = combos(ood)
     out = []
     for i in range(n):
@@ -143,9 +154,6 @@ def lm_items(rm, examples):
 
     examples: (messages, images, answer text); images fill the messages' image slots in order.
     """
-    from rdfast import prompts as P
-    from rdfast.model import Encoded
-
     tok = rm.tokenizer
     items, spans = [], []
     for k, (messages, images, answer) in enumerate(examples):
@@ -212,8 +220,6 @@ def warmup_examples(rng, pool, size, batch, instruction, mix="caption+vqa"):
     image 2.", "Describe the image." or "Repeat the text description.": the model learns to read each image
     slot and the description, the two things a judge compares.
     """
-    from rdfast import prompts as P
-
     tasks = WARMUP_MIXES[mix]
     out = []
     for k in range(batch):
@@ -239,8 +245,6 @@ def warmup_examples(rng, pool, size, batch, instruction, mix="caption+vqa"):
 
 def caption_logprob(rm, images, captions):
     """Summed log-probability of each caption given its image: [N] (teacher forcing)."""
-    from rdfast.train import sequence_logprobs
-
     inputs, labels = caption_items(rm, images, captions)
     logp = sequence_logprobs(rm, rm.hidden_states(inputs), labels)
     return torch.stack([x.sum() for x in logp.split((labels[:, 1:] != -100).sum(1).tolist())])
@@ -263,8 +267,6 @@ def caption_attribute_accuracy(rm, scenes, images) -> dict:
 
 def yes_no_accuracy(rm, rng, pool, size, n=96) -> float:
     """Held-out accuracy of one-attribute yes/no questions ("Are the shapes red?"), the model's answer token."""
-    from rdfast.train.losses import head_logprobs
-
     examples = []
     while len(examples) < n:
         scene = (*rng.choice(pool), rng.choice(list(COUNTS)))
@@ -276,7 +278,7 @@ def yes_no_accuracy(rm, rng, pool, size, n=96) -> float:
         first = (labels != -100).int().argmax(1)  # the answer token's position in each row
         hidden = rm.hidden_states(inputs)
         rows = torch.arange(len(examples))
-        logp = head_logprobs(rm, hidden[rows, first - 1], [rm.yes_token_id, rm.no_token_id])
+        logp = rm.head_logprobs(hidden[rows, first - 1], [rm.yes_token_id, rm.no_token_id])[0]
     pred = ["yes" if a > b else "no" for a, b in logp.tolist()]
     return sum(p == ex[2] for p, ex in zip(pred, examples)) / n
 
@@ -289,8 +291,7 @@ def warm_up(base_dir, out_dir, steps, batch, lr, size, seed, log, instruction=IN
     the language model first learns to read image tokens at all; trained together from the start, the
     drifting vision features kept the captions at chance in our runs.
     """
-    from rdfast import RewardModel
-    from rdfast.train import sequence_logprobs
+    from transformers import get_scheduler  # heavy
 
     rng = random.Random(seed + 17)
     torch.manual_seed(seed)
@@ -301,24 +302,24 @@ def warm_up(base_dir, out_dir, steps, batch, lr, size, seed, log, instruction=IN
     vision = list(model.model.visual.parameters())
     ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0}, {"params": vision, "scale": VISION_LR_SCALE}],
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * VISION_LR_SCALE}],
                             lr=lr, weight_decay=0.0)
+    # a 5% linear warm-up, then cosine: transformers' schedule, as the reward models below train
+    schedule = get_scheduler("cosine", opt, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
     pool = combos(ood=False)
     probe_scenes = [(*rng.choice(pool), rng.choice(list(COUNTS))) for _ in range(96)]
     probe_images = [render(*x, rng, size) for x in probe_scenes]
     history, probes, t0 = [], [], time.perf_counter()
     for step in range(steps):
         inputs, labels = lm_items(rm, warmup_examples(rng, pool, size, batch, instruction, mix))
-        decay = 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))  # cosine after a 5% linear warmup
-        base = lr * min(1.0, (step + 1) / max(1, steps // 20)) * decay
-        for g in opt.param_groups:
-            frozen = g["scale"] != 1.0 and step < VISION_FROZEN * steps
-            g["lr"] = 0.0 if frozen else base * g["scale"]
+        if step < VISION_FROZEN * steps:  # the vision tower waits (the schedule resets its lr every step)
+            opt.param_groups[1]["lr"] = 0.0
         logp = sequence_logprobs(rm, rm.hidden_states(inputs), labels)
         loss = -logp.mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        schedule.step()
         opt.zero_grad(set_to_none=True)
         history.append({"step": step + 1, "loss": loss.item()})
         if (step + 1) % max(1, steps // 5) == 0 or step + 1 == steps:
@@ -346,15 +347,13 @@ def warm_up(base_dir, out_dir, steps, batch, lr, size, seed, log, instruction=IN
 
 def curve_callback(every, sets, paradigm, store, log):
     """Trainer callback: held-out accuracy on small fixed subsets every ``every`` steps (rank 0 only)."""
-    from rdfast.train import accuracy, pair_probabilities
-
     def callback(trainer, step, logs):
         if step % every and step != trainer.config.max_steps:
             return
         trainer.wrapped.eval()
         with torch.no_grad():
             for name, recs in sets.items():
-                p, kept = pair_probabilities(trainer._eval_model(), recs, paradigm, log=None)
+                p, kept = pair_probabilities(trainer.scoring_model(), recs, paradigm, log=None)
                 acc, _ = accuracy(p, [recs[i].label for i in kept])
                 store.setdefault(name, []).append({"step": step, "accuracy": acc})
         trainer.wrapped.train()
@@ -365,8 +364,6 @@ def curve_callback(every, sets, paradigm, store, log):
 
 
 def train_paradigm(paradigm, base_dir, out_dir, train, sets, cfg, seed, log):
-    from rdfast.train import TrainConfig, Trainer, evaluate, load_trained
-
     config = TrainConfig(paradigm=paradigm, finetune="full", learning_rate=cfg["lr"], batch_size=cfg["batch"],
                          max_steps=cfg["steps"], warmup_steps=max(1, cfg["steps"] // 20), lr_schedule="cosine",
                          instruction=cfg["instruction"], seed=seed, progress=False, max_grad_norm=1.0)
@@ -384,12 +381,10 @@ def train_paradigm(paradigm, base_dir, out_dir, train, sets, cfg, seed, log):
 
 
 def plot(results, path):
-    import matplotlib
+    import matplotlib  # optional
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from rdfast.train.plots import smooth
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     warm = results["warmup_history"]
@@ -443,9 +438,6 @@ def main(argv=None):
         cfg["warmup_steps"] = args.warmup_steps
     log = sys.stderr
     torch.manual_seed(args.seed)
-    from rdfast.testing import tiny_checkpoint
-    from rdfast.train import evaluate  # noqa: F401  (fail early if the package is broken)
-
     t_start = time.perf_counter()
     base = tiny_checkpoint("qwen2_vl", **MODEL)
     rng = random.Random(args.seed)

@@ -8,9 +8,16 @@ from test_video import clips
 
 from conftest import load_rm, save_frames
 from rdfast.testing import random_images, tiny_checkpoint
-from rdfast.train import Collator, PreferenceRecord, TrainConfig, evaluate, load_preferences, load_trained
+from rdfast.train import (
+    Collator,
+    PreferenceRecord,
+    TrainConfig,
+    evaluate,
+    load_preferences,
+    load_trained,
+)
 from rdfast.train.cli import main as cli_main
-from rdfast.train.trainer import RewardTrainModule
+from rdfast.train.module import RewardTrainModule
 
 
 def seed_of(gen):
@@ -114,7 +121,7 @@ def test_tiny_video_training_run_learns_and_reloads_exactly(tmp_path, gen):
     again = evaluate(model, recs)
     assert again["probabilities"] == saved["probabilities"]  # bitwise: the same weights, frames and batches
     # learned the training pairs: P(the preferred clip) rose on average and most pairs are now right
-    right = lambda res: [p if r.label == 2 else 1 - p for p, r in zip(res["probabilities"], recs)]  # noqa: E731
+    right = lambda res: [p if r.label == 2 else 1 - p for p, r in zip(res["probabilities"], recs)]
     assert sum(right(again)) > sum(right(before)) + 0.5
     assert again["accuracy"] >= 0.75
     assert (out / "training_curves.png").stat().st_size > 1000

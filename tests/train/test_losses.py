@@ -12,8 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rdfast.train import bradley_terry_loss, cot_loss, pairwise_loss, pointwise_loss, sequence_logprobs
-from rdfast.train.losses import head_logprobs
+from rdfast.model import RewardModel
+from rdfast.train import (
+    bradley_terry_loss,
+    cot_loss,
+    pairwise_loss,
+    pointwise_loss,
+    sequence_logprobs,
+)
 
 V = 97  # odd sizes on purpose
 YES, NO = 11, 42
@@ -115,7 +121,9 @@ def test_bradley_terry_loss(ties, gen):
 
 
 class FakeRM:
-    """What sequence_logprobs / head_logprobs need of a RewardModel: ``model.get_output_embeddings()``."""
+    """A RewardModel reduced to its LM head: the real ``RewardModel.head_logprobs`` over ``model.get_output_embeddings()``."""
+
+    head_logprobs = RewardModel.head_logprobs
 
     def __init__(self, weight, bias=None):
         head = SimpleNamespace(weight=weight, bias=bias)  # the tensors themselves, so gradients reach them
@@ -160,7 +168,7 @@ def cot_ours(hidden, weight, labels, decision_pos, t, decision_weight, ties):
         mask = tok_labels[:, 1:] != -100
         tok = torch.log_softmax(logits[:, :-1][mask], -1).gather(1, tok_labels[:, 1:][mask][:, None])[:, 0]
     else:
-        dec = head_logprobs(rm, hidden[rows, decision_pos - 1], torch.tensor([YES, NO]))
+        dec = rm.head_logprobs(hidden[rows, decision_pos - 1], torch.tensor([YES, NO]))[0]
         tok_labels = labels.clone()
         tok_labels[rows, decision_pos] = -100
         tok = sequence_logprobs(rm, hidden, tok_labels)
@@ -198,7 +206,7 @@ def test_pairwise_loss_through_the_fused_head_float32(gen):
     weight = (torch.randn(V, H, generator=gen) / 3).requires_grad_()
     bias = torch.randn(V, generator=gen).requires_grad_()
     t = random_targets(N, gen).float()
-    ours = pairwise_loss(head_logprobs(FakeRM(weight, bias), hidden, torch.tensor([YES, NO])), t)
+    ours = pairwise_loss(FakeRM(weight, bias).head_logprobs(hidden, torch.tensor([YES, NO]))[0], t)
     g_ours = torch.autograd.grad(ours, (hidden, weight, bias))
     leaves = [x.detach().double().requires_grad_() for x in (hidden, weight, bias)]
     ref = soft_ce(leaves[0] @ leaves[1].T + leaves[2], t.double()).mean()

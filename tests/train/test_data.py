@@ -7,7 +7,13 @@ import torch
 
 from conftest import load_rm, write_images
 from rdfast.testing import random_images
-from rdfast.train import Collator, DataError, PreferenceRecord, load_preferences, parse_label
+from rdfast.train import (
+    Collator,
+    DataError,
+    PreferenceRecord,
+    load_preferences,
+    parse_label,
+)
 from rdfast.train.data import IGNORE
 
 

@@ -1,6 +1,6 @@
 """torchrun (2 CPU processes, gloo) equals one process; SIGKILL then resume equals an uninterrupted run.
 
-Each run is a subprocess executing this file as a script (``python tests/test_train_distributed.py ...`` or
+Each run is a subprocess executing this file as a script (``python tests/train/test_distributed.py ...`` or
 under ``torch.distributed.run``), on preference data written to a temporary folder.
 """
 import json
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))  # the repository: the subprocesses import its rdfast
 
 
 def write_data(folder, n, seed):
@@ -71,14 +71,14 @@ def weights(folder):
     return out
 
 
-@pytest.mark.parametrize("paradigm,finetune,packing", [("pairwise", "lora", True), ("regressive", "full", False)])
-def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune, packing):
-    """packing: the rows run through the scoring engine (its grouping differs between the 1- and 2-process
+@pytest.mark.parametrize("paradigm,finetune,batching", [("pairwise", "lora", "length"), ("regressive", "full", "auto")])
+def test_torchrun_two_processes_equal_one(tmp_path, paradigm, finetune, batching):
+    """batching="length": the rows run through the scoring engine (its grouping differs between the 1- and 2-process
     splits; DDP does not mind)."""
     seed = int.from_bytes(os.urandom(2), "little")
     data = write_data(tmp_path / "data", 12, seed)
     common = ["--data", data, "--paradigm", paradigm, "--finetune", finetune, "--steps", "3", "--batch", "4",
-              "--micro", "2", "--seed", str(seed), *(["--packing"] if packing else [])]
+              "--micro", "2", "--seed", str(seed), "--batching", batching]
     run([*common, "--out", str(tmp_path / "one")])  # one process, 2 micro-batches accumulated
     run([*common, "--out", str(tmp_path / "two")], nproc=2)  # two processes, one micro-batch each
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
@@ -125,6 +125,25 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path, paradigm, finetune):
         assert torch.equal(b[key], c[key]), key
 
 
+def test_ddp_checkpoint_resumes_bitwise(tmp_path):
+    """DDP (2 gloo processes): a checkpoint (full state dicts through torch.distributed.checkpoint) resumes
+    bitwise in a fresh folder."""
+    seed = int.from_bytes(os.urandom(2), "little")
+    data = write_data(tmp_path / "data", 12, seed)
+    common = ["--data", data, "--paradigm", "pairwise", "--finetune", "lora", "--steps", "4", "--batch", "4",
+              "--micro", "1", "--seed", str(seed)]
+    run([*common, "--out", str(tmp_path / "ddp"), "--save-every", "2"], nproc=2)
+    os.makedirs(tmp_path / "resumed" / "checkpoints")
+    os.rename(tmp_path / "ddp" / "checkpoints" / "checkpoint-00000002",
+              tmp_path / "resumed" / "checkpoints" / "checkpoint-00000002")
+    resumed = run([*common, "--out", str(tmp_path / "resumed"), "--resume"], nproc=2)
+    assert "at step 2" in resumed.stderr
+    a, b = weights(tmp_path / "ddp"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and len(a) > 0
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     seed = int.from_bytes(os.urandom(2), "little")
     data = write_data(tmp_path / "data", 12, seed)
@@ -164,12 +183,11 @@ def driver(argv):
     for name in ("--steps", "--batch", "--micro", "--seed", "--save-every", "--kill-at"):
         parser.add_argument(name, type=int, default=0)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--packing", action="store_true")
+    parser.add_argument("--batching", default="auto")
     args = parser.parse_args(argv)
 
     from rdfast.testing import tiny_checkpoint
-    from rdfast.train import TrainConfig, Trainer, load_preferences
-    from rdfast.train import trainer as trainer_module
+    from rdfast.train import TrainConfig, Trainer, checkpoints, load_preferences
 
     if args.kill_at:
         real_replace = os.replace
@@ -179,12 +197,12 @@ def driver(argv):
                 os.kill(os.getpid(), signal.SIGKILL)
             return real_replace(src, dst)
 
-        trainer_module.os.replace = replace
+        checkpoints.os.replace = replace
     config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4,
                          batch_size=args.batch, micro_batch_size=args.micro, max_steps=args.steps, seed=args.seed,
                          save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1,
                          strategy=args.strategy, eval_every=2 if args.val else 0,
-                         packing=True if args.packing else "auto")
+                         batching=args.batching)
     val = load_preferences(args.val) if args.val else None
     trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, load_preferences(args.data), val, output_dir=args.out)
     trainer.train(resume="auto" if args.resume else None)

@@ -1,0 +1,130 @@
+"""Trainer on a tiny Qwen2-VL: training runs of each paradigm, reload exactness, LoRA targets, accumulation,
+bf16, and the LR schedule."""
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from rdfast.testing import tiny_checkpoint
+from rdfast.train import (
+    RegressiveRewardModel,
+    TrainConfig,
+    Trainer,
+    evaluate,
+    load_trained,
+)
+from rdfast.train.trainer import lr_scheduler
+
+from .common import records, seed_of
+
+
+def train(tmp_path, paradigm, finetune, recs, val, **overrides):
+    config = TrainConfig(paradigm=paradigm, finetune=finetune, batch_size=4, micro_batch_size=2, max_steps=3,
+                         learning_rate=3e-3, lora_r=4, progress=False, instruction="quality", **overrides)
+    trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, recs, val, output_dir=tmp_path / "out", log=io.StringIO())
+    return trainer, trainer.train()
+
+
+@pytest.mark.parametrize("paradigm,finetune", [("pairwise", "lora"), ("regressive", "lora"), ("pointwise", "full")])
+def test_trained_directory_reloads_and_reproduces_its_accuracy(tmp_path, paradigm, finetune, gen):
+    recs = records(14, seed_of(gen))
+    _, result = train(tmp_path, paradigm, finetune, recs[:8], recs[8:], eval_every=2)
+    out = tmp_path / "out"
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["accuracy"] == result["eval"]["accuracy"] and saved["n_accuracy"] == 4
+    config = json.loads((out / "rdfast_config.json").read_text())
+    assert config["paradigm"] == paradigm and config["instruction"] == "quality"
+    assert (config.get("base_model") is not None) == (finetune == "lora")  # RewardConfig writes every field
+    model, par = load_trained(out, device="cpu")
+    assert par == paradigm
+    assert isinstance(model, RegressiveRewardModel) == (paradigm == "regressive")
+    again = evaluate(model, recs[8:], paradigm=paradigm)
+    assert again["accuracy"] == saved["accuracy"]
+    assert again["probabilities"] == saved["probabilities"]  # bitwise: the same weights, the same batches
+    rm = model.rm if paradigm == "regressive" else model
+    assert rm.instruction == "quality" and rm.normalize == "vocab"
+    history = json.loads((out / "train_history.json").read_text())
+    assert [h["step"] for h in history["history"]] == [1, 2, 3]
+    assert [e["step"] for e in history["evals"]] == [2, 3]
+    assert (out / "training_curves.png").stat().st_size > 1000
+
+
+def test_lora_trains_only_the_language_model_projections(tmp_path, gen):
+    recs = records(8, seed_of(gen))
+    trainer = Trainer(tiny_checkpoint("qwen2_vl"), TrainConfig(batch_size=4, max_steps=1, lora_r=2, progress=False),
+                      recs, output_dir=tmp_path, log=io.StringIO())
+    names = [n for n, _ in trainer.named_trainable]
+    assert names and all("lora_" in n and "language_model" in n for n in names)
+    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"}
+    before = {n: p.detach().clone() for n, p in trainer.named_trainable}
+    frozen = trainer.rm.model.get_output_embeddings().weight.detach().clone()
+    trainer.train_step()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.named_trainable)
+    assert torch.equal(frozen, trainer.rm.model.get_output_embeddings().weight)
+
+
+def test_gradient_checkpointing_and_accumulation_do_not_change_the_step(tmp_path, gen):
+    """Same global batch: (micro 4, no checkpointing) == (micro 1 x 4 accumulated, checkpointing)."""
+    recs = records(8, seed_of(gen))
+    states = []
+    for micro, ckpt in ((4, False), (1, True)):
+        config = TrainConfig(paradigm="pairwise", finetune="full", batch_size=4, micro_batch_size=micro, max_steps=2,
+                             gradient_checkpointing=ckpt, learning_rate=1e-3, progress=False)
+        trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, recs, output_dir=tmp_path / str(micro), log=io.StringIO())
+        logs = [trainer.train_step(), trainer.train_step()]
+        states.append(({n: p.detach().clone() for n, p in trainer.named_trainable}, logs))
+    (a, la), (b, lb) = states
+    for x, y in zip(la, lb):
+        assert abs(x["loss"] - y["loss"]) < 1e-5
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-5, rtol=0, msg=n)
+
+
+def test_bf16_autocast_step_is_close_to_float32(tmp_path, gen):
+    recs = records(4, seed_of(gen))
+    losses = []
+    for bf16 in (False, True):
+        config = TrainConfig(paradigm="pointwise", finetune="lora", batch_size=4, max_steps=1, bf16=bf16,
+                             progress=False)
+        trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, recs, output_dir=tmp_path / str(bf16), log=io.StringIO())
+        losses.append(trainer.train_step()["loss"])
+        assert all(p.dtype == torch.float32 for _, p in trainer.named_trainable)  # float32 master weights
+    assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0]) and losses[0] != losses[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The learning-rate schedule
+
+
+def reference_factor(schedule, step, warmup, total):
+    """Written by hand: linear warm-up from 0 (step / warmup), then constant, linear or cosine decay to 0."""
+    if step < warmup:
+        return step / warmup
+    progress = (step - warmup) / (total - warmup)
+    return {"constant": 1.0, "linear": 1.0 - progress, "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[schedule]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_lr_schedule_equals_the_hand_written_reference(schedule, warmup):
+    weight, head = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [weight], "lr": 0.5}, {"params": [head], "lr": 0.25}])
+    scheduler = lr_scheduler(optimizer, TrainConfig(lr_schedule=schedule, warmup_steps=warmup, max_steps=11))
+    for step in range(11):
+        factor = reference_factor(schedule, step, warmup, 11)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5 * factor, abs=1e-15), step
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(0.25 * factor, abs=1e-15), step
+        optimizer.step()
+        scheduler.step()
+
+
+def test_trainer_logs_the_scheduled_lr(tmp_path, gen):
+    recs = records(8, seed_of(gen))
+    config = TrainConfig(batch_size=4, max_steps=3, lr_schedule="linear", warmup_steps=2, learning_rate=1e-3,
+                         lora_r=2, progress=False)
+    trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, recs, output_dir=tmp_path, log=io.StringIO())
+    lrs = [trainer.train_step()["lr"] for _ in range(3)]
+    assert lrs == pytest.approx([1e-3 * reference_factor("linear", s, 2, 3) for s in range(3)], abs=1e-15)
