@@ -44,7 +44,8 @@ from common import load_average, machine, write_json
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from rdfast import prompts as P
-from rdfast.model import Encoded, RewardModel
+from rdfast.encoding import EncodedItem
+from rdfast.model import RewardModel
 from rdfast.testing import tiny_checkpoint
 from rdfast.train import (
     PreferenceRecord,
@@ -161,7 +162,7 @@ def lm_items(rm, examples):
         text = rm.family.expand_placeholders(P.render(tok, messages, rm.family.image_placeholder), encs)
         ids = tok(text, add_special_tokens=False)["input_ids"]
         target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        items.append(Encoded(ids + target, encs, answer, None, k))
+        items.append(EncodedItem(ids + target, encs, answer, None, k))
         spans.append((len(ids), len(target)))
     inputs = rm.collate(items, "right")
     labels = torch.full(inputs["input_ids"].shape, -100, dtype=torch.long)

@@ -118,6 +118,10 @@ class Qwen2VLFamily(Family):
         Text advances all three by one per token. A media item's tokens sit on its merged grid starting at
         the current position (Qwen2.5-VL spaces video time steps by tokens_per_second * seconds per
         temporal patch); the text after it resumes at start + max(grid_h, grid_w) / merge_size.
+
+        Why not transformers' ``get_rope_index``: it is a method of the loaded model over padded batches whose
+        signature changes within 5.x; the engine needs one unpadded sequence from the config alone. The
+        tests check this against it (tests/test_engine.py, tests/test_video.py).
         """
         is_media = torch.isin(torch.tensor(input_ids), torch.tensor(self.media_token_ids)).tolist()
         positions = torch.empty(3, len(input_ids), dtype=torch.long)
