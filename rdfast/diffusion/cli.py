@@ -128,8 +128,8 @@ def _prompts(args) -> list[str]:
 
 
 def _tiny_key(spec: str):
-    kind, _, size = spec[5:].partition(":")
-    return kind, size or "tiny"
+    generator, _, size = spec[5:].partition(":")
+    return generator, size or "tiny"
 
 
 def _size(args):

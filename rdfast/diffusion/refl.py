@@ -268,10 +268,10 @@ class ReFLTrainer:
         t, level = s.training_levels(x0.shape[0], self.generator)
         eps = torch.randn(x0.shape, generator=self.generator).to(x0.device)
         level = level.to(x0.device)
-        xt = combine(x0, eps, level, s.kind).to(wrapper.dtype)
+        xt = combine(x0, eps, level, s.process).to(wrapper.dtype)
         with self._autocast():
             out = wrapper.predict(xt, t.to(wrapper.device, wrapper.dtype), *wrapper.positive(wrapper.encode(prompts)))
-        target = training_target(x0, eps, level, s.kind, s.prediction)
+        target = training_target(x0, eps, level, s.process, s.prediction)
         return torch.nn.functional.mse_loss(out.float(), target)
 
     def step(self, prompts, pretrain: tuple | None = None) -> dict:

@@ -8,7 +8,7 @@ Every Gaussian forward process rdfast meets is  x = alpha(level) * x0 + sigma(le
         alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar)   (the model predicts eps, v or x0)
 
 so each concept below is written once, in terms of (alpha, sigma):
-  ``coefficients``  level -> (alpha, sigma)                       (the only place the two kinds differ)
+  ``coefficients``  level -> (alpha, sigma)                       (the only place the two processes differ)
   ``split``         model output -> (x0, eps)                     (x0 prediction; flow: x0 = x_t - sigma v)
   ``combine``       (x0, eps) at a level                          (the deterministic update and add-noise)
   ``renoise``       x at a lower level -> a higher level, exactly (forward re-noising, for search)
@@ -39,14 +39,14 @@ class UnsupportedScheduler(ValueError):
 
 
 # ---- the formulas (each written once) --------------------------------------------------------------------
-def coefficients(level: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def coefficients(level: torch.Tensor, process: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(alpha, sigma) of x = alpha * x0 + sigma * eps at ``level`` (flow: sigma; vp: alpha_bar). Same shape as level."""
     level = torch.as_tensor(level)
-    if kind == FLOW:
+    if process == FLOW:
         return 1.0 - level, level
-    if kind == VP:
+    if process == VP:
         return level.sqrt(), (1.0 - level).clamp_min(0).sqrt()
-    raise ValueError(f"kind must be {FLOW!r} or {VP!r}, got {kind!r}")
+    raise ValueError(f"process must be {FLOW!r} or {VP!r}, got {process!r}")
 
 
 def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def _bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
-def split(model_output: torch.Tensor, x: torch.Tensor, level, kind: str, prediction: str,
+def split(model_output: torch.Tensor, x: torch.Tensor, level, process: str, prediction: str,
           clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) predicted from a model output at ``level``; both float32 with x's shape.
 
@@ -63,7 +63,7 @@ def split(model_output: torch.Tensor, x: torch.Tensor, level, kind: str, predict
     (v = alpha eps - sigma x0) or "sample". ``clip`` clamps x0 to [-clip, clip] (DDIM's clip_sample); eps keeps
     the model's value, as diffusers' DDIM does.
     """
-    a, s = (_bcast(c, x) for c in coefficients(torch.as_tensor(level), kind))
+    a, s = (_bcast(c, x) for c in coefficients(torch.as_tensor(level), process))
     x, out = x.float(), model_output.float()
     if prediction == "flow":
         x0, eps = x - s * out, x + a * out
@@ -80,13 +80,13 @@ def split(model_output: torch.Tensor, x: torch.Tensor, level, kind: str, predict
     return x0, eps
 
 
-def combine(x0: torch.Tensor, eps: torch.Tensor, level, kind: str) -> torch.Tensor:
+def combine(x0: torch.Tensor, eps: torch.Tensor, level, process: str) -> torch.Tensor:
     """alpha(level) * x0 + sigma(level) * eps: the forward process (add-noise) and the deterministic update."""
-    a, s = (_bcast(c, x0) for c in coefficients(torch.as_tensor(level), kind))
+    a, s = (_bcast(c, x0) for c in coefficients(torch.as_tensor(level), process))
     return a * x0 + s * eps
 
 
-def renoise(x: torch.Tensor, level_from, level_to, kind: str, noise: torch.Tensor) -> torch.Tensor:
+def renoise(x: torch.Tensor, level_from, level_to, process: str, noise: torch.Tensor) -> torch.Tensor:
     """Exact forward re-noising of x from a lower noise level to a higher one.
 
     With x = a x0 + s e1 and target x' = a' x0 + s' e:  x' = (a'/a) x + sqrt(s'^2 - (a'/a)^2 s^2) * noise.
@@ -95,8 +95,8 @@ def renoise(x: torch.Tensor, level_from, level_to, kind: str, noise: torch.Tenso
     (the common x_t + sqrt(s^2 - t^2) eps is wrong for rectified flow: it keeps x0's scale at 1 - t).
     x: [B, ...]; noise: standard normal, x's shape. Returns x's dtype.
     """
-    a0, s0 = coefficients(torch.as_tensor(level_from, dtype=torch.float64), kind)
-    a1, s1 = coefficients(torch.as_tensor(level_to, dtype=torch.float64), kind)
+    a0, s0 = coefficients(torch.as_tensor(level_from, dtype=torch.float64), process)
+    a1, s1 = coefficients(torch.as_tensor(level_to, dtype=torch.float64), process)
     if bool((a0 <= 0).any()):
         raise ValueError("cannot re-noise from pure noise (alpha = 0 at the starting level)")
     ratio = a1 / a0
@@ -112,9 +112,9 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tenso
     return uncond + scale * (cond - uncond)
 
 
-def training_target(x0: torch.Tensor, eps: torch.Tensor, level, kind: str, prediction: str) -> torch.Tensor:
+def training_target(x0: torch.Tensor, eps: torch.Tensor, level, process: str, prediction: str) -> torch.Tensor:
     """What the denoiser is trained to output at ``level`` (for the pretraining loss mixed into ReFL)."""
-    a, s = (_bcast(c, x0) for c in coefficients(torch.as_tensor(level), kind))
+    a, s = (_bcast(c, x0) for c in coefficients(torch.as_tensor(level), process))
     if prediction == "flow":
         return eps - x0
     if prediction == "epsilon":
@@ -148,7 +148,7 @@ class Schedule:
     "leading" spacing levels[i] == model_levels[i]; DDIM steps to alpha_bar[t - 1000 // T], exactly as diffusers.
     """
 
-    kind: str
+    process: str
     prediction: str
     timesteps: torch.Tensor
     model_levels: torch.Tensor
@@ -164,8 +164,8 @@ class Schedule:
         return len(self.timesteps)
 
     def noise_std(self, i: int) -> float:
-        """sigma of the state before step i (a kind-independent noise level, for reports)."""
-        return float(coefficients(self.levels[i], self.kind)[1])
+        """sigma of the state before step i (a process-independent noise level, for reports)."""
+        return float(coefficients(self.levels[i], self.process)[1])
 
     @classmethod
     def from_scheduler(cls, scheduler) -> "Schedule":
@@ -212,7 +212,7 @@ class Schedule:
 
     def training_levels(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(model timesteps [n], levels [n]) drawn as in pretraining: flow sigma ~ U(0, 1), VP t ~ U{0..T-1}."""
-        if self.kind == FLOW:
+        if self.process == FLOW:
             sigma = torch.rand(n, generator=generator, dtype=torch.float64)
             return sigma * 1000.0, sigma  # diffusers' flow timesteps are sigma * num_train_timesteps
         t = torch.randint(0, len(self.train_levels), (n,), generator=generator)
@@ -254,8 +254,8 @@ class Sampler:
         """One deterministic step from tensors only (so it can be graph-captured): (x_next, x0), x's dtype."""
         s = self.schedule
         out = self.denoiser(x, t, *cond)
-        x0, eps = split(out, x, level, s.kind, s.prediction, s.clip)
-        return combine(x0, eps, level_next, s.kind).to(x.dtype), x0.to(x.dtype)
+        x0, eps = split(out, x, level, s.process, s.prediction, s.clip)
+        return combine(x0, eps, level_next, s.process).to(x.dtype), x0.to(x.dtype)
 
     def step(self, x: torch.Tensor, i: int, cond=(), generator=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Step i (0 <= i < T): the state before step i -> (state after it, x0 predicted at step i), x's shape/dtype."""
@@ -266,7 +266,7 @@ class Sampler:
         self.nfe.denoiser += x.shape[0] * self.evals_per_step
         if not s.rewindable:  # stochastic (DDPM): the scheduler's own step, eager
             out = self.denoiser(x, t, *cond)
-            x0, _ = split(out, x, s.model_levels[i], s.kind, s.prediction, s.clip)
+            x0, _ = split(out, x, s.model_levels[i], s.process, s.prediction, s.clip)
             nxt = s.scheduler.step(out, int(s.timesteps[i]), x, generator=generator, return_dict=False)[0]
             return nxt.to(x.dtype), x0.to(x.dtype)
         level, level_next = self._levels(i, x.device)
@@ -290,9 +290,9 @@ class Sampler:
         s.require_rewindable()
         if not 0 <= to_index < state_index <= s.num_steps:
             raise IndexError(f"re-noising goes back: need 0 <= to ({to_index}) < from ({state_index}) <= {s.num_steps}")
-        return renoise(x, s.levels[state_index], s.model_levels[to_index], s.kind, noise)
+        return renoise(x, s.levels[state_index], s.model_levels[to_index], s.process, noise)
 
 
-def sigma_of(level: float, kind: str) -> float:
+def sigma_of(level: float, process: str) -> float:
     """The noise standard deviation at a level (flow: the level itself; VP: sqrt(1 - alpha_bar))."""
-    return float(level) if kind == FLOW else math.sqrt(max(0.0, 1.0 - float(level)))
+    return float(level) if process == FLOW else math.sqrt(max(0.0, 1.0 - float(level)))

@@ -1,7 +1,7 @@
 """Tiny, randomly initialised diffusers pipelines (FLUX, SD3, SD 1.5 and SDXL with DDIM, Wan 2.1 text-to-video)
 built from configs.
 
-``tiny_pipeline_dir(kind)`` writes a directory laid out like a real diffusers checkpoint (model_index.json,
+``tiny_pipeline_dir(generator)`` writes a directory laid out like a real diffusers checkpoint (model_index.json,
 one folder per component, offline tokenizers), so code under test loads it through the same
 ``DiffusionPipeline.from_pretrained`` call as a real model. Nothing touches the network.
 
@@ -25,7 +25,7 @@ import tempfile
 
 import torch
 
-KINDS = ("flux", "sd3", "sd", "sdxl", "wan")
+GENERATORS = ("flux", "sd3", "sd", "sdxl", "wan")
 SIZES = ("tiny", "bench", "gpu")
 BUILD_VERSION = 2  # bump whenever the built files change, so stale caches are not reused
 
@@ -126,7 +126,7 @@ def _vae(channels: tuple, latent_channels: int, **extra):
                          **extra)
 
 
-def _build(kind: str, size: str, seed: int):
+def _build(generator: str, size: str, seed: int):
     from diffusers import (  # heavy
         DDIMScheduler,
         FlowMatchEulerDiscreteScheduler,
@@ -141,10 +141,10 @@ def _build(kind: str, size: str, seed: int):
     torch.manual_seed(seed)  # same seed -> same weights
     bench = size == "bench"
     if size == "gpu":
-        if kind != "flux":
-            raise ValueError("size='gpu' exists for kind='flux' only")
+        if generator != "flux":
+            raise ValueError("size='gpu' exists for generator='flux' only")
         return _flux_shaped()
-    if kind == "flux":
+    if generator == "flux":
         clip, t5 = clip_tokenizer(), t5_tokenizer()
         # bench: 4 VAE blocks (8x) with 64 channels, so 256 px images give 32x32 latents (256 packed tokens)
         vae = _vae((64,) * 4 if bench else (4,), 4 if bench else 1, shift_factor=0.1159, scaling_factor=0.3611,
@@ -159,7 +159,7 @@ def _build(kind: str, size: str, seed: int):
                                                 base_image_seq_len=256, max_image_seq_len=4096)
         return FluxPipeline(scheduler=sched, vae=vae, text_encoder=_clip_text(clip), tokenizer=clip,
                             text_encoder_2=_t5_text(t5, 32), tokenizer_2=t5, transformer=transformer)
-    if kind == "sd3":
+    if generator == "sd3":
         clip, t5 = clip_tokenizer(), t5_tokenizer()
         # two VAE blocks: the latent is half the image side (a one-block VAE makes 64 px images slow)
         vae = _vae((8, 16), 4, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False,
@@ -174,7 +174,7 @@ def _build(kind: str, size: str, seed: int):
             text_encoder=_clip_text(clip, 32, projection=32), tokenizer=clip,
             text_encoder_2=_clip_text(clip, 32, projection=32), tokenizer_2=clip,
             text_encoder_3=_t5_text(t5, 64), tokenizer_3=t5)
-    if kind == "sd":
+    if generator == "sd":
         clip = clip_tokenizer()
         vae = _vae((8, 16), 4, scaling_factor=0.18215)
         unet = UNet2DConditionModel(
@@ -188,9 +188,9 @@ def _build(kind: str, size: str, seed: int):
         return StableDiffusionPipeline(vae=vae, text_encoder=_clip_text(clip), tokenizer=clip, unet=unet,
                                        scheduler=sched, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
-    if kind == "wan":
+    if generator == "wan":
         return _wan(bench)
-    if kind == "sdxl":
+    if generator == "sdxl":
         from diffusers import StableDiffusionXLPipeline  # heavy
 
         clip = clip_tokenizer()
@@ -208,7 +208,7 @@ def _build(kind: str, size: str, seed: int):
         return StableDiffusionXLPipeline(vae=vae, text_encoder=_clip_text(clip),
                                          text_encoder_2=_clip_text(clip, 32, 32), tokenizer=clip, tokenizer_2=clip,
                                          unet=unet, scheduler=sched, add_watermarker=False)
-    raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
+    raise ValueError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
 
 
 def _flux_shaped():
@@ -240,26 +240,28 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("RDFAST_CACHE") or pathlib.Path.home() / ".cache" / "rdfast" / "tiny")
 
 
-def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=None) -> pathlib.Path:
-    """Directory of a tiny random diffusers pipeline (``kind`` in KINDS, ``size`` in SIZES), built once and cached.
+def tiny_pipeline_dir(generator: str, size: str = "tiny", seed: int = 0, cache_dir=None) -> pathlib.Path:
+    """Directory of a tiny random diffusers pipeline (``generator`` in GENERATORS, ``size`` in SIZES), built once
+    and cached.
 
     size="tiny": 32 px images, one or two blocks everywhere (tests; Wan: 9 frames). size="bench": FLUX at 256 px with
     a 64-channel four-block VAE and eight transformer blocks of width 128, Wan at 64 px and 17 frames with Wan
     2.1's VAE channel multipliers, so that activations dominate memory (bench/refl_memory.py).
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown pipeline kind {kind!r}; expected one of {KINDS}")
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}; expected one of {GENERATORS}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
     root = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = hashlib.sha256(json.dumps({"v": BUILD_VERSION, "kind": kind, "size": size}).encode()).hexdigest()[:10]
-    path = root / f"pipe-{kind}-{size}-seed{seed}-{key}"
+    spec = {"v": BUILD_VERSION, "generator": generator, "size": size}
+    key = hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:10]
+    path = root / f"pipe-{generator}-{size}-seed{seed}-{key}"
     if (path / "model_index.json").exists():
         return path
     root.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=root))
     try:
-        _build(kind, size, seed).save_pretrained(tmp, safe_serialization=True)
+        _build(generator, size, seed).save_pretrained(tmp, safe_serialization=True)
         os.chmod(tmp, 0o755)
         try:
             os.replace(tmp, path)  # atomic: readers see nothing or a complete pipeline
@@ -271,7 +273,7 @@ def tiny_pipeline_dir(kind: str, size: str = "tiny", seed: int = 0, cache_dir=No
     return path
 
 
-def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
+def tiny_pipeline(generator: str, size: str = "tiny", seed: int = 0, device="cpu", dtype=None):
     """A tiny diffusers pipeline loaded from ``tiny_pipeline_dir`` (float32 on CPU unless ``dtype``).
 
     size="gpu" (FLUX only) is built in memory on ``device`` and never cached: FLUX-shaped blocks,
@@ -281,11 +283,11 @@ def tiny_pipeline(kind: str, size: str = "tiny", seed: int = 0, device="cpu", dt
 
     if size == "gpu":
         with torch.device(device):
-            pipe = _build(kind, size, seed)
+            pipe = _build(generator, size, seed)
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device) if dtype is None else pipe.to(device, dtype)
 
-    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir(kind, size, seed), dtype=dtype or torch.float32,
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipeline_dir(generator, size, seed), dtype=dtype or torch.float32,
                                              local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -10,7 +10,7 @@ from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.sampler import Sampler  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
-KINDS = ("flux", "sd3", "sd", "sdxl")
+GENERATORS = ("flux", "sd3", "sd", "sdxl")
 
 
 @pytest.fixture(autouse=True)
@@ -20,14 +20,14 @@ def _one_thread():
 
 
 @functools.lru_cache(maxsize=None)
-def pipe_of(kind):
-    return tiny_pipeline(kind)
+def pipe_of(generator):
+    return tiny_pipeline(generator)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_sampling_equals_pipeline_call(kind, gen):
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_sampling_equals_pipeline_call(generator, gen):
     """Same starting latents: our sampler + decode reproduces ``pipe(...)`` (guidance included)."""
-    pipe = pipe_of(kind)
+    pipe = pipe_of(generator)
     wrapper = adapt(pipe, guidance_scale=4.0)
     prompts = ["a red fox in the snow", "a blue car"]
     x = wrapper.noise(2, 32, 32, gen)
@@ -39,12 +39,12 @@ def test_sampling_equals_pipeline_call(kind, gen):
                output_type="pt").images
     assert ours.shape == ref.shape == (2, 3, 32, 32)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    assert sampler.nfe.denoiser == 2 * 3 * (1 if kind == "flux" else 2)  # FLUX: distilled guidance, 1 evaluation
+    assert sampler.nfe.denoiser == 2 * 3 * (1 if generator == "flux" else 2)  # FLUX: distilled guidance, 1 evaluation
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_decode_is_differentiable_and_checkpointed_equal(kind, gen):
-    wrapper = adapt(pipe_of(kind))
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_decode_is_differentiable_and_checkpointed_equal(generator, gen):
+    wrapper = adapt(pipe_of(generator))
     z = wrapper.noise(2, 32, 32, gen).requires_grad_(True)
     w = torch.rand(2, 3, 32, 32, generator=gen)
     grads = []
@@ -59,9 +59,9 @@ def test_decode_is_differentiable_and_checkpointed_equal(kind, gen):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4 * scale)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_encode_images_roundtrip_shape(kind, gen):
-    wrapper = adapt(pipe_of(kind))
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_encode_images_roundtrip_shape(generator, gen):
+    wrapper = adapt(pipe_of(generator))
     lat = wrapper.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
     assert lat.shape == wrapper.noise(2, 32, 32, gen).shape
 

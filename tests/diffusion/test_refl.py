@@ -15,7 +15,7 @@ from rdfast.diffusion.sampler import UnsupportedScheduler  # noqa: E402
 from rdfast.diffusion.search import pipeline_problem  # noqa: E402
 from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
 
-KINDS = ("flux", "sd3", "sd", "sdxl")
+GENERATORS = ("flux", "sd3", "sd", "sdxl")
 SMALL = dict(height=32, width=32, num_steps=4, late_range=(0.5, 1.0))
 
 
@@ -43,12 +43,12 @@ def _grads(trainer, prompts, seed, memory_efficient):
     return torch.cat([p.grad.flatten() for p in trainer.parameters]), info
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_memory_efficient_gradients_equal_naive(kind):
+@pytest.mark.parametrize("generator", GENERATORS)
+def test_memory_efficient_gradients_equal_naive(generator):
     """Checkpointed denoiser, VAE and reward model: the same gradients as storing everything (float32)."""
     rm = load_rm("qwen2_vl")
     # gaussian LoRA init: A and B both nonzero, so every LoRA tensor has a gradient to compare
-    trainer = ReFLTrainer(tiny_pipeline(kind), PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2,
+    trainer = ReFLTrainer(tiny_pipeline(generator), PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2,
                           guidance_scale=3.0, seed=_seed(), **SMALL)
     for n, p in trainer.wrapper.model.named_parameters():
         if "lora_B" in n:
@@ -62,7 +62,7 @@ def test_memory_efficient_gradients_equal_naive(kind):
     assert info_eff["reward"] == pytest.approx(info_naive["reward"], rel=1e-5)
     assert g_naive.abs().sum() > 0
     cos = torch.nn.functional.cosine_similarity(g_eff.double(), g_naive.double(), dim=0)
-    assert cos >= 0.9999, f"{kind}: cosine {cos}"
+    assert cos >= 0.9999, f"{generator}: cosine {cos}"
 
 
 def test_toy_reward_goes_up():

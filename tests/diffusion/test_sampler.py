@@ -24,7 +24,7 @@ def _ddim(n=10, prediction="epsilon", clip=False, spacing="leading"):
 def test_flow_step_equals_euler(gen):
     sched = _flow(7)
     schedule = S.Schedule.from_scheduler(sched)
-    assert schedule.kind == S.FLOW and schedule.rewindable
+    assert schedule.process == S.FLOW and schedule.rewindable
     x = torch.randn(3, 4, 5, 6, generator=gen)  # odd shape on purpose
     for i, t in enumerate(sched.timesteps):
         v = torch.randn(x.shape, generator=gen)
@@ -43,7 +43,7 @@ def test_flow_step_equals_euler(gen):
 def test_vp_step_equals_ddim(gen, prediction, spacing, clip):
     sched = _ddim(6, prediction, clip, spacing)
     schedule = S.Schedule.from_scheduler(sched)
-    assert schedule.kind == S.VP and schedule.prediction == prediction
+    assert schedule.process == S.VP and schedule.prediction == prediction
     x = torch.randn(2, 4, 7, 5, generator=gen)
     for i, t in enumerate(sched.timesteps):
         out = torch.randn(x.shape, generator=gen)
@@ -57,17 +57,17 @@ def test_vp_step_equals_ddim(gen, prediction, spacing, clip):
 def test_training_target_inverts_split(gen):
     x0 = torch.randn(4, 3, generator=gen)
     eps = torch.randn(4, 3, generator=gen)
-    for kind, pred, level in [(S.FLOW, "flow", 0.3), (S.VP, "epsilon", 0.4), (S.VP, "v_prediction", 0.7)]:
-        xt = S.combine(x0, eps, level, kind)
-        target = S.training_target(x0, eps, level, kind, pred)
-        got_x0, got_eps = S.split(target, xt, level, kind, pred)
+    for process, pred, level in [(S.FLOW, "flow", 0.3), (S.VP, "epsilon", 0.4), (S.VP, "v_prediction", 0.7)]:
+        xt = S.combine(x0, eps, level, process)
+        target = S.training_target(x0, eps, level, process, pred)
+        got_x0, got_eps = S.split(target, xt, level, process, pred)
         torch.testing.assert_close(got_x0, x0, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got_eps, eps, rtol=1e-5, atol=1e-5)
 
 
-def _forward_marginal_check(x0, xs, level_s, kind, m, s0):
+def _forward_marginal_check(x0, xs, level_s, process, m, s0):
     """z-scores of mean, variance and Cov(x0, x_s) of xs against the forward process's marginal at level_s."""
-    a, s = (float(c) for c in S.coefficients(torch.tensor(level_s, dtype=torch.float64), kind))
+    a, s = (float(c) for c in S.coefficients(torch.tensor(level_s, dtype=torch.float64), process))
     n = xs.numel()
     xs, x0 = xs.double().flatten(), x0.double().flatten()
     mean, var = a * m, a * a * s0 * s0 + s * s
@@ -80,21 +80,21 @@ def _forward_marginal_check(x0, xs, level_s, kind, m, s0):
     return max(abs(float(z_mean)), abs(float(z_var)), abs(float(z_cov)))
 
 
-@pytest.mark.parametrize("kind,level_t,level_s", [(S.FLOW, 0.2, 0.7), (S.FLOW, 0.05, 0.95), (S.VP, 0.9, 0.3),
+@pytest.mark.parametrize("process,level_t,level_s", [(S.FLOW, 0.2, 0.7), (S.FLOW, 0.05, 0.95), (S.VP, 0.9, 0.3),
                                                   (S.VP, 0.99, 0.05)])
-def test_renoise_follows_forward_marginal(gen, kind, level_t, level_s):
+def test_renoise_follows_forward_marginal(gen, process, level_t, level_s):
     """x0 ~ N(m, s0^2); x_t from the forward process; re-noised to s it must be distributed as the forward
     process's marginal at s, jointly with x0 (so the re-noised state is a valid state of the same x0)."""
     n, m, s0 = 400_000, 1.5, 0.5
     x0 = m + s0 * torch.randn(n, generator=gen, dtype=torch.float64)
-    xt = S.combine(x0, torch.randn(n, generator=gen, dtype=torch.float64), level_t, kind)
-    xs = S.renoise(xt, level_t, level_s, kind, torch.randn(n, generator=gen, dtype=torch.float64))
-    assert _forward_marginal_check(x0, xs, level_s, kind, m, s0) < 5.0
+    xt = S.combine(x0, torch.randn(n, generator=gen, dtype=torch.float64), level_t, process)
+    xs = S.renoise(xt, level_t, level_s, process, torch.randn(n, generator=gen, dtype=torch.float64))
+    assert _forward_marginal_check(x0, xs, level_s, process, m, s0) < 5.0
     # the test has power: the common shortcut x_t + sqrt(s^2 - t^2) eps (right only for variance-exploding
     # processes) is rejected for rectified flow
-    if kind == S.FLOW:
+    if process == S.FLOW:
         wrong = xt + (level_s ** 2 - level_t ** 2) ** 0.5 * torch.randn(n, generator=gen, dtype=torch.float64)
-        assert _forward_marginal_check(x0, wrong, level_s, kind, m, s0) > 20.0
+        assert _forward_marginal_check(x0, wrong, level_s, process, m, s0) > 20.0
 
 
 def test_renoise_refuses_lower_level():

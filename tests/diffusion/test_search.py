@@ -112,13 +112,13 @@ def test_bad_search_arguments_are_named():
         best_of_n(problem, verifier, 0, progress=False)
 
 
-@pytest.mark.parametrize("kind", ["flux", "sd"])
-def test_search_on_pipeline_with_reward_model_verifier(kind, tmp_path):
+@pytest.mark.parametrize("generator", ["flux", "sd"])
+def test_search_on_pipeline_with_reward_model_verifier(generator, tmp_path):
     """Real pipeline, tiny RewardModel as the pointwise verifier; NFE counts CFG evaluations (SD: 2 per step)."""
     verifier = PointwiseReward(load_rm("qwen2_vl"))
-    problem = pipeline_problem(tiny_pipeline(kind), "a red fox", num_steps=4, height=32, width=32,
+    problem = pipeline_problem(tiny_pipeline(generator), "a red fox", num_steps=4, height=32, width=32,
                                guidance_scale=3.0)
-    g = 1 if kind == "flux" else 2
+    g = 1 if generator == "flux" else 2
     res = search_over_paths(problem, verifier, n=2, m=2, start_step=2, delta_f=1, delta_b=2,
                             generator=torch.Generator().manual_seed(_seed()), progress=False)
     assert res.best_image.shape == (3, 32, 32) and 0 <= res.best_image.min() <= res.best_image.max() <= 1

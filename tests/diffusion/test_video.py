@@ -240,7 +240,7 @@ def test_unipc_is_sampled_with_euler_on_its_flow_schedule(wan):
     wrapper = adapt(WanPipeline(scheduler=unipc, **parts), num_frames=FRAMES)
     with pytest.warns(UserWarning, match="Euler steps on UniPC's flow schedule"):
         sched = wrapper.schedule(4, 32, 32)
-    assert sched.kind == "flow" and sched.rewindable
+    assert sched.process == "flow" and sched.rewindable
     euler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     euler.set_timesteps(4)
     torch.testing.assert_close(sched.levels, euler.sigmas.double())

@@ -42,9 +42,9 @@ def adapt(pipe, guidance_scale: float | None = None, **kwargs) -> PipelineWrappe
 
 
 def tiny_pipeline_spec_dir(name: str):
-    """The directory of ``tiny:KIND[:SIZE]`` (the resolver's tiny form for pipelines)."""
-    kind, _, size = name.partition(":")
-    return tiny_pipeline_dir(kind, size or "tiny")
+    """The directory of ``tiny:GENERATOR[:SIZE]`` (the resolver's tiny form for pipelines)."""
+    generator, _, size = name.partition(":")
+    return tiny_pipeline_dir(generator, size or "tiny")
 
 
 def resolve_pipeline(spec: str) -> str:
