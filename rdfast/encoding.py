@@ -55,13 +55,14 @@ class Encoder:
 
     def __init__(self, tokenizer, family: Family, max_length: int):
         self.tokenizer, self.family, self.max_length = tokenizer, family, max_length
+        self.reserved = P.ReservedText(tokenizer)  # user text holding a special token is rejected
 
     def encode(self, prompts, columns: list, instruction: str | None, *, kind: str = "image", condition=None,
                num_frames: int | None = None, fps: float | None = None) -> list[EncodedItem]:
         """Validate every item up front, then tokenise.
 
         Args:
-            prompts: N non-empty strings.
+            prompts: N non-empty strings, none holding a special token of the tokenizer (nor the instruction).
             columns: [media] (pointwise) or [media1, media2] (pairwise), images or videos as ``kind`` says.
             instruction: the task instruction (a named one or free text; None: the default).
             kind: "image" or "video".
@@ -93,7 +94,10 @@ class Encoder:
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
+            self.reserved.check(prompt, "prompts", i)
         P.instruction_text(instruction)  # validates it before any work
+        if instruction is not None:
+            self.reserved.check(instruction, "instruction")
         # The same image or video (object, or path) given several times is loaded and preprocessed once; the
         # engine then encodes it once too (its vision-feature cache keys on the EncodedMedia).
         encoded: dict = {}
@@ -120,8 +124,8 @@ class Encoder:
                  n_condition: int = 0) -> EncodedItem:
         """Render one item through the chat template, expand its media tokens and tokenise it.
 
-        User text is data: a prompt holding a media placeholder or a special token fails the placeholder
-        check (``Family.expand_placeholders``) instead of opening a media slot.
+        User text is data: ``encode`` has rejected any prompt or instruction holding a special token, so the
+        only special tokens here are the template's own and the media placeholders it rendered.
         """
         messages = P.build_messages(prompt, len(media) - n_condition, instruction, kind=media[-1].kind,
                                     condition=n_condition > 0)

@@ -7,7 +7,10 @@ model would emit it: right after that generation prompt.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from .errors import InputError
 
 # Task-aware instructions (RewardDance, "context scaling"). Any other text is accepted verbatim.
 INSTRUCTIONS = {
@@ -83,10 +86,71 @@ def build_messages(prompt: str, n_media: int, instruction: str | None = None, ki
     return [{"role": "user", "content": merged}]
 
 
+# The turn markers of render's layout for a tokenizer without a chat template.
+FALLBACK_ROLES = ("USER:", "ASSISTANT:")
+
+
+class ReservedText:
+    """The strings a tokenizer reads as control, and the check that keeps them out of user text.
+
+    User text is data: a prompt, instruction or reason holding a special token (``<|im_end|>``,
+    ``<|image_pad|>``, ``<IMG_CONTEXT>``) would open or close a chat turn or a media slot, so it is rejected.
+    The strings come from the tokenizer itself: ``all_special_tokens`` plus its whole added vocabulary (added
+    tokens are matched before BPE, special or not; whitespace-only ones are left out, they control nothing),
+    and the "USER:"/"ASSISTANT:" markers when there is no chat template. Tokens the tokenizer matches after
+    normalisation (``normalized=True``) are also looked for in the normalised text, as the tokenizer does.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+    """
+
+    def __init__(self, tokenizer):
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        strings = set(getattr(tokenizer, "all_special_tokens", ()) or ())
+        strings.update(str(t) for t in added.values())
+        if not getattr(tokenizer, "chat_template", None):
+            strings.update(FALLBACK_ROLES)
+        self.strings = tuple(s for s in sorted(strings) if s.strip())
+        self._raw = _alternation(self.strings)
+        normalized = [str(t) for t in added.values() if getattr(t, "normalized", False) and str(t).strip()]
+        normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+        self._normalized = _alternation(normalized) if normalized and normalizer is not None else None
+        self._normalize = normalizer.normalize_str if self._normalized is not None else None
+
+    def find(self, text: str) -> str | None:
+        """The first reserved string ``text`` holds (as the tokenizer would match it), or None."""
+        found = self._raw.search(text) if self._raw is not None else None
+        if found is None and self._normalized is not None:
+            found = self._normalized.search(self._normalize(text))
+        return found.group(0) if found is not None else None
+
+    def check(self, text: str, field: str, index: int | None = None) -> None:
+        """Raise ``InputError`` naming ``field[index]`` when ``text`` holds a reserved string.
+
+        Args:
+            text: user text (a prompt, an instruction, a reason).
+            field: the argument it came from ("prompts", "instruction", ...).
+            index: its position in that argument (None for a single value).
+        """
+        token = self.find(text)
+        if token is not None:
+            what = "a turn marker of the plain prompt layout" if token in FALLBACK_ROLES else \
+                "a special token of this model's tokenizer"
+            raise InputError(f"holds {token!r}, {what}; user text is data and may not contain it (remove or "
+                             "rewrite it)", index, field)
+
+
+def _alternation(strings) -> re.Pattern | None:
+    # longest first, so the reported token is the whole one (e.g. "<|im_end|>", not a shorter prefix)
+    ordered = sorted(set(strings), key=lambda s: (-len(s), s))
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
 def render(tokenizer, messages: list[dict], image_placeholder: str, video_placeholder: str = "<video>") -> str:
     """Render messages with the model's chat template and the generation prompt.
 
     Without a chat template, a plain "USER: ... ASSISTANT:" layout is used, media as the placeholders.
+    User text must have passed ``ReservedText.check``: templates paste it verbatim.
     """
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -127,8 +191,15 @@ def resolve_answer_token(tokenizer, rendered_prompt: str, word: str) -> int:
 
 
 def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes", "no")) -> AnswerTokens:
-    """Resolve the yes/no ids once per tokenizer, on a rendered pointwise prompt."""
+    """Resolve the yes/no ids once per tokenizer, on a rendered pointwise prompt.
+
+    An answer word that is a special token (e.g. ``<|im_end|>``) is an ``InputError`` naming
+    ``answer_words[i]``: the reward reads words, never control tokens.
+    """
     yes_word, no_word = answer_words
+    reserved = ReservedText(tokenizer)
+    for i, word in enumerate((yes_word, no_word)):
+        reserved.check(word, "answer_words", i)
     rendered = render(tokenizer, build_messages("a photo", 1), image_placeholder)
     yes_id = resolve_answer_token(tokenizer, rendered, yes_word)
     no_id = resolve_answer_token(tokenizer, rendered, no_word)
