@@ -13,20 +13,18 @@ directory), ``trainer`` (the loop), ``evaluate``, ``cli``.
 Paradigms: "pairwise" (generative, with a reference: the paper's main RM), "pointwise" (generative, the
 search verifier), "regressive" (scalar head, the baseline) and "cot" (pairwise with reasons).
 """
+from .batches import COT_FORMATS, PARADIGMS, Batch, Collator
 from .checkpoints import list_checkpoints
 from .config import TrainConfig
 from .data import (
-    COT_FORMATS,
     LABELS,
-    PARADIGMS,
     TIE,
-    Batch,
-    Collator,
     DataError,
     PreferenceDataset,
     PreferenceRecord,
     load_preferences,
     parse_label,
+    reject_special_tokens,
     save_preferences,
 )
 from .evaluate import (
@@ -55,6 +53,6 @@ __all__ = [
     "PreferenceRecord", "RegressiveHead", "RegressiveRewardModel", "TrainConfig", "Trainer", "accuracy",
     "accuracy_with_ties", "answer_ce", "bradley_terry_loss", "cot_loss", "evaluate",
     "list_checkpoints", "load_preferences", "load_trained", "log_odds", "pair_probabilities", "pairwise_loss",
-    "parse_label", "pointwise_loss", "predict_with_ties", "save_preferences", "sequence_logprobs",
+    "parse_label", "pointwise_loss", "predict_with_ties", "reject_special_tokens", "save_preferences", "sequence_logprobs",
     "tune_tie_threshold",
 ]

@@ -24,8 +24,9 @@ import typing
 from ..resolve import resolve
 from ..reward_config import RewardConfig
 from ..testing import tiny_checkpoint
+from .batches import PARADIGMS
 from .config import TrainConfig
-from .data import PARADIGMS, DataError, load_preferences
+from .data import DataError, load_preferences
 from .distributed import init_distributed
 from .evaluate import evaluate, load_trained
 from .trainer import Trainer

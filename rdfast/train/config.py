@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..reward_config import NORMALIZATIONS
-from .data import COT_FORMATS, PARADIGMS
+from .batches import COT_FORMATS, PARADIGMS
 from .losses import TIES
 
 #: the language model's projections LoRA adapts by default (the vision tower has modules with the same names)

@@ -1,4 +1,5 @@
-"""Preference data: the JSONL format, validation with line numbers, and the batches the losses consume.
+"""Preference data: the JSONL format and validation with line numbers (``batches.py`` turns records into the
+batches the losses consume).
 
 One JSON object per line::
 
@@ -17,20 +18,23 @@ One JSON object per line::
 
 Other keys are kept in ``PreferenceRecord.extra`` and otherwise ignored. A bad line (bad JSON, missing
 field, missing or unreadable image, unknown label, empty prompt) is reported as ``path:line: skipped:
-why`` and left out; ``strict=True`` reports every bad line and then raises ``DataError``.
+why`` and left out; ``strict=True`` reports every bad line and then raises ``DataError``. User text is data:
+a prompt, instruction or reason holding a special token of the model's tokenizer (``<|im_end|>``,
+``<|image_pad|>``, ...) is a bad record too, found once the tokenizer is known (``reject_special_tokens``,
+which the Trainer and ``evaluate`` run before any step).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
 from ..images import load_image
+from ..prompts import ReservedText
 from ..videos import load_video
 
 TIE = "tie"
@@ -110,6 +114,17 @@ class PreferenceRecord:
         condition = [self.condition_image] if self.condition_image is not None else None
         return rm.encode([self.prompt], [[m] for m in candidates], instruction, kind=self.kind, condition=condition,
                          num_frames=num_frames, fps=fps)[0]
+
+    def check_text(self, reserved: ReservedText) -> None:
+        """Raise ``InputError`` naming the field ('prompt', 'instruction' or 'reason') that holds a special token.
+
+        Args:
+            reserved: the tokenizer's reserved strings (``ReservedText(tokenizer)``).
+        """
+        for name in ("prompt", "instruction", "reason"):
+            text = getattr(self, name)
+            if isinstance(text, str):
+                reserved.check(text, repr(name))
 
     def where(self) -> str:
         """``path:line`` for messages (``<memory>`` for records built in Python)."""
@@ -211,6 +226,38 @@ def load_preferences(path, strict: bool = False, check_images: bool = True, log=
     return records
 
 
+def reject_special_tokens(records, tokenizer, strict: bool = False, log=sys.stderr) -> list[PreferenceRecord]:
+    """The records whose user text (prompt, instruction, reason) holds no special token of ``tokenizer``.
+
+    Each rejected record is reported as ``path:line: skipped: 'field': holds '<token>' ...`` and left out;
+    with ``strict=True`` every one is reported and then ``DataError`` is raised. Run it before any training
+    step or evaluation: such text would otherwise open a chat turn or a media slot.
+
+    Args:
+        records: PreferenceRecords (``load_preferences`` or built in memory).
+        tokenizer: the reward model's tokenizer (``rm.tokenizer``).
+        strict: raise ``DataError`` after reporting, instead of skipping.
+        log: where the reports go (None: nowhere).
+    Returns:
+        The kept records, in order.
+    """
+    reserved = ReservedText(tokenizer)
+    kept, errors = [], []
+    for rec in records:
+        try:
+            rec.check_text(reserved)
+        except InputError as err:
+            errors.append((rec, str(err)))
+            if log is not None:
+                print(f"{rec.where()}: {'error' if strict else 'skipped'}: {err}", file=log)
+            continue
+        kept.append(rec)
+    if strict and errors:
+        sources = sorted({rec.source or "<memory>" for rec, _ in errors})
+        raise DataError(", ".join(sources), [(rec.line, message) for rec, message in errors])
+    return kept
+
+
 def save_preferences(records, path) -> None:
     """Write records with path images as JSONL (paths are written as given)."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -244,186 +291,3 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index) -> PreferenceRecord:
         return self.records[index]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Batches
-
-PARADIGMS = ("pairwise", "pointwise", "regressive", "cot")
-COT_FORMATS = ("decision_first", "reasons_first")
-IGNORE = -100  # label of positions without a language-model target
-
-
-@dataclass
-class Batch:
-    """What one forward consumes.
-
-    items: the rows as ``Encoded`` items, described by the paradigm:
-      pairwise: one row per (record, order); pointwise/regressive: rows 2k, 2k+1 = image1, image2 of pair k;
-      cot: one row per record, right-padded, with ``labels``. The scoring engine runs these directly.
-    inputs: the rows collated as transformers kwargs (``RewardModel.collate``), built on first use, so a batch
-      trained through the engine never pads or copies pixels it does not need.
-    target: float32 [P] P(image 2 better) per pairwise row (pairwise, cot) or per pair (pointwise, regressive).
-    labels: int64 [B, T] next-token targets for cot (IGNORE elsewhere), ``decision_pos`` int64 [B] the index
-      of the decision token in each row (its prediction is read at ``decision_pos - 1``).
-    records: the records in the batch (for accuracy by instruction and messages).
-    """
-
-    items: list
-    target: torch.Tensor
-    records: list
-    collate: Callable[[list], dict] = field(repr=False)
-    labels: torch.Tensor | None = None
-    decision_pos: torch.Tensor | None = None
-    _inputs: dict | None = field(default=None, repr=False)
-
-    @property
-    def inputs(self) -> dict:
-        if self._inputs is None:
-            self._inputs = self.collate(self.items)
-        return self._inputs
-
-    def units(self, ties: str) -> int:
-        """How many terms the summed loss of this batch holds (for normalising by the global batch)."""
-        keep = self.target != 0.5 if ties == "skip" else torch.ones_like(self.target, dtype=torch.bool)
-        n = int(keep.sum())
-        if self.labels is not None:  # cot: decision tokens (kept rows) + reason tokens (all rows' labels)
-            reason_tokens = int((self.labels != IGNORE).sum()) - self.labels.shape[0]
-            return n + reason_tokens
-        return n
-
-
-class Collator:
-    """Turns records into a ``Batch`` for one paradigm.
-
-    pairwise: each record gives (image1, image2, target) and, with ``both_orders``, (image2, image1, 1 - target),
-    so the judge learns the comparison and not the position. pointwise/regressive: each image alone with the
-    pointwise question. cot: the pairwise prompt followed by the decision and the reason, in ``cot_format``
-    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + newline + ``yes``
-    + end of turn); the decision is the resolved yes/no token id itself, so it is read at the same position
-    the scorer reads.
-
-    Video records are encoded as the scorer encodes videos (``num_frames`` or ``fps`` sample the frames; None:
-    the model's own default), with the conditioning image first for image-to-video; a batch may mix images
-    and videos.
-
-    Records the model rejects (e.g. too long with their images) are reported with their line numbers and left
-    out (``strict`` raises instead).
-    """
-
-    def __init__(self, rm, paradigm: str, both_orders: bool = True, instruction=None, cot_format="decision_first",
-                 strict: bool = False, log=sys.stderr, num_frames: int | None = None, fps: float | None = None):
-        if paradigm not in PARADIGMS:
-            raise ValueError(f"paradigm must be one of {PARADIGMS}, got {paradigm!r}")
-        if cot_format not in COT_FORMATS:
-            raise ValueError(f"cot_format must be one of {COT_FORMATS}, got {cot_format!r}")
-        self.rm, self.paradigm, self.both_orders = rm, paradigm, both_orders
-        self.instruction, self.cot_format, self.strict, self.log = instruction, cot_format, strict, log
-        self.num_frames, self.fps = num_frames, fps
-        self._newline = None
-        self.skipped = []  # (where, message) of records left out
-
-    def _encode(self, rec, images):
-        try:
-            return rec.encode(self.rm, images, self.instruction, self.num_frames, self.fps)
-        except InputError as err:
-            message = str(err).split(": ", 1)[-1] if err.field else str(err)
-            if self.strict:
-                raise InputError(f"{rec.where()}: {message}") from err
-            self.skipped.append((rec.where(), message))
-            if self.log is not None:
-                print(f"{rec.where()}: skipped: {message}", file=self.log)
-            return None
-
-    def __call__(self, records) -> Batch | None:
-        """A Batch, or None when every record was rejected."""
-        if self.paradigm == "pairwise":
-            return self._pairwise(records)
-        if self.paradigm == "cot":
-            return self._cot(records)
-        return self._pointwise(records)
-
-    def _pairwise(self, records):
-        items, target, kept = [], [], []
-        for rec in records:
-            fwd = self._encode(rec, rec.candidates)
-            if fwd is None:
-                continue
-            items.append(fwd)
-            target.append(rec.target)
-            if self.both_orders:
-                items.append(self._encode(rec, rec.candidates[::-1]))
-                target.append(1.0 - rec.target)
-            kept.append(rec)
-        if not items:
-            return None
-        return Batch(items, torch.tensor(target, dtype=torch.float32), kept, self._collate_left)
-
-    def _pointwise(self, records):
-        items, target, kept = [], [], []
-        for rec in records:
-            a = self._encode(rec, rec.candidates[:1])
-            b = self._encode(rec, rec.candidates[1:]) if a is not None else None
-            if a is None or b is None:
-                continue
-            items += [a, b]
-            target.append(rec.target)
-            kept.append(rec)
-        if not items:
-            return None
-        return Batch(items, torch.tensor(target, dtype=torch.float32), kept, self._collate_left)
-
-    def continuation(self, decision_id: int, reason: str | None) -> tuple[list[int], int]:
-        """Token ids after the prompt for one cot target, and the index of the decision among them."""
-        tok = self.rm.tokenizer
-        end = [tok.eos_token_id]  # the chat template's end of turn (<|im_end|> for Qwen and InternVL)
-        if not reason:
-            return [decision_id] + end, 0
-        reason_ids = tok(reason.strip(), add_special_tokens=False)["input_ids"]
-        if self._newline is None:
-            self._newline = tok("\n", add_special_tokens=False)["input_ids"]
-        if self.cot_format == "decision_first":
-            return [decision_id] + self._newline + reason_ids + end, 0
-        ids = reason_ids + self._newline
-        return ids + [decision_id] + end, len(ids)
-
-    def _cot(self, records):
-        items, target, kept, conts = [], [], [], []
-        for rec in records:
-            enc = self._encode(rec, rec.candidates)
-            if enc is None:
-                continue
-            # a tie's decision token is trained softly by the loss; the sequence carries "yes" as a placeholder
-            decision = self.rm.no_token_id if rec.label == 1 else self.rm.yes_token_id
-            cont, at = self.continuation(decision, rec.reason)
-            if len(enc.input_ids) + len(cont) > self.rm.max_length:
-                self._encode_failed(rec, f"too long with its reason ({len(enc.input_ids) + len(cont)} tokens)")
-                continue
-            prompt_len = len(enc.input_ids)
-            enc.input_ids = enc.input_ids + cont
-            items.append(enc)
-            conts.append((prompt_len, len(cont), prompt_len + at))
-            target.append(rec.target)
-            kept.append(rec)
-        if not items:
-            return None
-        batch = Batch(items, torch.tensor(target, dtype=torch.float32), kept,
-                      lambda rows: self.rm.collate(rows, "right"))  # right padding: prompt positions line up from 0
-        inputs = batch.inputs
-        labels = torch.full(inputs["input_ids"].shape, IGNORE, dtype=torch.long)
-        decision_pos = torch.empty(len(items), dtype=torch.long)
-        for row, (start, n, at) in enumerate(conts):
-            labels[row, start : start + n] = inputs["input_ids"][row, start : start + n].cpu()
-            decision_pos[row] = at
-        batch.labels, batch.decision_pos = labels, decision_pos
-        return batch
-
-    def _collate_left(self, rows):
-        return self.rm.collate(rows, "left")
-
-    def _encode_failed(self, rec, message):
-        if self.strict:
-            raise InputError(f"{rec.where()}: {message}")
-        self.skipped.append((rec.where(), message))
-        if self.log is not None:
-            print(f"{rec.where()}: skipped: {message}", file=self.log)

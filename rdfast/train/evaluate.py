@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..model import RewardModel
-from .data import TIE, media_group, media_kwargs
+from .data import TIE, media_group, media_kwargs, reject_special_tokens
 from .regressive import RegressiveRewardModel, read_rdfast_config
 
 
@@ -160,6 +160,9 @@ def evaluate(model, records, val_records=None, paradigm="pairwise", debias=False
     "by_instruction": {name: same keys}, "probabilities": [p per kept test pair], "lines": [their line numbers],
     "validation": metrics on val_records at the tuned threshold (when given)}.
     """
+    tokenizer = getattr(model, "rm", model).tokenizer
+    records = reject_special_tokens(records, tokenizer, log=log)  # user text with special tokens: reported, skipped
+    val_records = reject_special_tokens(val_records or [], tokenizer, log=log)
     p, kept = pair_probabilities(model, records, paradigm, debias, batch_size, cot_format, log)
     labels = [records[i].label for i in kept]
     result = {"paradigm": paradigm, "debias": debias}

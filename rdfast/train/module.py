@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..encoding import last_positions
+from .batches import Batch
 from .config import TrainConfig
-from .data import Batch
 from .losses import (
     IGNORE,
     bradley_terry_loss,

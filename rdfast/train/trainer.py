@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..model import RewardModel
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
+from .batches import Collator
 from .checkpoints import (
     list_checkpoints,
     load_checkpoint,
@@ -42,7 +43,7 @@ from .checkpoints import (
     write_json,
 )
 from .config import TrainConfig
-from .data import Collator, PreferenceRecord
+from .data import PreferenceRecord, reject_special_tokens
 from .distributed import (
     all_reduce,
     barrier,
@@ -128,6 +129,13 @@ class Trainer:
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(config.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
+        # user text holding a special token of this tokenizer: reported (strict: raised) before any step
+        report = log if self.rank == 0 else None
+        self.train_records = reject_special_tokens(self.train_records, self.rm.tokenizer, config.strict, report)
+        self.eval_records = reject_special_tokens(self.eval_records, self.rm.tokenizer, config.strict, report)
+        if len(self.train_records) < config.batch_size:
+            raise ValueError(f"{len(self.train_records)} usable training records, fewer than "
+                             f"batch_size={config.batch_size}")
         if config.num_frames is not None or config.fps is not None:  # training, evaluation and export alike
             self.rm.num_frames, self.rm.fps = config.num_frames, config.fps
         self.peft_model = None

@@ -14,7 +14,7 @@ from rdfast.train import (
     load_preferences,
     parse_label,
 )
-from rdfast.train.data import IGNORE
+from rdfast.train.batches import IGNORE
 
 
 def bad_file(tmp_path, seed):
