@@ -24,6 +24,7 @@ files (``checkpoints``) and the exported model (``export``); the Trainer calls t
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,13 +32,15 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..model import RewardModel
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from .checkpoints import (
-    list_checkpoints,
-    load_checkpoint,
+    read_checkpoint,
+    read_latest,
     remove_partial,
+    restore_checkpoint,
     save_checkpoint,
     write_json,
 )
@@ -56,6 +59,7 @@ from .export import save_model
 from .module import RewardTrainModule
 from .plots import plot_history
 from .regressive import RegressiveHead, RegressiveRewardModel, hidden_size
+from .rundir import CHECKPOINTS, PLOT, check_output_dir, check_resumable, staged_directory
 
 #: transformers' scheduler name for each ``TrainConfig.lr_schedule``
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -77,6 +81,21 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch
 
     return get_scheduler(SCHEDULES[config.lr_schedule], optimizer, num_warmup_steps=config.warmup_steps,
                          num_training_steps=config.max_steps)
+
+
+def usable_records(records: list[PreferenceRecord], config: TrainConfig) -> list[PreferenceRecord]:
+    """The records a run trains on (ties left out with ``ties="skip"``); InputError if fewer than a batch.
+
+    Args:
+        records: the training records.
+        config: ``ties`` and ``batch_size`` are read.
+    Returns:
+        The records kept, in order.
+    """
+    kept = [r for r in records if not (config.ties == "skip" and r.is_tie)]
+    if len(kept) < config.batch_size:
+        raise InputError(f"{len(kept)} usable training records, fewer than batch_size={config.batch_size}")
+    return kept
 
 
 @dataclass
@@ -116,15 +135,10 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed()
         micro = config.micro_batch_size or config.batch_size // self.world
         if micro < 1 or config.batch_size % (self.world * micro):
-            raise ValueError(f"batch_size={config.batch_size} must be a multiple of world_size ({self.world}) x "
+            raise InputError(f"batch_size={config.batch_size} must be a multiple of world_size ({self.world}) x "
                              f"micro_batch_size ({micro})")
         self.micro, self.accumulation = micro, config.batch_size // (self.world * micro)
-        train_records = list(train_records)
-        if config.ties == "skip":
-            train_records = [r for r in train_records if not r.is_tie]
-        if len(train_records) < config.batch_size:
-            raise ValueError(f"{len(train_records)} usable training records, fewer than "
-                             f"batch_size={config.batch_size}")
+        train_records = usable_records(train_records, config)
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(config.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
@@ -159,6 +173,9 @@ class Trainer:
         else:
             base = resolve(model, tiny_checkpoint, "reward model")
             rm = RewardModel.from_pretrained(base, device=self.device, dtype=torch.float32)
+        if os.path.realpath(base) == os.path.realpath(self.output_dir):
+            raise InputError(f"{self.output_dir} is the base model's folder: write the trained model elsewhere",
+                             field="output_dir")
         rm.instruction = self.config.instruction
         rm.normalize = self.config.normalize
         return rm, os.path.abspath(base)
@@ -210,28 +227,39 @@ class Trainer:
         return [self.train_records[i] for i in mine]
 
     # ---- training -------------------------------------------------------------------------------------
-    def train(self, resume: str | os.PathLike | None = None) -> dict:
+    def train(self, resume: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
         """Run to ``config.max_steps``, then ``finish``.
 
+        ``output_dir`` belongs to one run (``rdfast.train.rundir``): a fresh run refuses a folder holding
+        another run's checkpoints or a trained model; ``resume`` continues that run (a config that differs
+        from its saved one is an error naming the settings); ``overwrite`` starts over (the old checkpoints
+        are deleted now, the old model replaced when the new one is complete).
+
         Args:
-            resume: None (start at step 0), "auto" (continue from the latest checkpoint in ``output_dir``, if
-                any) or the path of a checkpoint folder.
+            resume: None (start at step 0), "auto" (continue from the newest valid checkpoint in ``output_dir``,
+                if any; a damaged one is reported and the one before it used) or a checkpoint folder.
+            overwrite: start over in a folder that holds another run.
         Returns:
             The final metrics {"step", "loss", "accuracy", "eval": {...} or None, "output_dir"}.
         """
         config = self.config
-        ckpt_dir = os.path.join(self.output_dir, "checkpoints")
+        ckpt_dir = os.path.join(self.output_dir, CHECKPOINTS)
+        check_output_dir(self.output_dir, resume, overwrite)
+        barrier()  # every rank has looked before rank 0 changes anything
         if self.rank == 0:
+            if overwrite:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             os.makedirs(ckpt_dir, exist_ok=True)
             remove_partial(ckpt_dir)  # leftovers of a run killed while writing a checkpoint
         barrier()
         if resume:
-            path = resume
-            if resume == "auto":
-                found = list_checkpoints(ckpt_dir)
-                path = found[-1] if found else None
-            if path:
-                self.load_checkpoint(path)
+            log = self.log if self.rank == 0 else None
+            found = read_latest(ckpt_dir, self.rank, self.device, log) if resume == "auto" \
+                else read_checkpoint(resume, self.rank)
+            if found is not None:
+                self._restore(found)
+            elif log is not None:
+                print(f"no checkpoint in {ckpt_dir}: starting at step 0", file=log)
         bar = tqdm(total=config.max_steps, initial=self.state.step, desc=f"train {config.paradigm}", unit="step",
                    disable=not config.progress or self.rank != 0, file=self.log, dynamic_ncols=True)
         self.wrapped.train()
@@ -322,15 +350,25 @@ class Trainer:
     def finish(self) -> dict:
         """Write the trained model, evaluate it as saved (LoRA merged), write history, results and the plot.
 
+        All of it goes to a hidden sibling of ``output_dir`` renamed into place when complete
+        (``rdfast.train.rundir.publish``; the run's checkpoints move into it), so a failure leaves the previous
+        directory as it was.
+
         Returns:
             {"step", "output_dir", "eval" (``evaluate``'s result on eval_records, or None), "loss",
             "accuracy" (the last step's)}.
         """
-        self.save_model(self.output_dir)
         result = {"step": self.state.step, "output_dir": self.output_dir, "eval": None}
         if self.state.history:
             last = self.state.history[-1]
             result.update(loss=last["loss"], accuracy=last["accuracy"])
+        with staged_directory(self.output_dir, self.rank) as staged:
+            self._export(staged)
+            self._write_results(result, staged)
+        return result
+
+    def _write_results(self, result: dict, directory: str) -> None:
+        """Rank 0: the final evaluation (into ``result``), eval_results.json, train_history.json and the plot."""
         if self.rank == 0:
             if self.eval_records:
                 self.wrapped.eval()
@@ -340,12 +378,10 @@ class Trainer:
                                               log=self.log)
                 self.state.evals.append({"step": self.state.step, "accuracy": result["eval"]["accuracy"],
                                          "n": result["eval"]["n_accuracy"], "final": True})
-                write_json(result["eval"], os.path.join(self.output_dir, "eval_results.json"))
+                write_json(result["eval"], os.path.join(directory, "eval_results.json"))
             write_json({"config": self.config.to_dict(), "history": self.state.history, "evals": self.state.evals},
-                       os.path.join(self.output_dir, "train_history.json"))
-            self.plot()
-        barrier()
-        return result
+                       os.path.join(directory, "train_history.json"))
+            self.plot(os.path.join(directory, PLOT))
 
     def plot(self, path: str | os.PathLike | None = None) -> str | None:
         """Loss and accuracy curves (training, and held-out evaluations) as a PNG; rank 0 only.
@@ -380,22 +416,32 @@ class Trainer:
         Args:
             path: a ``checkpoint-<step>`` folder written by a run with the same config and process count.
         """
-        state = load_checkpoint(path, self.wrapped, self.optimizer, self.scheduler,
-                                [n for n, _ in self.named_trainable], rank=self.rank, world=self.world,
-                                device=self.device)
+        self._restore(read_checkpoint(path, self.rank))
+
+    def _restore(self, contents: dict) -> None:
+        """Resume from ``read_checkpoint``'s result, once its saved config is this run's (else InputError)."""
+        path = contents["path"]
+        check_resumable(self.config, contents)
+        state = restore_checkpoint(contents, self.wrapped, self.optimizer, self.scheduler,
+                                   [n for n, _ in self.named_trainable], world=self.world, device=self.device)
         self.state = TrainState(state["step"], state["history"], state["evals"])
         if self.rank == 0:
-            print(f"resumed from {os.fspath(path)} at step {self.state.step}", file=self.log)
+            print(f"resumed from {path} at step {self.state.step}", file=self.log)
 
     def save_model(self, directory: str | os.PathLike) -> None:
         """Write a directory ``RewardModel.from_pretrained`` (or ``RegressiveRewardModel``) loads. Collective.
 
+        It is written beside ``directory`` and renamed into place when complete (replacing what was there).
         A LoRA model is merged in memory afterwards (``rdfast.train.export.save_model``), so it scores as the
         saved directory does; it trains no further.
 
         Args:
             directory: the output folder.
         """
+        with staged_directory(directory, self.rank) as staged:
+            self._export(staged)
+
+    def _export(self, directory: str) -> None:
         save_model(directory, self.rm, self.config, self.base_path, peft_model=self.peft_model, head=self.head,
                    wrapped=self.wrapped, rank=self.rank)
         self.peft_model = None
