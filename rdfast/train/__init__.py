@@ -2,7 +2,7 @@
 
 One job per module: ``config`` (TrainConfig), ``data`` (records, batches), ``losses``, ``module`` (the
 module DDP/FSDP2 wrap), ``distributed`` (process groups), ``checkpoints``, ``export`` (the trained
-directory), ``trainer`` (the loop), ``evaluate``, ``cli``.
+directory), ``rundir`` (one run per output folder), ``trainer`` (the loop), ``evaluate``, ``cli``.
 
     from rdfast.train import Trainer, TrainConfig, load_preferences, evaluate
     train = load_preferences("train.jsonl")                    # bad lines reported with line numbers

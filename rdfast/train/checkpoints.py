@@ -10,7 +10,8 @@ A checkpoint folder ``checkpoint-<step>`` holds
 Weights and optimizer state go through ``torch.distributed.checkpoint.state_dict`` with full state dicts, so
 one format serves one process, DDP and FSDP2 (whose shards it gathers on save and redistributes on load).
 Folders are written under a temporary name and renamed (atomic): a reader sees no checkpoint or a complete
-one. Nothing is pickled.
+one. Nothing is pickled. Every file is read (``read_checkpoint``) before anything is restored, so a damaged
+checkpoint changes nothing and ``read_latest`` falls back to the one before it.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from .distributed import barrier
+from ..errors import InputError
+from .distributed import all_reduce, barrier
 
 PREFIX = "checkpoint-"
 TEMPORARY = ".tmp-"
@@ -122,6 +124,130 @@ def save_checkpoint(directory: str | os.PathLike, step: int, model: nn.Module, o
     return final
 
 
+def read_state(path: str | os.PathLike) -> dict:
+    """A checkpoint folder's ``trainer_state.json`` (its step, config and progress), without the tensors.
+
+    Args:
+        path: a ``checkpoint-<step>`` folder.
+    Returns:
+        The parsed state.
+    Raises:
+        InputError naming the file when it is missing or not a JSON object.
+    """
+    file = os.path.join(os.fspath(path), STATE_FILE)
+    try:
+        with open(file) as fh:
+            state = json.load(fh)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{file}: unreadable checkpoint file ({err})") from err
+    if not isinstance(state, dict):
+        raise InputError(f"{file}: not a JSON object")
+    return state
+
+
+def read_checkpoint(path: str | os.PathLike, rank: int = 0) -> dict:
+    """Read every file of a checkpoint folder this rank needs, changing nothing.
+
+    Args:
+        path: a ``checkpoint-<step>`` folder.
+        rank: this process's rank (its RNG file is read).
+    Returns:
+        {"path", "state" (``trainer_state.json``), "optimizer", "trainable", "rng", "rng_meta"}.
+    Raises:
+        InputError naming the file that is missing, truncated or not valid JSON / safetensors.
+    """
+    from safetensors import SafetensorError, safe_open  # heavy
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise InputError(f"{path}: no such checkpoint folder")
+    out = {"path": path, "state": read_state(path)}
+    current = os.path.join(path, STATE_FILE)
+    try:
+        for key in ("step", "world_size", "param_names", "param_groups", "optimizer_scalars", "scheduler"):
+            if key not in out["state"]:
+                raise ValueError(f"no {key!r} entry")
+        for key, name in (("optimizer", "optimizer.safetensors"), ("trainable", "trainable.safetensors"),
+                          ("rng", f"rng-rank{rank}.safetensors")):
+            current = os.path.join(path, name)
+            out[key] = load_file(current)
+        with safe_open(current, "pt") as fh:
+            out["rng_meta"] = fh.metadata()
+    except (OSError, ValueError, SafetensorError) as err:
+        raise InputError(f"{current}: unreadable checkpoint file ({err})") from err
+    return out
+
+
+def read_latest(directory: str | os.PathLike, rank: int = 0, device: torch.device | None = None,
+                log=None) -> dict | None:
+    """The newest checkpoint under ``directory`` that every rank reads whole (``read_checkpoint``'s result).
+
+    A damaged one is reported (naming its bad file) and the previous one tried. Collective.
+
+    Args:
+        directory: a run's ``checkpoints`` folder.
+        rank: this process's rank; device: its device (the ranks agree through an all-reduce on it).
+        log: where a damaged checkpoint is reported (None: nowhere).
+    Returns:
+        The newest valid checkpoint's contents, or None when there is no checkpoint at all.
+    Raises:
+        InputError naming ``directory`` when there are checkpoints and none of them is valid.
+    """
+    found = list_checkpoints(directory)
+    for path in reversed(found):
+        contents, why = None, None
+        try:
+            contents = read_checkpoint(path, rank)
+        except InputError as err:
+            why = str(err)
+        failed = all_reduce(torch.tensor([0.0 if why is None else 1.0], device=device))[0].item()
+        if not failed:
+            return contents
+        if why is not None and log is not None:
+            print(f"{why}; trying the checkpoint before it", file=log)
+    if found:
+        raise InputError(f"no valid checkpoint in {os.fspath(directory)} (each of {len(found)} is damaged; see "
+                         "above): pass --overwrite / overwrite=True to start over")
+    return None
+
+
+def restore_checkpoint(contents: dict, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                       names: list[str], *, world: int, device: torch.device) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG from ``read_checkpoint``'s result.
+
+    Args:
+        contents: what ``read_checkpoint`` (or ``read_latest``) returned.
+        model, optimizer, scheduler, names: as for ``save_checkpoint`` (the same run configuration).
+        world, device: the number of processes, this rank's device.
+    Returns:
+        The saved ``trainer_state.json`` (``step``, ``world_size`` and the ``progress`` saved with it).
+    Raises:
+        ValueError when the checkpoint was written by another number of processes or another set of
+        trainable parameters.
+    """
+    path, state = contents["path"], contents["state"]
+    if state["world_size"] != world:
+        raise ValueError(f"{path} was written by {state['world_size']} processes, this run has {world}: "
+                         "resuming bitwise needs the same split (same data order, same RNG streams)")
+    if state["param_names"] != names:
+        raise ValueError(f"{path}: its trainable parameters differ from this run's (another config?)")
+    missing = set(names) - set(contents["trainable"])
+    if missing:
+        raise InputError(f"{path}: trainable.safetensors lacks {sorted(missing)[:3]}")
+    opt_state = {}
+    for key, value in list(contents["optimizer"].items()) + list(state["optimizer_scalars"].items()):
+        pname, field_name = key.rsplit("::", 1)
+        opt_state.setdefault(pname, {})[field_name] = value
+    # the optimizer first: loading into a fresh one runs a zero-lr step to create its state
+    set_optimizer_state_dict(model, optimizer, {"state": opt_state, "param_groups": state["param_groups"]},
+                             options=LOAD_OPTIONS)
+    set_model_state_dict(model, contents["trainable"], options=LOAD_OPTIONS)
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(contents["rng"], contents["rng_meta"], device)
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     names: list[str], *, rank: int, world: int, device: torch.device) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG from a checkpoint folder. Every rank calls.
@@ -133,35 +259,11 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     Returns:
         The saved ``trainer_state.json`` (``step``, ``world_size`` and the ``progress`` saved with it).
     Raises:
-        ValueError when the checkpoint was written by another number of processes or another set of
-        trainable parameters.
+        InputError naming a damaged file; ValueError when the checkpoint was written by another number of
+        processes or another set of trainable parameters.
     """
-    from safetensors import safe_open  # heavy
-    from safetensors.torch import load_file
-
-    path = os.fspath(path)
-    with open(os.path.join(path, STATE_FILE)) as fh:
-        state = json.load(fh)
-    if state["world_size"] != world:
-        raise ValueError(f"{path} was written by {state['world_size']} processes, this run has {world}: "
-                         "resuming bitwise needs the same split (same data order, same RNG streams)")
-    if state["param_names"] != names:
-        raise ValueError(f"{path}: its trainable parameters differ from this run's (another config?)")
-    opt_state = {}
-    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-    for key, value in list(tensors.items()) + list(state["optimizer_scalars"].items()):
-        pname, field_name = key.rsplit("::", 1)
-        opt_state.setdefault(pname, {})[field_name] = value
-    # the optimizer first: loading into a fresh one runs a zero-lr step to create its state
-    set_optimizer_state_dict(model, optimizer, {"state": opt_state, "param_groups": state["param_groups"]},
-                             options=LOAD_OPTIONS)
-    set_model_state_dict(model, load_file(os.path.join(path, "trainable.safetensors")), options=LOAD_OPTIONS)
-    scheduler.load_state_dict(state["scheduler"])
-    rng_file = os.path.join(path, f"rng-rank{rank}.safetensors")
-    with safe_open(rng_file, "pt") as fh:
-        meta = fh.metadata()
-    set_rng_state(load_file(rng_file), meta, device)
-    return state
+    return restore_checkpoint(read_checkpoint(path, rank), model, optimizer, scheduler, names, world=world,
+                              device=device)
 
 
 # ----------------------------------------------------------------------------------------------------

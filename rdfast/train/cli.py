@@ -1,6 +1,7 @@
 """``rdfast train`` and ``rdfast eval``.
 
     rdfast train --model BASE --train train.jsonl --val val.jsonl --output out/rm --paradigm pairwise
+    rdfast train ... --output out/rm --resume                  # continue that run (--overwrite: start over)
     rdfast train ... --num-frames 8                            # video pairs ("video1", "video2" in the JSONL)
     rdfast train --model tiny:qwen2_vl ... --lr-schedule cosine --warmup-steps 10 --no-both-orders
     torchrun --nproc_per_node 4 -m rdfast.cli train ...        # DDP (gloo on CPU, NCCL on CUDA)
@@ -9,6 +10,10 @@
 Every TrainConfig field is a flag (``--learning-rate``/``--lr``, ``--max-steps``/``--steps``, ``--bf16``/
 ``--no-bf16``, comma lists for tuples, ``none`` for optional fields): see ``add_config_flags``.
 Bad data lines are reported with their line numbers and skipped (``--strict`` stops instead).
+``--output`` belongs to one run: into a folder holding another run, ``--resume`` continues that run (its saved
+settings; a flag that differs is an error naming it) and ``--overwrite`` starts over; otherwise it is refused.
+User errors (missing or folder inputs, an unwritable output, a missing CUDA device, too few records) are one
+line on stderr and exit code 2, before any model is loaded.
 ``register(subparsers)`` adds both commands to the ``rdfast`` parser; ``main`` runs them alone.
 """
 from __future__ import annotations
@@ -17,18 +22,24 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import types
 import typing
 
+import torch
+
+from ..errors import InputError, run_command
 from ..resolve import resolve
 from ..reward_config import RewardConfig
 from ..testing import tiny_checkpoint
 from .batches import PARADIGMS
+from .checkpoints import list_checkpoints, read_state
 from .config import TrainConfig
-from .data import DataError, load_preferences
+from .data import DataError, load_preferences, usable_records
 from .distributed import init_distributed
 from .evaluate import evaluate, load_trained
+from .rundir import CHECKPOINTS, check_output_dir, resume_conflicts, saved_config
 from .trainer import Trainer
 
 MODEL_HELP = "a checkpoint directory, tiny:FAMILY or a hub id (org/name[@revision])"
@@ -55,6 +66,38 @@ def _comma_list(parse, length=None):
     return convert
 
 
+class _Given(argparse.Action):
+    """Stores its value and records the field as given on the command line (``--resume`` checks those against
+    the saved config; the others take the saved values)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _mark_given(namespace, self.dest)
+
+
+class _GivenFalse(argparse.Action):
+    """A boolean's extra off flag (``--one-order``): stores False and records the field as given."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, False)
+        _mark_given(namespace, self.dest)
+
+
+class _GivenBool(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, recording the field as given."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark_given(namespace, self.dest)
+
+
+def _mark_given(namespace, dest):
+    namespace.given_config = {*getattr(namespace, "given_config", ()), dest}
+
+
 def _show(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
@@ -79,10 +122,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if optional:
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if hint is bool:
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                               help=meta["help"])
+            group.add_argument(*flags, dest=f.name, action=_GivenBool, default=f.default, help=meta["help"])
             if meta.get("off_flag"):
-                group.add_argument(meta["off_flag"], dest=f.name, action="store_false",
+                group.add_argument(meta["off_flag"], dest=f.name, action=_GivenFalse,
                                    help=f"same as --no-{f.name.replace('_', '-')}")
             continue
         if typing.get_origin(hint) is tuple:
@@ -90,13 +132,90 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parse = _comma_list(args[0], None if args[-1] is Ellipsis else len(args))
         else:
             parse = hint
-        group.add_argument(*flags, dest=f.name, type=_none_or(parse) if optional else parse, default=f.default,
-                           choices=meta.get("choices"), help=help_text)
+        group.add_argument(*flags, dest=f.name, action=_Given, type=_none_or(parse) if optional else parse,
+                           default=f.default, choices=meta.get("choices"), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig the ``add_config_flags`` flags in ``args`` describe."""
     return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def resumed_config(args: argparse.Namespace, config: TrainConfig) -> TrainConfig:
+    """``--resume``: the saved config of the run in ``--output`` (or of the given checkpoint), with the flags
+    given on the command line checked against it; ``config`` itself when there is no checkpoint.
+
+    Args:
+        args: the parsed ``train`` arguments (``given_config`` lists the fields given as flags).
+        config: the TrainConfig the flags describe.
+    Returns:
+        The config the resumed run trains with.
+    Raises:
+        InputError naming each given flag whose value differs from the saved one.
+    """
+    if args.resume == "auto":
+        found = list_checkpoints(os.path.join(args.output, CHECKPOINTS))
+        states = (read_state_or_none(p) for p in reversed(found))  # a damaged newest: the Trainer falls back
+        state = next((s for s in states if s is not None), None)
+        if state is None:
+            return config
+    else:
+        state = read_state(args.resume)
+    saved = saved_config(state)
+    given = getattr(args, "given_config", set())
+    conflicts = resume_conflicts(config, saved, sorted(given))
+    if conflicts:
+        said = "; ".join(f"--{name.replace('_', '-')} {mine} (the run has {theirs})" for name, mine, theirs in conflicts)
+        raise InputError(f"{said}: --resume continues the run with its saved settings; drop the flag, or pass "
+                         "--overwrite instead of --resume to start over")
+    return dataclasses.replace(saved, **{name: getattr(config, name) for name in given})
+
+
+def read_state_or_none(path):
+    """``read_state``, or None for a damaged file."""
+    try:
+        return read_state(path)
+    except InputError:
+        return None
+
+
+def input_file(path: str | None, flag: str) -> None:
+    """InputError unless ``path`` (when given) is an existing file."""
+    if path is not None and not os.path.isfile(path):
+        raise InputError(f"{path}: {'is a folder, not a file' if os.path.isdir(path) else 'no such file'}",
+                         field=flag)
+
+
+def output_file(path: str | None, flag: str) -> None:
+    """InputError unless ``path`` (when given) can be written: its folder exists, it is not a folder."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        why = "is a folder" if os.path.isdir(path) else f"its folder {folder} does not exist"
+        raise InputError(f"{path}: {why}", field=flag)
+
+
+def check_device(device: str | None) -> None:
+    """InputError unless ``device`` (when given) names a device this machine has."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise InputError(f"--device {device}: not a device ({err})") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def read_records(path: str, strict: bool, log=sys.stderr, flag: str = "--train"):
+    """``load_preferences``; with ``--strict`` bad lines stop the command (an InputError naming the file)."""
+    try:
+        return load_preferences(path, strict=strict, log=log)
+    except DataError as err:  # strict: every bad line was reported; stop before any work
+        raise InputError(f"stopped (--strict): {err}", field=flag) from err
 
 
 def _add_train(sub):
@@ -106,7 +225,11 @@ def _add_train(sub):
     p.add_argument("--val", help="held-out preference JSONL (evaluated every --eval-every steps and at the end)")
     p.add_argument("--output", required=True, help="output directory (the trained model, checkpoints, plot)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from the latest checkpoint in --output (or from the given checkpoint folder)")
+                   help="continue the run in --output from its newest valid checkpoint (or from the given "
+                        "checkpoint folder), with its saved settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --output that holds another run (its model is replaced when the new "
+                        "one is complete)")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -146,16 +269,23 @@ def cmd_train(args: argparse.Namespace) -> dict:
     try:
         config = config_from_args(args)
     except ValueError as err:
-        raise SystemExit(f"rdfast train: {err}") from err
+        raise InputError(str(err)) from err
+    input_file(args.train, "--train")
+    input_file(args.val, "--val")
+    check_output_dir(args.output, args.resume, args.overwrite, cli=True)
+    if args.resume:
+        config = resumed_config(args, config)
+    model = resolve(args.model, tiny_checkpoint, "reward model")
+    if os.path.realpath(model) == os.path.realpath(args.output):
+        raise InputError(f"{args.output} is the base model's folder: write the trained model elsewhere",
+                         field="--output")
     rank = init_distributed()[0]
     log = sys.stderr if rank == 0 else None  # every rank validates; one reports
-    try:
-        train = load_preferences(args.train, strict=config.strict, log=log)
-        val = load_preferences(args.val, strict=config.strict, log=log) if args.val else None
-    except DataError as err:  # strict: every bad line was reported; stop before any training
-        raise SystemExit(f"rdfast train: stopped (--strict): {err}") from err
-    model = resolve(args.model, tiny_checkpoint, "reward model")
-    result = Trainer(model, config, train, val, output_dir=args.output, log=sys.stderr).train(resume=args.resume)
+    train = read_records(args.train, config.strict, log, "--train")
+    val = read_records(args.val, config.strict, log, "--val") if args.val else None
+    usable_records(train, config.ties, config.batch_size)
+    trainer = Trainer(model, config, train, val, output_dir=args.output, log=sys.stderr)
+    result = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if rank == 0:
         summary = {k: v for k, v in result.items() if k != "eval"}
         if result.get("eval"):
@@ -170,17 +300,23 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     Returns:
         ``evaluate``'s result.
     """
-    try:
-        test = load_preferences(args.test, strict=args.strict)
-        val = load_preferences(args.val, strict=args.strict) if args.val else None
-    except DataError as err:
-        raise SystemExit(f"rdfast eval: stopped (--strict): {err}") from err
+    input_file(args.test, "--test")
+    input_file(args.val, "--val")
+    output_file(args.output, "--output")
+    check_device(args.device)
     path = resolve(args.model, tiny_checkpoint, "reward model")
+    test = read_records(args.test, args.strict, flag="--test")
+    val = read_records(args.val, args.strict, flag="--val") if args.val else None
+    if not test:
+        raise InputError(f"{args.test}: no valid preference record (every line was skipped)", field="--test")
     model, paradigm = load_trained(path, device=args.device)
     trained = RewardConfig.load(path)
     result = evaluate(model, test, val, paradigm=args.paradigm or paradigm, debias=args.debias,
                       tie_threshold=args.tie_threshold, batch_size=args.batch_size,
                       cot_format=trained.cot_format if trained else None)
+    if not result["n_pairs"]:
+        raise InputError(f"{args.test}: no pair could be scored (the model rejected all {len(test)}; see above)",
+                         field="--test")
     if args.output:
         with open(args.output, "w") as fh:
             json.dump(result, fh, indent=1)
@@ -220,7 +356,7 @@ def main(argv: list[str] | None = None):
     parser = argparse.ArgumentParser(prog="rdfast", description="train and evaluate reward models")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(args.func, args, args.command)
 
 
 if __name__ == "__main__":

@@ -291,3 +291,19 @@ class PreferenceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index) -> PreferenceRecord:
         return self.records[index]
+
+
+def usable_records(records: list[PreferenceRecord], ties: str, batch_size: int) -> list[PreferenceRecord]:
+    """The records a run trains on (ties left out with ``ties="skip"``); InputError if fewer than a batch.
+
+    Args:
+        records: the training records.
+        ties: ``TrainConfig.ties`` ("soft" or "skip").
+        batch_size: ``TrainConfig.batch_size``.
+    Returns:
+        The records kept, in order.
+    """
+    kept = [r for r in records if not (ties == "skip" and r.is_tie)]
+    if len(kept) < batch_size:
+        raise InputError(f"{len(kept)} usable training records, fewer than batch_size={batch_size}")
+    return kept

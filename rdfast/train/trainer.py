@@ -24,6 +24,7 @@ files (``checkpoints``) and the exported model (``export``); the Trainer calls t
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,19 +32,21 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from ..errors import InputError
 from ..model import RewardModel
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from .batches import Collator
 from .checkpoints import (
-    list_checkpoints,
-    load_checkpoint,
+    read_checkpoint,
+    read_latest,
     remove_partial,
+    restore_checkpoint,
     save_checkpoint,
     write_json,
 )
 from .config import TrainConfig
-from .data import PreferenceRecord, reject_special_tokens
+from .data import PreferenceRecord, reject_special_tokens, usable_records
 from .distributed import (
     all_reduce,
     barrier,
@@ -57,6 +60,7 @@ from .export import save_model
 from .module import RewardTrainModule
 from .plots import plot_history
 from .regressive import RegressiveHead, RegressiveRewardModel, hidden_size
+from .rundir import CHECKPOINTS, PLOT, check_output_dir, check_resumable, staged_directory
 
 #: transformers' scheduler name for each ``TrainConfig.lr_schedule``
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -117,25 +121,19 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed()
         micro = config.micro_batch_size or config.batch_size // self.world
         if micro < 1 or config.batch_size % (self.world * micro):
-            raise ValueError(f"batch_size={config.batch_size} must be a multiple of world_size ({self.world}) x "
+            raise InputError(f"batch_size={config.batch_size} must be a multiple of world_size ({self.world}) x "
                              f"micro_batch_size ({micro})")
         self.micro, self.accumulation = micro, config.batch_size // (self.world * micro)
-        train_records = list(train_records)
-        if config.ties == "skip":
-            train_records = [r for r in train_records if not r.is_tie]
-        if len(train_records) < config.batch_size:
-            raise ValueError(f"{len(train_records)} usable training records, fewer than "
-                             f"batch_size={config.batch_size}")
+        train_records = usable_records(train_records, config.ties, config.batch_size)
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(config.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
         # user text holding a special token of this tokenizer: reported (strict: raised) before any step
         report = log if self.rank == 0 else None
-        self.train_records = reject_special_tokens(self.train_records, self.rm.tokenizer, config.strict, report)
+        self.train_records = usable_records(
+            reject_special_tokens(self.train_records, self.rm.tokenizer, config.strict, report),
+            config.ties, config.batch_size)
         self.eval_records = reject_special_tokens(self.eval_records, self.rm.tokenizer, config.strict, report)
-        if len(self.train_records) < config.batch_size:
-            raise ValueError(f"{len(self.train_records)} usable training records, fewer than "
-                             f"batch_size={config.batch_size}")
         if config.num_frames is not None or config.fps is not None:  # training, evaluation and export alike
             self.rm.num_frames, self.rm.fps = config.num_frames, config.fps
         self.peft_model = None
@@ -167,6 +165,9 @@ class Trainer:
         else:
             base = resolve(model, tiny_checkpoint, "reward model")
             rm = RewardModel.from_pretrained(base, device=self.device, dtype=torch.float32)
+        if os.path.realpath(base) == os.path.realpath(self.output_dir):
+            raise InputError(f"{self.output_dir} is the base model's folder: write the trained model elsewhere",
+                             field="output_dir")
         rm.instruction = self.config.instruction
         rm.normalize = self.config.normalize
         return rm, os.path.abspath(base)
@@ -218,28 +219,39 @@ class Trainer:
         return [self.train_records[i] for i in mine]
 
     # ---- training -------------------------------------------------------------------------------------
-    def train(self, resume: str | os.PathLike | None = None) -> dict:
+    def train(self, resume: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
         """Run to ``config.max_steps``, then ``finish``.
 
+        ``output_dir`` belongs to one run (``rdfast.train.rundir``): a fresh run refuses a folder holding
+        another run's checkpoints or a trained model; ``resume`` continues that run (a config that differs
+        from its saved one is an error naming the settings); ``overwrite`` starts over (the old checkpoints
+        are deleted now, the old model replaced when the new one is complete).
+
         Args:
-            resume: None (start at step 0), "auto" (continue from the latest checkpoint in ``output_dir``, if
-                any) or the path of a checkpoint folder.
+            resume: None (start at step 0), "auto" (continue from the newest valid checkpoint in ``output_dir``,
+                if any; a damaged one is reported and the one before it used) or a checkpoint folder.
+            overwrite: start over in a folder that holds another run.
         Returns:
             The final metrics {"step", "loss", "accuracy", "eval": {...} or None, "output_dir"}.
         """
         config = self.config
-        ckpt_dir = os.path.join(self.output_dir, "checkpoints")
+        ckpt_dir = os.path.join(self.output_dir, CHECKPOINTS)
+        check_output_dir(self.output_dir, resume, overwrite)
+        barrier()  # every rank has looked before rank 0 changes anything
         if self.rank == 0:
+            if overwrite:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             os.makedirs(ckpt_dir, exist_ok=True)
             remove_partial(ckpt_dir)  # leftovers of a run killed while writing a checkpoint
         barrier()
         if resume:
-            path = resume
-            if resume == "auto":
-                found = list_checkpoints(ckpt_dir)
-                path = found[-1] if found else None
-            if path:
-                self.load_checkpoint(path)
+            log = self.log if self.rank == 0 else None
+            found = read_latest(ckpt_dir, self.rank, self.device, log) if resume == "auto" \
+                else read_checkpoint(resume, self.rank)
+            if found is not None:
+                self._restore(found)
+            elif log is not None:
+                print(f"no checkpoint in {ckpt_dir}: starting at step 0", file=log)
         bar = tqdm(total=config.max_steps, initial=self.state.step, desc=f"train {config.paradigm}", unit="step",
                    disable=not config.progress or self.rank != 0, file=self.log, dynamic_ncols=True)
         self.wrapped.train()
@@ -330,15 +342,25 @@ class Trainer:
     def finish(self) -> dict:
         """Write the trained model, evaluate it as saved (LoRA merged), write history, results and the plot.
 
+        All of it goes to a hidden sibling of ``output_dir`` renamed into place when complete
+        (``rdfast.train.rundir.publish``; the run's checkpoints move into it), so a failure leaves the previous
+        directory as it was.
+
         Returns:
             {"step", "output_dir", "eval" (``evaluate``'s result on eval_records, or None), "loss",
             "accuracy" (the last step's)}.
         """
-        self.save_model(self.output_dir)
         result = {"step": self.state.step, "output_dir": self.output_dir, "eval": None}
         if self.state.history:
             last = self.state.history[-1]
             result.update(loss=last["loss"], accuracy=last["accuracy"])
+        with staged_directory(self.output_dir, self.rank) as staged:
+            self._export(staged)
+            self._write_results(result, staged)
+        return result
+
+    def _write_results(self, result: dict, directory: str) -> None:
+        """Rank 0: the final evaluation (into ``result``), eval_results.json, train_history.json and the plot."""
         if self.rank == 0:
             if self.eval_records:
                 self.wrapped.eval()
@@ -348,12 +370,10 @@ class Trainer:
                                               log=self.log)
                 self.state.evals.append({"step": self.state.step, "accuracy": result["eval"]["accuracy"],
                                          "n": result["eval"]["n_accuracy"], "final": True})
-                write_json(result["eval"], os.path.join(self.output_dir, "eval_results.json"))
+                write_json(result["eval"], os.path.join(directory, "eval_results.json"))
             write_json({"config": self.config.to_dict(), "history": self.state.history, "evals": self.state.evals},
-                       os.path.join(self.output_dir, "train_history.json"))
-            self.plot()
-        barrier()
-        return result
+                       os.path.join(directory, "train_history.json"))
+            self.plot(os.path.join(directory, PLOT))
 
     def plot(self, path: str | os.PathLike | None = None) -> str | None:
         """Loss and accuracy curves (training, and held-out evaluations) as a PNG; rank 0 only.
@@ -388,22 +408,32 @@ class Trainer:
         Args:
             path: a ``checkpoint-<step>`` folder written by a run with the same config and process count.
         """
-        state = load_checkpoint(path, self.wrapped, self.optimizer, self.scheduler,
-                                [n for n, _ in self.named_trainable], rank=self.rank, world=self.world,
-                                device=self.device)
+        self._restore(read_checkpoint(path, self.rank))
+
+    def _restore(self, contents: dict) -> None:
+        """Resume from ``read_checkpoint``'s result, once its saved config is this run's (else InputError)."""
+        path = contents["path"]
+        check_resumable(self.config, contents)
+        state = restore_checkpoint(contents, self.wrapped, self.optimizer, self.scheduler,
+                                   [n for n, _ in self.named_trainable], world=self.world, device=self.device)
         self.state = TrainState(state["step"], state["history"], state["evals"])
         if self.rank == 0:
-            print(f"resumed from {os.fspath(path)} at step {self.state.step}", file=self.log)
+            print(f"resumed from {path} at step {self.state.step}", file=self.log)
 
     def save_model(self, directory: str | os.PathLike) -> None:
         """Write a directory ``RewardModel.from_pretrained`` (or ``RegressiveRewardModel``) loads. Collective.
 
+        It is written beside ``directory`` and renamed into place when complete (replacing what was there).
         A LoRA model is merged in memory afterwards (``rdfast.train.export.save_model``), so it scores as the
         saved directory does; it trains no further.
 
         Args:
             directory: the output folder.
         """
+        with staged_directory(directory, self.rank) as staged:
+            self._export(staged)
+
+    def _export(self, directory: str) -> None:
         save_model(directory, self.rm, self.config, self.base_path, peft_model=self.peft_model, head=self.head,
                    wrapped=self.wrapped, rank=self.rank)
         self.peft_model = None

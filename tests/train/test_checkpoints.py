@@ -68,3 +68,40 @@ def test_only_complete_checkpoints_count_and_the_newest_are_kept(tmp_path):
         save_checkpoint(folder, s, model, optimizer, scheduler, names, {}, rank=0, world=1, device=CPU, keep=2)
     assert [os.path.basename(p) for p in list_checkpoints(folder)] == ["checkpoint-00000002", "checkpoint-00000003"]
     assert list_checkpoints(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("damage", ["truncated trainable", "truncated optimizer", "bad json", "no rng file"])
+def test_a_damaged_newest_checkpoint_is_named_and_the_one_before_it_used(tmp_path, damage):
+    """Before: the newest checkpoint was loaded blindly (a traceback naming no file) and nothing fell back."""
+    import io
+
+    from rdfast.errors import InputError
+    from rdfast.train.checkpoints import read_latest
+
+    model, optimizer, scheduler, names = setup(0)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for s in (1, 2, 3):
+        step(model, optimizer, scheduler)
+        save_checkpoint(folder, s, model, optimizer, scheduler, names, {}, rank=0, world=1, device=CPU, keep=3)
+    newest = folder / "checkpoint-00000003"
+    bad = newest / {"truncated trainable": "trainable.safetensors", "truncated optimizer": "optimizer.safetensors",
+                    "bad json": "trainer_state.json", "no rng file": "rng-rank0.safetensors"}[damage]
+    if damage == "no rng file":
+        bad.unlink()
+    else:
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) - 7])
+    log = io.StringIO()
+    found = read_latest(folder, log=log)
+    assert found["path"] == str(folder / "checkpoint-00000002") and found["state"]["step"] == 2
+    assert str(bad) in log.getvalue()
+    other, opt2, sched2, _ = setup(1)
+    other[0].weight.data.copy_(model[0].weight)
+    with pytest.raises(InputError, match=str(bad)):
+        load_checkpoint(newest, other, opt2, sched2, names, rank=0, world=1, device=CPU)
+    for name in ("checkpoint-00000001", "checkpoint-00000002"):
+        (folder / name / "optimizer.safetensors").write_bytes(b"{}")
+    with pytest.raises(InputError, match=f"no valid checkpoint in {folder}"):
+        read_latest(folder)
+    assert read_latest(tmp_path / "none") is None
