@@ -2,19 +2,21 @@
 
 rdfast accepts PIL images, file paths, float tensors [3, H, W] in [0, 1], or a batch tensor [N, 3, H, W].
 PIL images and paths stay PIL (so the VLM family can resize them exactly as the HF processor does);
-tensors stay tensors (so gradients reach the pixels).
+tensors stay tensors (so gradients reach the pixels). PIL images of any mode become RGB in ``to_rgb``.
 """
 from __future__ import annotations
 
 import os
 from typing import Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 
 from .errors import InputError
 
 ImageLike = Union["Image.Image", str, os.PathLike, torch.Tensor]
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I" (int32) is read as 16-bit data
 
 
 def as_image_list(images, field: str) -> list:
@@ -37,7 +39,16 @@ def as_image_list(images, field: str) -> list:
 
 
 def load_image(image, index: int | None, field: str):
-    """Validate one image; open paths. Returns an RGB PIL image or a float tensor [3, H, W] in [0, 1]."""
+    """Validate one image; open paths.
+
+    Args:
+        image: a PIL image (any mode), an image file path, or a float tensor [3, H, W] in [0, 1].
+        index: the image's position in its batch (named in errors), or None.
+        field: the argument or record key the image came from (named in errors).
+
+    Returns:
+        An RGB PIL image (see ``to_rgb``) or the tensor itself, validated.
+    """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
@@ -45,15 +56,54 @@ def load_image(image, index: int | None, field: str):
         try:
             with Image.open(path) as im:
                 im.load()
-                return im.convert("RGB")
         except Exception as err:  # PIL raises several types for corrupt files
             raise InputError(f"cannot read image file {path}: {err}", index, field) from err
+        return to_rgb(im, index, field)
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return to_rgb(image, index, field)
     if isinstance(image, torch.Tensor):
         check_image_tensor(image, index, field)
         return image
     raise InputError(f"unsupported image type {type(image).__name__} (use PIL, a path or a tensor)", index, field)
+
+
+def to_rgb(image: "Image.Image", index: int | None = None, field: str = "images") -> "Image.Image":
+    """An 8-bit RGB copy of a PIL image of any mode, as the HF ``*ImageProcessorPil`` classes see it.
+
+    Transparency (RGBA, LA, PA, and P / L / RGB images carrying a ``transparency`` entry, such as a PNG
+    tRNS chunk) is composited on white, and every other mode (L, 1, CMYK, YCbCr, P, ...) is converted, by
+    transformers' own ``convert_to_rgb``, so pixels equal the HF processors'. One deliberate difference:
+    16-bit images (modes "I;16", "I;16B", "I;16L", "I;16N", and "I" read as 16-bit data) are scaled to 8
+    bits as round(value / 257), so 65535 is white; the HF processors saturate them instead (every value
+    >= 255 becomes white). An "I" image with values outside [0, 65535] is an error.
+
+    Args:
+        image: a PIL image with at least one pixel.
+        index, field: where the image came from, named in errors.
+
+    Returns:
+        A PIL image of mode "RGB" and the same size.
+    """
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"image is empty ({image.width}x{image.height} pixels)", index, field)
+    from transformers.image_transforms import convert_to_rgb  # heavy
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = sixteen_to_eight_bits(image, index, field)
+    return Image.fromarray(convert_to_rgb(image, return_numpy=True), "RGB")
+
+
+def sixteen_to_eight_bits(image: "Image.Image", index: int | None, field: str) -> "Image.Image":
+    """A 16-bit grayscale PIL image as mode "L", round(value / 257); its transparent value becomes white."""
+    values = np.asarray(image).astype(np.int64)
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi > 65535:
+        raise InputError(f"{image.mode!r} image values must lie in the 16-bit range [0, 65535], got [{lo}, {hi}]",
+                         index, field)
+    eight = np.rint(values / 257).astype(np.uint8)
+    transparent = image.info.get("transparency")
+    if isinstance(transparent, int):  # a 16-bit PNG's tRNS: one fully transparent value, on white
+        eight[values == transparent] = 255
+    return Image.fromarray(eight, "L")
 
 
 def check_image_tensor(image: torch.Tensor, index: int, field: str) -> None:
