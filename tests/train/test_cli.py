@@ -179,7 +179,10 @@ def test_eval_where_the_model_rejects_every_pair_exits_non_zero(tmp_path, capsys
     from rdfast.train import cli
 
     data = data_file(tmp_path, 2, seed_of(gen))
-    model = types.SimpleNamespace(instruction=None)  # never asked to score: every pair is rejected
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("qwen2_vl"))
+    model = types.SimpleNamespace(instruction=None, tokenizer=tokenizer)  # never asked to score: all rejected
     monkeypatch.setattr(cli, "load_trained", lambda path, device=None: (model, "pairwise"))
     real = cli.evaluate
     monkeypatch.setattr(cli, "evaluate", lambda model, test, *a, **k: real(model, [], *a, **k))  # all rejected
