@@ -82,6 +82,7 @@ def main(argv=None):
         p.add_argument("--normalize", default="vocab", choices=("vocab", "yes_no"))
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default=None)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
         existing = p.add_mutually_exclusive_group()
         existing.add_argument("--resume", action="store_true",
                               help="keep the rows already in --output (matched to input lines by content), score the rest")
@@ -92,6 +93,7 @@ def main(argv=None):
     p = sub.add_parser("demo", help="score, compare and rank on the embedded tiny model")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "internvl"))
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_demo)
     # Training (train, eval) and generator alignment (refl, search) add their own subcommands.
     for module in (train_cli, diffusion_cli):

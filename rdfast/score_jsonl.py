@@ -84,7 +84,7 @@ class ScoreJob:
         check_output_file(self.output_path, self.input_path, resume or self.rank != 0, overwrite)
         self.numbers, self.keys = self._scan()
         self.part = self.output_path if self.world == 1 else f"{self.output_path}.rank{self.rank}-of-{self.world}"
-        self._created = not os.path.exists(self.part)
+        self._created, self._created_final = not os.path.exists(self.part), not os.path.exists(self.output_path)
         self.out = OutputFile(self.part, self.input_path, resume, overwrite)
         self.final = None  # under torchrun, rank 0 holds the merged output too
         try:
@@ -291,13 +291,14 @@ class ScoreJob:
         dist.barrier()
 
     def close(self) -> None:
-        """Release the output(s); an output this job created and left empty is removed."""
-        empty = self._created and os.path.exists(self.part) and os.path.getsize(self.part) == 0
-        self.out.close()
-        if self.final is not None:
-            self.final.close()
-        if empty:
-            os.remove(self.part)
+        """Release the output(s); an output this job created and left empty is removed (a rerun needs no
+        --overwrite after a job that wrote nothing)."""
+        outputs = [(self.out, self._created)] + ([(self.final, self._created_final)] if self.final else [])
+        for output, created in outputs:
+            empty = created and os.path.exists(output.path) and os.path.getsize(output.path) == 0
+            output.close()
+            if empty:
+                os.remove(output.path)
 
     def __enter__(self) -> ScoreJob:
         return self
