@@ -6,20 +6,26 @@
     rdfast train | eval | refl | search ...                               # see rdfast.train, rdfast.diffusion
     torchrun --nproc_per_node 8 -m rdfast.cli score ...                   # shard over ranks, one merged output
 
-Image paths are relative to the input file's folder. A bad line is reported (with its line number) and
-skipped; the rest are kept. Output lines carry the input fields, the input line number and "score".
-``--resume`` continues a killed job: lines already written are kept and skipped.
+Image paths are relative to the input file's folder; a line's own "instruction" wins over --instruction.
+A bad line is reported (with its line number) and skipped; the rest are kept. Output lines carry the input
+fields, the input line number ("line"), its resume key ("input_key") and "score". An existing --output is
+refused unless --resume (continue a killed job: rows are matched to input lines by content) or --overwrite;
+the input is never the output, and two jobs never write one output. Files, folders, the device and the
+input's fields are checked before the model loads. A user error is one line on stderr and exit code 2
+(``rdfast --debug ...`` shows the traceback); a run where every line was bad exits with code 1.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .demo import run_demo
 from .diffusion import cli as diffusion_cli
-from .errors import run_command
+from .errors import InputError, check_device, run_command
 from .model import RewardModel
-from .score_jsonl import score_file
+from .prompts import instruction_text
+from .score_jsonl import ScoreJob
 from .train import cli as train_cli
 
 
@@ -34,14 +40,29 @@ def _load(args):
 
 
 def _cmd_score(args, mode):
-    rm = _load(args)
-    n = score_file(rm, mode, args.input, args.output, args.instruction, getattr(args, "debias", False),
-                   args.batch_size, resume=args.resume)
-    print(f"wrote {n} scores to {args.output}")
-    import torch.distributed as dist
+    # everything the user can get wrong is checked before the model loads (seconds on a real checkpoint)
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.instruction is not None:
+        try:
+            instruction_text(args.instruction)
+        except ValueError as err:
+            raise InputError(f"--instruction: {err}") from None
+    check_device(args.device)
+    with ScoreJob(mode, args.input, args.output, resume=args.resume, overwrite=args.overwrite) as job:
+        rm = _load(args)
+        summary = job.run(rm, args.instruction, getattr(args, "debias", False), args.batch_size)
+    import torch.distributed as dist  # heavy: only to close a torchrun process group
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    if summary.scored + summary.kept == 0 and summary.skipped:
+        print(f"rdfast {mode}: error: {summary.skipped} of {summary.skipped} lines of {args.input} were bad "
+              "(reported above); nothing was scored", file=sys.stderr)
+        raise SystemExit(1)
+    kept = f", {summary.kept} kept from before" if summary.kept else ""
+    skipped = f", {summary.skipped} bad line(s) skipped" if summary.skipped else ""
+    print(f"wrote {summary.scored} scores to {args.output}{kept}{skipped}")
 
 
 def _cmd_demo(args):
@@ -50,6 +71,7 @@ def _cmd_demo(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rdfast", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     sub = parser.add_subparsers(dest="command", required=True)
     for mode in ("score", "compare"):
         p = sub.add_parser(mode, help=f"{mode} a JSONL file")
@@ -60,13 +82,18 @@ def main(argv=None):
         p.add_argument("--normalize", default="vocab", choices=("vocab", "yes_no"))
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default=None)
-        p.add_argument("--resume", action="store_true", help="keep lines already in --output, score the rest")
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
+        existing = p.add_mutually_exclusive_group()
+        existing.add_argument("--resume", action="store_true",
+                              help="keep the rows already in --output (matched to input lines by content), score the rest")
+        existing.add_argument("--overwrite", action="store_true", help="replace an existing --output")
         if mode == "compare":
             p.add_argument("--debias", action="store_true", help="average both image orders")
         p.set_defaults(func=lambda a, m=mode: _cmd_score(a, m))
     p = sub.add_parser("demo", help="score, compare and rank on the embedded tiny model")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "internvl"))
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_demo)
     # Training (train, eval) and generator alignment (refl, search) add their own subcommands.
     for module in (train_cli, diffusion_cli):

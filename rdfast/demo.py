@@ -35,8 +35,10 @@ def run_demo(out_dir: str = "out/demo", family: str = "qwen2_vl") -> dict:
         for k in range(1, len(names)):
             fh.write(json.dumps({"prompt": PROMPTS[k % len(PROMPTS)], "image1": names[0], "image2": names[k]}) + "\n")
 
-    score_file(rm, "score", os.path.join(out_dir, "items.jsonl"), os.path.join(out_dir, "scores.jsonl"))
-    score_file(rm, "compare", os.path.join(out_dir, "pairs.jsonl"), os.path.join(out_dir, "pair_scores.jsonl"), debias=True)
+    score_file(rm, "score", os.path.join(out_dir, "items.jsonl"), os.path.join(out_dir, "scores.jsonl"),
+               overwrite=True)  # the demo owns its outputs
+    score_file(rm, "compare", os.path.join(out_dir, "pairs.jsonl"), os.path.join(out_dir, "pair_scores.jsonl"),
+               debias=True, overwrite=True)
     ranking = rm.rank(candidates=images[:4], prompt=PROMPTS[0], top_k=2)
 
     scores = [json.loads(line)["score"] for line in open(os.path.join(out_dir, "scores.jsonl"))]

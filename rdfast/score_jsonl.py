@@ -1,47 +1,321 @@
 """The JSONL scoring job behind ``rdfast score`` / ``rdfast compare`` (and the demo).
 
-Image paths are relative to the input file's folder. A bad line is reported (with its line number) and
-skipped; the rest are kept. Output lines carry the input fields, the input line number and "score".
-``resume=True`` continues a killed job: lines already written are kept and skipped. Under torchrun the input
-is sharded over ranks and merged back in input order.
+Image paths are relative to the input file's folder. A line may carry its own ``instruction`` (it wins over
+the job's). A bad line (undecodable, not a JSON object, missing fields, a missing image, an item the model
+rejects, a non-finite score) is reported with its line number and skipped; the rest are kept. Output lines
+carry the input fields, the input line number ("line"), the line's resume key ("input_key", see
+``rdfast.jsonl_io``) and "score".
+
+``ScoreJob`` checks the files and claims (locks) the output before any model is loaded; ``run`` scores.
+With ``resume=True`` rows already in the output are matched to the input by content key: rows whose input
+line changed or is gone are dropped, a torn last line is repaired, and rows written by an older rdfast
+(no "input_key") are kept where their line still holds the same record. A resumed output ends in input
+order. Under torchrun the input is sharded over ranks by key and merged back in input order.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
 
 from .errors import InputError
 from .images import load_image
+from .jsonl_io import (
+    KEY_FIELD,
+    OutputFile,
+    check_input_file,
+    check_output_file,
+    content_key,
+    is_finite_number,
+    parse_rows,
+    read_jsonl,
+)
 
 FIELDS = {"score": ("image",), "compare": ("image1", "image2")}
+OUTPUT_FIELDS = ("line", KEY_FIELD, "score")  # written over the input's fields
 
 
-def read_jsonl(path: str, image_fields: tuple[str, ...], log=None, keep=None):
-    """Yield (line_number, record, images) for valid lines (those ``keep(line_number)`` accepts); report and
-    skip bad ones."""
-    log = log or sys.stderr  # looked up per call: sys.stderr may be replaced (tests, notebooks)
-    base = os.path.dirname(os.path.abspath(path))
-    with open(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip() or (keep is not None and not keep(number)):
+@dataclass
+class JobSummary:
+    """What one process of a scoring job did."""
+
+    scored: int  # lines scored and written now
+    skipped: int  # bad lines, reported and skipped
+    kept: int  # rows already in the output (resume)
+
+
+@dataclass
+class _Item:
+    number: int
+    key: str | None = None
+    record: dict | None = None
+    images: list | None = None
+    error: str | None = None
+
+
+class ScoreJob:
+    """A scoring job whose files are checked and whose output is held (locked) before a model is loaded.
+
+    Args:
+        mode: "score" (fields prompt, image) or "compare" (prompt, image1, image2).
+        input_path: the input JSONL.
+        output_path: the output JSONL (never the input; refused if it exists unless resume or overwrite).
+        resume: keep the rows already in the output and score the rest.
+        overwrite: replace an existing output.
+        log: where reports go (default: stderr).
+    Raises:
+        InputError: a missing or unusable file, an empty input, an input where no line has the mode's
+            fields, or an output another job holds.
+    """
+
+    def __init__(self, mode: str, input_path: str, output_path: str, *, resume: bool = False,
+                 overwrite: bool = False, log=None):
+        if mode not in FIELDS:
+            raise ValueError(f"mode must be one of {sorted(FIELDS)}, got {mode!r}")
+        self.mode, self.input_path, self.output_path = mode, os.fspath(input_path), os.fspath(output_path)
+        self.log = log or sys.stderr  # looked up per job: sys.stderr may be replaced (tests, notebooks)
+        check_input_file(self.input_path)
+        self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        # under torchrun rank 0 creates the merged output at once: the other ranks must not take it for an old one
+        check_output_file(self.output_path, self.input_path, resume or self.rank != 0, overwrite)
+        self.numbers, self.keys = self._scan()
+        self.part = self.output_path if self.world == 1 else f"{self.output_path}.rank{self.rank}-of-{self.world}"
+        self._created, self._created_final = not os.path.exists(self.part), not os.path.exists(self.output_path)
+        self.out = OutputFile(self.part, self.input_path, resume, overwrite)
+        self.final = None  # under torchrun, rank 0 holds the merged output too
+        try:
+            if self.world > 1 and self.rank == 0:
+                self.final = OutputFile(self.output_path, self.input_path, resume, overwrite)
+            self.done: dict[str, dict] = self._resume() if resume else {}
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- before the model: scan, resume ---------------------------------------------------------------
+    def _scan(self) -> tuple[list[int], dict[int, str]]:
+        """Non-blank line numbers and the resume key of each readable line; checks the mode's fields."""
+        needed = ("prompt", *FIELDS[self.mode])
+        numbers, keys, seen, first, fits = [], {}, {}, None, False
+        for line in read_jsonl(self.input_path):
+            numbers.append(line.number)
+            if line.record is not None:
+                keys[line.number] = content_key(line.record, seen)
+                first = first or line
+                fits = fits or all(isinstance(line.record.get(f), str) for f in needed)
+        if not numbers:
+            raise InputError(f"--input {self.input_path} has no lines")
+        if first is not None and not fits:
+            other = next((m for m, f in FIELDS.items() if m != self.mode and all(k in first.record for k in f)), None)
+            hint = f"; is it input for `rdfast {other}`?" if other else ""
+            raise InputError(f"--input {self.input_path}: no line has the fields {', '.join(needed)} that "
+                             f"`rdfast {self.mode}` needs (line {first.number} has {', '.join(first.record)}){hint}")
+        return numbers, keys
+
+    def _mine(self, number: int, key: str | None) -> bool:
+        """Whether this rank scores the line: by key (stable when lines move), by number for unreadable lines."""
+        if self.world == 1:
+            return True
+        return (zlib.crc32(key.encode()) if key is not None else number - 1) % self.world == self.rank
+
+    def _resume(self) -> dict[str, dict]:
+        """Rows already written, by key, for lines of this rank that still hold the same record; repairs the
+        output (dropped rows, torn line, older format, line numbers, order) when it differs."""
+        rows, problems = self.out.previous_rows()
+        kept = self._match(rows, problems, self.part)
+        ordered = sorted(kept.values(), key=lambda r: r["line"])
+        if problems or ordered != rows:
+            self.out.rewrite(ordered)
+        if self.world > 1 and os.path.exists(self.output_path):  # the merged output of an earlier run
+            with open(self.output_path, "rb") as fh:
+                merged, problems = parse_rows(fh.read())
+            for key, row in self._match(merged, problems, self.output_path).items():
+                kept.setdefault(key, row)
+        return kept
+
+    def _match(self, rows: list[dict], problems: list[str], path: str) -> dict[str, dict]:
+        """The rows (by key, with their current line number) whose line still holds the same record on this
+        rank; reports the rest."""
+        line_of = {key: number for number, key in self.keys.items()}
+        legacy = self._legacy_keys(rows)
+        kept: dict[str, dict] = {}
+        for k, row in enumerate(rows):
+            key = row.get(KEY_FIELD) if KEY_FIELD in row else legacy.get(k)
+            if key in line_of and key not in kept and self._mine(line_of[key], key) and is_finite_number(row.get("score")):
+                kept[key] = {**row, "line": line_of[key], KEY_FIELD: key}
+        for problem in problems:
+            print(f"{path}: {problem}", file=self.log)
+        if len(kept) < len(rows):
+            print(f"{path}: {len(rows) - len(kept)} row(s) match no line of {self.input_path} (edited, removed or "
+                  "duplicated lines, or a non-finite score); they are dropped and those lines rescored", file=self.log)
+        return kept
+
+    def _legacy_keys(self, rows: list[dict]) -> dict[int, str]:
+        """Keys for rows an older rdfast wrote (input fields, "line", "score"; no key): a row keeps its line's
+        key only if that line still holds the same record."""
+        wanted = {k: row.get("line") for k, row in enumerate(rows) if KEY_FIELD not in row}
+        if not wanted:
+            return {}
+        records = {line.number: line.record for line in read_jsonl(self.input_path) if line.record is not None}
+        plain = lambda r: {f: v for f, v in r.items() if f not in OUTPUT_FIELDS}
+        return {k: self.keys[n] for k, n in wanted.items()
+                if isinstance(n, int) and n in records and plain(records[n]) == plain(rows[k])}
+
+    # ---- scoring -------------------------------------------------------------------------------------
+    def _items(self):
+        """The lines still to score on this rank, their images loaded; bad lines carry their error."""
+        base = os.path.dirname(os.path.abspath(self.input_path))
+        seen = {}
+        for line in read_jsonl(self.input_path):
+            key = content_key(line.record, seen) if line.record is not None else None
+            if not self._mine(line.number, key) or key in self.done:
                 continue
+            if line.error is not None:
+                yield _Item(line.number, error=line.error)
+                continue
+            record = line.record
             try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise InputError("a line must hold a JSON object")
-                prompt = record.get("prompt")
+                prompt, instruction = record.get("prompt"), record.get("instruction")
                 if not isinstance(prompt, str) or not prompt.strip():
                     raise InputError(f"'prompt' must be a non-empty string, got {prompt!r}")
+                if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+                    raise InputError(f"'instruction' must be a non-empty string when given, got {instruction!r}")
                 images = []
-                for field in image_fields:
+                for field in FIELDS[self.mode]:
                     if not isinstance(record.get(field), str):
                         raise InputError(f"missing image path field {field!r}")
                     images.append(load_image(os.path.join(base, record[field]), None, field))
-            except (ValueError, InputError) as err:
-                print(f"{path}:{number}: skipped: {err}", file=log)
+            except InputError as err:
+                yield _Item(line.number, error=str(err))
                 continue
-            yield number, record, images
+            yield _Item(line.number, key, record, images)
+
+    def run(self, rm, instruction: str | None = None, debias: bool = False, batch_size: int = 8) -> JobSummary:
+        """Score the lines not yet in the output, streaming them in chunks (the images of the next chunk load
+        while this one is scored); each chunk is appended and flushed, so a killed job keeps it.
+
+        Args:
+            rm: a RewardModel (anything with ``score`` / ``compare`` as RewardModel's).
+            instruction: for lines without their own "instruction" (None: the model's own).
+            debias: compare only: average both image orders.
+            batch_size: lines per chunk.
+        Returns:
+            JobSummary of this process.
+        """
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if self.world > 1:
+            _init_distributed()
+        todo = sum(1 for n in self.numbers if self._mine(n, self.keys.get(n)) and self.keys.get(n) not in self.done)
+        self.skipped, scored, ends = 0, 0, []
+        with tqdm(total=todo, desc=f"rdfast {self.mode}", unit="item", file=self.log, disable=self.rank != 0) as bar:
+            self._bar = bar
+            for chunk in _prefetched(_chunks(self._items(), batch_size)):
+                good = []
+                for item in chunk:
+                    if item.error is not None:
+                        self._skip(item.number, item.error)
+                    else:
+                        good.append(item)
+                groups: dict[str | None, list[_Item]] = {}
+                for item in good:
+                    own = item.record.get("instruction")
+                    groups.setdefault(own if own is not None else instruction, []).append(item)
+                scores = {}
+                for group_instruction, items in groups.items():
+                    scores.update(self._score_group(rm, items, group_instruction, debias))
+                rows = []
+                for item in good:
+                    value = scores.get(item.number)
+                    if value is not None and not is_finite_number(value):
+                        self._skip(item.number, f"non-finite score {value} (broken weights?)")
+                    elif value is not None:
+                        rows.append({**item.record, "line": item.number, KEY_FIELD: item.key, "score": value})
+                if rows:
+                    self.out.append(rows)
+                    ends.append((rows[0]["line"], rows[-1]["line"]))
+                scored += len(rows)
+                bar.update(len(rows))
+        if self.done and ends and ends[0][0] < max(r["line"] for r in self.done.values()):
+            self.out.rewrite(sorted(self.out.previous_rows()[0], key=lambda r: r["line"]))  # back in input order
+        if self.world > 1:
+            self._merge()
+        return JobSummary(scored, self.skipped, len(self.done))
+
+    def _skip(self, number: int, why) -> None:
+        tqdm.write(f"{self.input_path}:{number}: skipped: {why}", file=self.log)  # above the bar, not glued to it
+        self._bar.update(1)
+        self.skipped += 1
+
+    def _score_group(self, rm, items: list[_Item], instruction, debias: bool) -> dict[int, float]:
+        """Scores of items sharing one instruction, by line number; an item the model rejects is skipped and
+        the rest are scored again."""
+        while items:
+            columns = list(zip(*(item.images for item in items)))
+            prompts = [item.record["prompt"] for item in items]
+            try:
+                if self.mode == "score":
+                    values = rm.score(images=list(columns[0]), prompts=prompts, instruction=instruction)
+                else:
+                    values = rm.compare(images1=list(columns[0]), images2=list(columns[1]), prompts=prompts,
+                                        instruction=instruction, debias=debias)
+            except InputError as err:
+                if err.index is None or not 0 <= err.index < len(items):  # names no item: it is every item's
+                    for item in items:
+                        self._skip(item.number, err)
+                    return {}
+                self._skip(items[err.index].number, err)
+                items = items[: err.index] + items[err.index + 1 :]
+                continue
+            return {item.number: value for item, value in zip(items, values.tolist())}
+        return {}
+
+    def _merge(self) -> None:
+        """torchrun: rank 0 merges the rows of every rank (and of a resumed merged output) in input order."""
+        import torch.distributed as dist  # heavy: only under torchrun
+
+        self.out.close()
+        dist.barrier()
+        if self.rank == 0:
+            parts = [f"{self.output_path}.rank{r}-of-{self.world}" for r in range(self.world)]
+            rows = {row[KEY_FIELD]: row for row in self.done.values()}
+            for path in parts:
+                with open(path, "rb") as fh:
+                    rows.update((row[KEY_FIELD], row) for row in parse_rows(fh.read())[0])
+            self.final.rewrite(sorted(rows.values(), key=lambda r: r["line"]))
+            for path in parts:
+                os.remove(path)
+        dist.barrier()
+
+    def close(self) -> None:
+        """Release the output(s); an output this job created and left empty is removed (a rerun needs no
+        --overwrite after a job that wrote nothing)."""
+        outputs = [(self.out, self._created)] + ([(self.final, self._created_final)] if self.final else [])
+        for output, created in outputs:
+            empty = created and os.path.exists(output.path) and os.path.getsize(output.path) == 0
+            output.close()
+            if empty:
+                os.remove(output.path)
+
+    def __enter__(self) -> ScoreJob:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def score_file(rm, mode: str, input_path: str, output_path: str, instruction=None, debias=False, batch_size=8,
+               log=None, resume=False, overwrite=False) -> JobSummary:
+    """Score a JSONL file with a loaded model: ``ScoreJob(...).run(...)`` (see both for the arguments).
+
+    Returns:
+        JobSummary (lines scored now, skipped, kept from an earlier run).
+    """
+    with ScoreJob(mode, input_path, output_path, resume=resume, overwrite=overwrite, log=log) as job:
+        return job.run(rm, instruction, debias, batch_size)
 
 
 def _chunks(rows, size: int):
@@ -57,8 +331,6 @@ def _chunks(rows, size: int):
 
 def _prefetched(iterator):
     """Yield from ``iterator`` while a background thread already reads (and decodes images of) the next item."""
-    from concurrent.futures import ThreadPoolExecutor
-
     done = object()
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(next, iterator, done)
@@ -70,100 +342,10 @@ def _prefetched(iterator):
             yield item
 
 
-def _lines_done(path: str) -> set[int]:
-    """Input line numbers already in an output file (for resuming); a torn last line is cut off."""
-    if not os.path.exists(path):
-        return set()
-    done, good_bytes = set(), 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                done.add(int(json.loads(raw)["line"]))
-            except (ValueError, KeyError, TypeError):
-                break
-            good_bytes += len(raw)
-    with open(path, "r+b") as fh:
-        fh.truncate(good_bytes)
-    return done
-
-
-def _distributed():
-    """(rank, world size) under torchrun, initialising the process group once; (0, 1) otherwise."""
+def _init_distributed() -> None:
+    """Initialise the process group once under torchrun (for the merge's barriers)."""
+    import torch  # heavy: only under torchrun
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
     if not dist.is_initialized():
-        import torch
-
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def score_file(rm, mode: str, input_path: str, output_path: str, instruction=None, debias=False, batch_size=8,
-               log=None, resume=False) -> int:
-    """Score a JSONL file, streaming it in chunks (images of the next chunk load while this one is scored).
-
-    Items the model rejects are reported and skipped. ``resume=True`` keeps lines already in
-    ``output_path`` and scores only the rest. Under torchrun each rank scores every world-th line into
-    its own part file; rank 0 then merges them into ``output_path`` in input order.
-    Returns the number of lines this process wrote.
-    """
-    from tqdm import tqdm
-
-    log = log or sys.stderr
-    rank, world = _distributed()
-    part = output_path if world == 1 else f"{output_path}.rank{rank}-of-{world}"
-    done = _lines_done(part) if resume else set()
-    with open(input_path) as fh:
-        total = sum(1 for k, line in enumerate(fh, start=1) if line.strip() and (k - 1) % world == rank and k not in done)
-    rows = (
-        row for row in read_jsonl(input_path, FIELDS[mode], log, keep=lambda k: (k - 1) % world == rank and k not in done)
-    )
-    written = 0
-    with open(part, "a" if resume else "w") as out, tqdm(total=total, desc=f"rdfast {mode}", unit="item", file=log,
-                                                         disable=rank != 0) as bar:
-        for chunk in _prefetched(_chunks(rows, batch_size)):
-            while chunk:
-                columns = list(zip(*(images for _, _, images in chunk)))
-                prompts = [record["prompt"] for _, record, _ in chunk]
-                try:
-                    if mode == "score":
-                        scores = rm.score(images=list(columns[0]), prompts=prompts, instruction=instruction)
-                    else:
-                        scores = rm.compare(images1=list(columns[0]), images2=list(columns[1]), prompts=prompts,
-                                            instruction=instruction, debias=debias)
-                except InputError as err:
-                    if err.index is None:
-                        raise
-                    print(f"{input_path}:{chunk[err.index][0]}: skipped: {err}", file=log)
-                    bar.update(1)
-                    chunk = chunk[: err.index] + chunk[err.index + 1 :]
-                    continue
-                for (number, record, _), value in zip(chunk, scores.tolist()):
-                    out.write(json.dumps({**record, "line": number, "score": value}) + "\n")
-                out.flush()  # a killed job keeps every finished chunk (resume picks up from there)
-                written += len(chunk)
-                bar.update(len(chunk))
-                break
-    if world > 1:
-        _merge_parts(output_path, rank, world)
-    return written
-
-
-def _merge_parts(output_path: str, rank: int, world: int) -> None:
-    import torch.distributed as dist
-
-    dist.barrier()
-    if rank == 0:
-        parts = [f"{output_path}.rank{r}-of-{world}" for r in range(world)]
-        rows = [line for p in parts for line in open(p) if line.strip()]
-        rows.sort(key=lambda line: json.loads(line)["line"])
-        tmp = output_path + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.writelines(rows)
-        os.replace(tmp, output_path)
-        for p in parts:
-            os.remove(p)
-    dist.barrier()

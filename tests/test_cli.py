@@ -22,7 +22,7 @@ def test_score_file_skips_bad_lines_and_keeps_the_rest(tmp_path, gen):
     ]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
     log = io.StringIO()
-    n = score_file(rm, "compare", str(tmp_path / "pairs.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log)
+    n = score_file(rm, "compare", str(tmp_path / "pairs.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log).scored
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert n == 2 and [r["line"] for r in out] == [1, 6] and out[1]["id"] == "keep-me"
     report = log.getvalue()
@@ -67,13 +67,13 @@ def test_resume_scores_only_what_is_missing(tmp_path, gen):
     rm = load_rm("qwen2_vl")
     src = _items_file(tmp_path, 7, int(torch.randint(0, 10_000, (1,), generator=gen)))
     full = tmp_path / "full.jsonl"
-    assert score_file(rm, "score", str(src), str(full), batch_size=3, log=io.StringIO()) == 7
+    assert score_file(rm, "score", str(src), str(full), batch_size=3, log=io.StringIO()).scored == 7
     expected = [json.loads(line) for line in full.read_text().splitlines()]
     # A job killed after 3 lines, in the middle of writing the 4th.
     killed = tmp_path / "killed.jsonl"
     kept = full.read_text().splitlines(keepends=True)[:3]
     killed.write_text("".join(kept) + kept[0][:17])
-    assert score_file(rm, "score", str(src), str(killed), batch_size=3, log=io.StringIO(), resume=True) == 4
+    assert score_file(rm, "score", str(src), str(killed), batch_size=3, log=io.StringIO(), resume=True).scored == 4
     resumed = [json.loads(line) for line in killed.read_text().splitlines()]
     assert [r["line"] for r in resumed] == list(range(1, 8))
     torch.testing.assert_close(torch.tensor([r["score"] for r in resumed]), torch.tensor([r["score"] for r in expected]),

@@ -189,9 +189,9 @@ def test_score_jsonl_reports_the_special_token_line_and_writes_the_others(tmp_pa
     prompts[4] = "<|image_pad|>"
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": p, **fields}) + "\n" for p in prompts))
     log = io.StringIO()
-    written = score_file(model, mode, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log)
+    summary = score_file(model, mode, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert written == 4 and [r["line"] for r in rows] == [1, 3, 4, 6]
+    assert (summary.scored, summary.skipped) == (4, 2) and [r["line"] for r in rows] == [1, 3, 4, 6]
     assert all(0 < r["score"] < 1 for r in rows)
     report = log.getvalue()
     assert "in.jsonl:2: skipped: prompts[1]: holds '<|im_end|>'" in report

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import InputError
 from ..images import load_image
+from ..jsonl_io import read_jsonl
 from ..prompts import ReservedText
 from ..videos import load_video
 
@@ -208,19 +209,18 @@ def load_preferences(path, strict: bool = False, check_images: bool = True, log=
     path = os.fspath(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     records, errors = [], []
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
-            if not text.strip():
-                continue
-            try:
-                rec = parse_line(text, base_dir, check_images)
-            except (ValueError, InputError) as err:  # json.JSONDecodeError is a ValueError
-                errors.append((number, str(err)))
-                if log is not None:
-                    print(f"{path}:{number}: {'error' if strict else 'skipped'}: {err}", file=log)
-                continue
-            rec.line, rec.source = number, path
-            records.append(rec)
+    for line in read_jsonl(path):  # UTF-8 (BOM allowed); an undecodable line is one bad line, not the end
+        try:
+            if line.error is not None:
+                raise InputError(line.error)
+            rec = parse_line(line.text, base_dir, check_images)
+        except (ValueError, InputError) as err:  # json.JSONDecodeError is a ValueError
+            errors.append((line.number, str(err)))
+            if log is not None:
+                print(f"{path}:{line.number}: {'error' if strict else 'skipped'}: {err}", file=log)
+            continue
+        rec.line, rec.source = line.number, path
+        records.append(rec)
     if strict and errors:
         raise DataError(path, errors)
     return records
