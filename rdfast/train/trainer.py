@@ -128,6 +128,8 @@ class Trainer:
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(config.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
+        # recorded by a LoRA export as given (a hub id or tiny:NAME stays one)
+        self.base_model = self.base_path if isinstance(model, RewardModel) else os.fspath(model)
         if config.num_frames is not None or config.fps is not None:  # training, evaluation and export alike
             self.rm.num_frames, self.rm.fps = config.num_frames, config.fps
         self.peft_model = None
@@ -397,5 +399,5 @@ class Trainer:
             directory: the output folder.
         """
         save_model(directory, self.rm, self.config, self.base_path, peft_model=self.peft_model, head=self.head,
-                   wrapped=self.wrapped, rank=self.rank)
+                   wrapped=self.wrapped, rank=self.rank, base_model=self.base_model)
         self.peft_model = None
