@@ -30,7 +30,8 @@ def _load(args):
 
         if torch.cuda.is_available():  # one GPU per torchrun process
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-    return RewardModel.from_pretrained(args.model, device=device, normalize=args.normalize, batch_size=args.batch_size)
+    return RewardModel.from_pretrained(args.model, device=device, normalize=args.normalize, batch_size=args.batch_size,
+                                       allow_pickle=args.allow_pickle)
 
 
 def _cmd_score(args, mode):
@@ -61,6 +62,8 @@ def main(argv=None):
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default=None)
         p.add_argument("--resume", action="store_true", help="keep lines already in --output, score the rest")
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="accept pickled (.bin) weights: unpickling can run code")
         if mode == "compare":
             p.add_argument("--debias", action="store_true", help="average both image orders")
         p.set_defaults(func=lambda a, m=mode: _cmd_score(a, m))

@@ -113,3 +113,22 @@ def test_missing_chat_template_warns_once_naming_the_model(tmp_path):
         rm = RewardModel.from_pretrained(ckpt, device="cpu")
         RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device="cpu")
     assert 0 < float(_score(rm, seed=4)[0]) < 1
+
+
+def test_cli_refuses_pickled_weights_unless_allow_pickle(tmp_path, capsys):
+    from rdfast.cli import main
+
+    ckpt = _copy(tmp_path)
+    torch.save(load_file(ckpt / "model.safetensors"), ckpt / "pytorch_model.bin")
+    os.remove(ckpt / "model.safetensors")
+    random_images(1, seed=5)[0].save(tmp_path / "a.png")
+    (tmp_path / "items.jsonl").write_text(json.dumps({"prompt": "a tree", "image": "a.png"}) + "\n")
+    argv = ["score", "--model", str(ckpt), "--input", str(tmp_path / "items.jsonl"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--output", str(tmp_path / "refused.jsonl")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pytorch_model.bin" in err and "--allow-pickle" in err
+    assert len(err.strip().splitlines()) == 1
+    main(argv + ["--output", str(tmp_path / "scores.jsonl"), "--allow-pickle"])
+    (row,) = [json.loads(line) for line in (tmp_path / "scores.jsonl").read_text().splitlines()]
+    assert 0 < row["score"] < 1
