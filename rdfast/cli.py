@@ -36,7 +36,8 @@ def _load(args):
 
         if torch.cuda.is_available():  # one GPU per torchrun process
             device = f"cuda:{os.environ['LOCAL_RANK']}"
-    return RewardModel.from_pretrained(args.model, device=device, normalize=args.normalize, batch_size=args.batch_size)
+    return RewardModel.from_pretrained(args.model, device=device, normalize=args.normalize, batch_size=args.batch_size,
+                                       allow_pickle=args.allow_pickle)
 
 
 def _cmd_score(args, mode):
@@ -87,6 +88,8 @@ def main(argv=None):
         existing.add_argument("--resume", action="store_true",
                               help="keep the rows already in --output (matched to input lines by content), score the rest")
         existing.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="accept pickled (.bin) weights: unpickling can run code")
         if mode == "compare":
             p.add_argument("--debias", action="store_true", help="average both image orders")
         p.set_defaults(func=lambda a, m=mode: _cmd_score(a, m))

@@ -34,6 +34,7 @@ from .errors import InputError
 from .families import Family, family_for
 from .generation import greedy_continuations
 from .images import as_image_list
+from .loading import load_checkpoint
 from .ops import token_logprobs
 from .ranking import RankResult, rank_from_pairs
 from .resolve import resolve
@@ -85,7 +86,7 @@ class RewardModel:
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None, attn_implementation=None, normalize=None,
                         answer_words=None, trust_remote_code=False, max_length=None, batch_size=8,
-                        device_map=None) -> RewardModel:
+                        device_map=None, allow_pickle=False, base_model=None) -> RewardModel:
         """Load a reward model from a local directory, ``tiny:FAMILY`` or a hub id (rdfast.resolve).
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
@@ -93,10 +94,13 @@ class RewardModel:
         answer_words to ("yes", "no"), unless the directory was written by ``rdfast.train`` (its
         ``rdfast_config.json`` then supplies them, the instruction, and the base model of a LoRA adapter).
         ``device_map`` (e.g. "auto") spreads a large reward model over several GPUs through accelerate;
-        ``device`` is then ignored.
-        """
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer  # heavy
+        ``device`` is then ignored. ``base_model`` (a directory, ``tiny:NAME`` or a hub id) overrides the base
+        model a LoRA adapter directory records.
 
+        Loading is checked (rdfast.loading): pickled weights are refused unless ``allow_pickle=True``; weights
+        missing from the checkpoint (tied ones excepted) or holding NaN/inf are an ``InputError`` naming them; a
+        tokenizer without a chat template is warned about once.
+        """
         path = resolve(path, tiny_checkpoint, "reward model")
         if attn_implementation == "flash_attention_2":
             try:
@@ -107,23 +111,9 @@ class RewardModel:
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         trained = RewardConfig.load(path) or RewardConfig()
-        base_path = trained.base_model_path(path)  # a LoRA adapter directory points at its base model
-        common = dict(local_files_only=True, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(base_path, **common)
-        tokenizer = AutoTokenizer.from_pretrained(path, **common)
-        image_processor = AutoImageProcessor.from_pretrained(path, **common)
-        kwargs = dict(dtype=dtype, **common)
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
-        if base_path != path:
-            from peft import PeftModel  # optional
-
-            model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        model = (model if device_map is not None else model.to(device)).eval()
-        model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
+        model, config, tokenizer, image_processor = load_checkpoint(
+            path, trained, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, base_model=base_model)
         family = family_for(config, tokenizer, image_processor)
         answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
@@ -170,7 +160,7 @@ class RewardModel:
         columns, kind = media_columns(images, None, videos, None)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps)
-        return self.probabilities(self.item_logprobs(items, batch_size))
+        return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))
 
     def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None, *,
                 videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
@@ -184,9 +174,9 @@ class RewardModel:
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps)
         if not debias:
-            return self.probabilities(self.item_logprobs(items, batch_size))
+            return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))
         both = self.probabilities(self.item_logprobs(items + [self.encoder.swapped(it) for it in items], batch_size))
-        return 0.5 * (both[: len(items)] + 1.0 - both[len(items) :])
+        return finite_rewards(0.5 * (both[: len(items)] + 1.0 - both[len(items) :]))  # NaN of a swap stays at i
 
     def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None, *, videos=None,
              num_frames=None, fps=None) -> RankResult:
@@ -252,7 +242,7 @@ class RewardModel:
                     bodies = [r if at is not None else r + newline for r, at in zip(reason_ids, ats)]
                     logp = self.item_logprobs([_extended(it, b) for it, b in zip(chunk, bodies)], size)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
-                for p, d, ids in zip(self.probabilities(logp).tolist(), decisions, reason_ids):
+                for p, d, ids in zip(finite_rewards(self.probabilities(logp), start).tolist(), decisions, reason_ids):
                     results.append({"p_yes": p, "decision": self.answers.yes_word if d == yes else self.answers.no_word,
                                     "reason": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                     "reason_ids": ids})
@@ -334,6 +324,24 @@ class RewardModel:
     def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
         return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,
                                     self.tokenizer.eos_token_id, self.pad_token_id)
+
+
+def finite_rewards(rewards: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """``rewards`` [N] unchanged when all are finite: a score is never NaN or inf.
+
+    Args:
+        rewards: [N] rewards of items ``offset`` .. ``offset + N - 1``.
+        offset: the index of the first one among the call's items (for the message).
+    Raises:
+        FloatingPointError naming the first item whose reward is not finite.
+    """
+    bad = ~torch.isfinite(rewards.detach())
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise FloatingPointError(f"item {offset + i}: the model gave a non-finite reward ({rewards[i].item()}); its "
+                                 "activations overflow or its weights are broken (in float16 or bfloat16, try "
+                                 "dtype=torch.float32)")
+    return rewards
 
 
 def _extended(item: EncodedItem, extra: list[int]) -> EncodedItem:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 FILE_NAME = "rdfast_config.json"
-VERSION = 2
+VERSION = 3  # 3: base_model may be a hub id or tiny:NAME, and a path is relative to the directory
 NORMALIZATIONS = ("vocab", "yes_no")
 
 
@@ -26,7 +26,9 @@ class RewardConfig:
         normalize: "vocab" (softmax over the vocabulary) or "yes_no" (over the two answer tokens).
         instruction: the model's default task instruction (None: the built-in one).
         num_frames, fps: the model's default video sampling (at most one of the two).
-        base_model: for a LoRA adapter directory, the base checkpoint (relative to the directory or absolute).
+        base_model: for a LoRA adapter directory, the base model as it was given: a hub id, ``tiny:NAME``, or a
+            local path relative to the directory (``./...``, ``../...``; older directories: absolute).
+            ``rdfast.loading`` records and resolves it.
         paradigm, cot_format, finetune: how it was trained (informational; cot_format also drives explain).
         template: the prompt templates it was trained with (informational).
     """
@@ -91,8 +93,3 @@ class RewardConfig:
             return cls(**data)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: {err}") from err
-
-    def base_model_path(self, directory: str | os.PathLike) -> str:
-        """The directory the weights load from: the LoRA base model, or ``directory`` itself."""
-        directory = os.fspath(directory)
-        return os.path.join(directory, self.base_model) if self.base_model else directory

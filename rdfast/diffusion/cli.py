@@ -8,6 +8,11 @@ random models built locally (nothing is downloaded): the pipeline is the real on
 Video pipelines (Wan 2.1, ``tiny:wan``) take ``--num-frames``; their rewards judge videos ("t2v" unless
 ``--instruction`` says otherwise), and search saves the best video as an animated GIF and a frame strip PNG.
 Prompt files: one prompt per line (.txt) or JSON lines with a "prompt" field (.jsonl).
+
+``refl`` writes ``OUT/final`` (a LoRA that diffusers' ``pipe.load_lora_weights(OUT/final)`` loads), ``log.jsonl``,
+and ``before_after.png`` / ``before_after.json``: the first ``--samples`` prompts sampled from the same noise
+before and after training, with their rewards (the training reward: P(better than the Best-of-N reference)).
+Weights load from safetensors only unless ``--allow-pickle``.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import os
 import sys
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..errors import InputError, run_command
@@ -54,6 +59,8 @@ def register(subparsers) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the denoiser and VAE")
     p.add_argument("--reward-device", default=None, help="device of the reward model (default: --device)")
     p.add_argument("--save-every", type=int, default=0, help="also save every N updates")
+    p.add_argument("--samples", type=int, default=4,
+                   help="prompts sampled before and after training into before_after.png/.json (0: none)")
     p.set_defaults(func=cmd_refl)
 
     p = subparsers.add_parser("search", help="Search over Paths with a pointwise verifier (and Best-of-N)")
@@ -91,6 +98,8 @@ def _common(p):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true", help="turn CUDA graphs off")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled (.bin) weights for the pipeline and reward model: unpickling can run code")
 
 
 def read_prompts(path: str) -> list[str]:
@@ -164,8 +173,9 @@ def cmd_refl(args):
     prompts = _prompts(args)
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
-    pipe = load_pipeline(args.pipeline, device=args.device)
-    rm = RewardModel.from_pretrained(args.reward, device=args.reward_device or args.device)
+    pipe = load_pipeline(args.pipeline, device=args.device, allow_pickle=args.allow_pickle)
+    rm = RewardModel.from_pretrained(args.reward, device=args.reward_device or args.device,
+                                     allow_pickle=args.allow_pickle)
     reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias,
                             num_frames=args.rm_frames)
     trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_frames=_frames(args),
@@ -176,6 +186,8 @@ def cmd_refl(args):
                           tile_vae=args.tile_vae, autocast="bf16" if args.bf16 else None,
                           graphs=not args.no_graphs, seed=args.seed)
     trainer.prepare_references(prompts)
+    shown = list(dict.fromkeys(prompts))[: max(args.samples, 0)]
+    before = _samples(trainer, shown, args.seed)  # before the first update: full finetuning changes the base
     log_path = os.path.join(args.out, "log.jsonl")
     with open(log_path, "w") as log, tqdm(total=args.steps, desc="rdfast refl", unit="step") as bar:
         for step in range(args.steps):
@@ -189,6 +201,60 @@ def cmd_refl(args):
                 trainer.save(os.path.join(args.out, f"step-{step + 1}"))
     trainer.save(os.path.join(args.out, "final"))
     print(f"wrote {log_path} and {os.path.join(args.out, 'final')}")
+    if shown:
+        after = _samples(trainer, shown, args.seed)
+        _save_before_after(args.out, shown, before, after, args.seed)
+        print(f"wrote {os.path.join(args.out, 'before_after.png')} and before_after.json")
+
+
+def _samples(trainer, prompts, seed):
+    """Samples from fixed noise (``seed``) and their rewards: (images or videos [N, ...], rewards [N] floats)."""
+    if not prompts:
+        return None, []
+    images = trainer.sample(prompts, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        rewards = trainer.reward(images, prompts).float().tolist()
+    return images.cpu(), rewards
+
+
+def _pil(image: torch.Tensor) -> Image.Image:
+    """An image [3, H, W] in [0, 1] as PIL; a video [T, 3, H, W] as its frames side by side."""
+    if image.dim() == 4:
+        image = torch.cat(list(image), dim=-1)
+    return Image.fromarray((image.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def _save_before_after(out, prompts, before, after, seed):
+    """``before_after.png``: one row per prompt, the sample before | after training, each captioned with its
+    reward (small samples are enlarged); ``before_after.json``: the rewards per prompt and their means."""
+    rows = []
+    for (img_b, img_a), r_b, r_a in zip(zip(before[0], after[0]), before[1], after[1]):
+        cells = []
+        for label, img, r in (("before", img_b, r_b), ("after", img_a, r_a)):
+            pic = _pil(img)
+            scale = max(1, -(-128 // pic.height))  # at least 128 px tall, so the caption is readable
+            pic = pic.resize((pic.width * scale, pic.height * scale), Image.NEAREST)
+            cell = Image.new("RGB", (max(pic.width, 120), pic.height + 14), "white")
+            cell.paste(pic, (0, 14))
+            ImageDraw.Draw(cell).text((2, 1), f"{label} {r:.4f}", fill="black")
+            cells.append(cell)
+        rows.append(cells)
+    width = sum(c.width for c in rows[0]) + 4
+    grid = Image.new("RGB", (width, sum(r[0].height + 16 for r in rows)), "white")
+    y = 0
+    for prompt, cells in zip(prompts, rows):
+        ImageDraw.Draw(grid).text((2, y + 2), prompt[:120], fill="black")
+        x, y = 0, y + 16
+        for cell in cells:
+            grid.paste(cell, (x, y))
+            x += cell.width + 4
+        y += cells[0].height
+    grid.save(os.path.join(out, "before_after.png"))
+    summary = {"seed": seed, "reward": "the training reward of one sample per prompt from the same noise",
+               "prompts": [{"prompt": p, "before": b, "after": a} for p, b, a in zip(prompts, before[1], after[1])],
+               "mean_before": sum(before[1]) / len(prompts), "mean_after": sum(after[1]) / len(prompts)}
+    with open(os.path.join(out, "before_after.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
 
 
 def cmd_search(args):
@@ -197,9 +263,10 @@ def cmd_search(args):
     prompts = _prompts(args)
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
-    pipe = load_pipeline(args.pipeline, device=args.device)
-    verifier = PointwiseReward(RewardModel.from_pretrained(args.verifier, device=args.verifier_device or args.device), args.instruction,
-                               num_frames=args.rm_frames)
+    pipe = load_pipeline(args.pipeline, device=args.device, allow_pickle=args.allow_pickle)
+    verifier = PointwiseReward(RewardModel.from_pretrained(args.verifier, device=args.verifier_device or args.device,
+                                                           allow_pickle=args.allow_pickle),
+                               args.instruction, num_frames=args.rm_frames)
 
     def pil(img):
         return Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())

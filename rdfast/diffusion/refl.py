@@ -292,11 +292,23 @@ class ReFLTrainer:
         return (reward or self.reward)(images, list(prompts)).float()
 
     def save(self, path):
-        """LoRA: the adapter weights (diffusers' ``save_lora_adapter``); full: the denoiser's ``save_pretrained``.
-        Also writes refl_config.json."""
+        """Write the trained denoiser to ``path``, with refl_config.json.
+
+        LoRA: the pipeline's own LoRA format (``pytorch_lora_weights.safetensors`` through the pipeline class's
+        ``save_lora_weights``, keys under "transformer." or "unet.", rank and alpha in its metadata), so that
+        ``pipe.load_lora_weights(path)`` on the base pipeline reproduces the trained denoiser. Full finetuning: the
+        denoiser's ``save_pretrained`` (load it as the pipeline's transformer or unet).
+        """
         os.makedirs(path, exist_ok=True)
         if self.config.lora_rank is not None:
-            self.wrapper.model.save_lora_adapter(path)
+            from peft.utils import get_peft_model_state_dict  # optional
+
+            model, pipe = self.wrapper.model, self.wrapper.pipe
+            component = next(n for n in ("transformer", "unet") if getattr(pipe, n, None) is model)
+            type(pipe).save_lora_weights(path, **{
+                f"{component}_lora_layers": get_peft_model_state_dict(model),
+                f"{component}_lora_adapter_metadata": model.peft_config["default"].to_dict(),
+            })
         else:
             self.wrapper.model.save_pretrained(path)
         with open(os.path.join(path, "refl_config.json"), "w") as fh:

@@ -1,8 +1,9 @@
 """Export a trained reward model: a directory ``RewardModel.from_pretrained`` (or ``RegressiveRewardModel``)
 loads and scores exactly as trained.
 
-LoRA: the adapter (``adapter_model.safetensors``) with ``base_model`` recorded in rdfast_config.json, unless
-``save_merged``; full fine-tuning (or merged LoRA): the whole model. Always: the tokenizer, the base
+LoRA: the adapter (``adapter_model.safetensors``) with ``base_model`` recorded in rdfast_config.json as the
+user gave it (a hub id, ``tiny:NAME``, or a path relative to the directory: ``rdfast.loading.record_base_model``),
+unless ``save_merged``; full fine-tuning (or merged LoRA): the whole model. Always: the tokenizer, the base
 checkpoint's processor files, the regressive head if any, and ``rdfast_config.json`` (``RewardConfig``).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 from torch import nn
 
 from .. import prompts as P
+from ..loading import record_base_model
 from ..reward_config import RewardConfig
 from .config import TrainConfig
 from .distributed import barrier, unshard_all
@@ -28,7 +30,8 @@ def reward_config(rm, config: TrainConfig, base_model: str | None = None) -> Rew
     Args:
         rm: the trained RewardModel (answer tokens, video sampling).
         config: the run's TrainConfig.
-        base_model: the base checkpoint directory, for a LoRA adapter directory (None otherwise).
+        base_model: for a LoRA adapter directory, its base model as recorded (``record_base_model``); None
+            otherwise.
     Returns:
         The RewardConfig written as ``rdfast_config.json``.
     """
@@ -41,7 +44,8 @@ def reward_config(rm, config: TrainConfig, base_model: str | None = None) -> Rew
 
 
 def save_model(directory: str | os.PathLike, rm, config: TrainConfig, base_path: str, *, peft_model=None,
-               head: RegressiveHead | None = None, wrapped: nn.Module | None = None, rank: int = 0) -> None:
+               head: RegressiveHead | None = None, wrapped: nn.Module | None = None, rank: int = 0,
+               base_model: str | os.PathLike | None = None) -> None:
     """Write the trained model to ``directory``. Collective: every rank calls.
 
     Afterwards a LoRA model is merged in memory (on every rank) exactly as loading merges it, so it scores
@@ -56,6 +60,8 @@ def save_model(directory: str | os.PathLike, rm, config: TrainConfig, base_path:
         head: the regressive head, if any.
         wrapped: the module as the run wrapped it (needed under FSDP2: its weights are all-gathered).
         rank: this process's rank (rank 0 writes).
+        base_model: the base model as the user gave it (a hub id, ``tiny:NAME`` or a directory), recorded for a
+            LoRA adapter; None: ``base_path``.
     """
     directory = os.fspath(directory)
     fsdp = config.strategy == "fsdp"
@@ -67,12 +73,13 @@ def save_model(directory: str | os.PathLike, rm, config: TrainConfig, base_path:
 
     if rank == 0:
         os.makedirs(directory, exist_ok=True)
-    base_model, write_full = None, True
+    recorded_base, write_full = None, True
     if peft_model is not None:
         if not config.save_merged:
             if rank == 0:
                 peft_model.save_pretrained(directory, safe_serialization=True, state_dict=parameters(peft_model))
-            base_model, write_full = base_path, False
+            # relative paths stay valid when the directory is renamed into place from a sibling
+            recorded_base, write_full = record_base_model(base_model or base_path, directory), False
         # from here on the in-memory model (every rank's) is the merged one
         peft_model.merge_and_unload()
     if rank == 0:
@@ -85,5 +92,5 @@ def save_model(directory: str | os.PathLike, rm, config: TrainConfig, base_path:
                 shutil.copyfile(src, os.path.join(directory, name))
         if head is not None:
             head.save(directory)
-        reward_config(rm, config, base_model).save(directory)
+        reward_config(rm, config, recorded_base).save(directory)
     barrier()

@@ -14,7 +14,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..model import RewardModel
+from ..errors import InputError
+from ..loading import check_finite, check_missing
+from ..model import RewardModel, finite_rewards
 from ..resolve import resolve
 from ..reward_config import RewardConfig
 from ..testing import tiny_checkpoint
@@ -45,10 +47,18 @@ class RegressiveHead(nn.Module):
 
     @classmethod
     def load(cls, directory, device=None) -> "RegressiveHead":
+        """The head saved in ``directory``; InputError naming a missing, misshapen or non-finite tensor."""
         from safetensors.torch import load_file
 
-        state = load_file(os.path.join(directory, HEAD_FILE))
-        head = cls(state["linear.weight"].shape[1])
+        path = os.path.join(directory, HEAD_FILE)
+        state = load_file(path)
+        check_missing({"linear.weight", "linear.bias"} - set(state), path)
+        weight, bias = state["linear.weight"], state["linear.bias"]
+        if weight.dim() != 2 or weight.shape[0] != 1 or bias.shape != (1,):
+            raise InputError(f"{path}: linear.weight {tuple(weight.shape)} and linear.bias {tuple(bias.shape)} are "
+                             "not a [1, H] head")
+        check_finite(state.items(), path)
+        head = cls(weight.shape[1])
         head.load_state_dict(state)
         return head.to(device) if device is not None else head
 
@@ -77,7 +87,7 @@ class RegressiveRewardModel:
         """Scalar rewards [N] float32 for encoded pointwise items (``rm.encode``), through the scoring engine."""
         options = self.rm.options if batch_size is None else replace(self.rm.options, batch_size=batch_size)
         with self.rm.grad_context(items, self.head.parameters()):
-            return self.head(self.rm.last_hidden(items, options))
+            return finite_rewards(self.head(self.rm.last_hidden(items, options)))
 
     def score(self, images=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
         """Rewards [N] float32 for N (image, prompt) items (unbounded reals; higher is better)."""

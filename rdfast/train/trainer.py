@@ -128,6 +128,8 @@ class Trainer:
         self.train_records, self.eval_records = train_records, list(eval_records or [])
         torch.manual_seed(config.seed)  # the same LoRA / head initialisation on every rank
         self.rm, self.base_path = self._load(model)
+        # recorded by a LoRA export as given (a hub id or tiny:NAME stays one)
+        self.base_model = self.base_path if isinstance(model, RewardModel) else os.fspath(model)
         # user text holding a special token of this tokenizer: reported (strict: raised) before any step
         report = log if self.rank == 0 else None
         self.train_records = usable_records(
@@ -435,5 +437,5 @@ class Trainer:
 
     def _export(self, directory: str) -> None:
         save_model(directory, self.rm, self.config, self.base_path, peft_model=self.peft_model, head=self.head,
-                   wrapped=self.wrapped, rank=self.rank)
+                   wrapped=self.wrapped, rank=self.rank, base_model=self.base_model)
         self.peft_model = None

@@ -3,6 +3,7 @@ import argparse
 import json
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("diffusers")
 
@@ -53,6 +54,13 @@ def test_refl_command_trains_and_saves(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(0 < r["reward"] < 1 for r in log)
     assert (out / "final" / "pytorch_lora_weights.safetensors").exists()
+    summary = json.loads((out / "before_after.json").read_text())
+    rows = summary["prompts"]
+    assert [r["prompt"] for r in rows] == ["a red fox", "a cat on a chair"]
+    assert all(0 < r[k] < 1 for r in rows for k in ("before", "after"))
+    assert summary["mean_after"] == pytest.approx(sum(r["after"] for r in rows) / 2)
+    grid = Image.open(out / "before_after.png")
+    assert grid.width >= 2 * 32 and grid.height >= 2 * 32  # two rows (prompts) of before | after
 
 
 def test_bad_inputs_fail_before_loading(tmp_path, capsys):
@@ -101,3 +109,23 @@ def test_video_commands_on_tiny_wan(tmp_path):
     with pytest.raises(ValueError, match="num_frames is for video pipelines"):
         run(["search", "--pipeline", "tiny:flux", "--verifier", "tiny:qwen2_vl", "--prompt", "x", "--out",
              str(tmp_path / "o"), "--num-frames", "5"])
+
+
+def test_pickled_pipeline_is_refused_unless_allow_pickle(tmp_path, capsys):
+    import shutil
+
+    from rdfast.diffusion.testing import tiny_pipeline, tiny_pipeline_dir
+
+    pipe_dir = tmp_path / "flux"
+    shutil.copytree(tiny_pipeline_dir("flux"), pipe_dir)
+    shutil.rmtree(pipe_dir / "transformer")
+    tiny_pipeline("flux").transformer.save_pretrained(pipe_dir / "transformer", safe_serialization=False)
+    argv = ["search", "--pipeline", str(pipe_dir), "--verifier", "tiny:qwen2_vl", "--prompt", "a red fox",
+            "--num-inference-steps", "3", "--n", "1", "--m", "1", "--start-step", "1", "--delta-f", "1",
+            "--delta-b", "2", "--height", "32", "--width", "32"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv + ["--out", str(tmp_path / "refused")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "transformer" in err and "--allow-pickle" in err
+    run(argv + ["--out", str(tmp_path / "allowed"), "--allow-pickle"])
+    assert (tmp_path / "allowed" / "summary.jsonl").exists()

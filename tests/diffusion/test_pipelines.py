@@ -1,5 +1,6 @@
 """rdfast.diffusion.pipelines on tiny FLUX, SD3 and SD (DDIM) pipelines: our loop is the pipeline's loop."""
 import functools
+import shutil
 
 import pytest
 import torch
@@ -78,3 +79,22 @@ def test_bad_inputs_are_named():
         wrapper.schedule(0, 32, 32)
     with pytest.raises(ValueError, match="not supported"):
         adapt(object())
+
+
+def test_pickled_pipeline_weights_are_refused_unless_allowed(tmp_path):
+    """A component saved with safe_serialization=False loads only with allow_pickle=True, and then equally."""
+    from rdfast.diffusion.pipelines import load_pipeline
+    from rdfast.diffusion.testing import tiny_pipeline_dir
+    from rdfast.errors import InputError
+
+    directory = tmp_path / "sd"
+    shutil.copytree(tiny_pipeline_dir("sd"), directory)
+    unet = pipe_of("sd").unet
+    shutil.rmtree(directory / "unet")
+    unet.save_pretrained(directory / "unet", safe_serialization=False)
+    assert (directory / "unet" / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(InputError, match=r"unet.*diffusion_pytorch_model\.bin.*allow_pickle=True"):
+        load_pipeline(str(directory), device="cpu")
+    loaded = load_pipeline(str(directory), device="cpu", allow_pickle=True)
+    for (name, a), (_, b) in zip(loaded.unet.state_dict().items(), unet.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -1,8 +1,12 @@
 """The pipeline class -> wrapper table, ``adapt`` and ``load_pipeline``."""
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
+from ...loading import check_weight_files
 from ...resolve import resolve
 from ..testing import tiny_pipeline, tiny_pipeline_dir
 from .base import PipelineWrapper
@@ -52,15 +56,31 @@ def resolve_pipeline(spec: str) -> str:
     return resolve(spec, tiny_pipeline_spec_dir, "pipeline")
 
 
-def load_pipeline(spec: str, device=None, dtype=None):
+def check_pipeline_weights(directory: str, allow_pickle: bool) -> None:
+    """Refuse a pipeline any of whose components (the folders ``model_index.json`` lists) holds pickled weights
+    only, unless ``allow_pickle`` (``rdfast.loading.check_weight_files``: InputError naming the file)."""
+    with open(os.path.join(directory, "model_index.json")) as fh:
+        components = [k for k in json.load(fh) if not k.startswith("_")]
+    for name in components:
+        folder = os.path.join(directory, name)
+        if os.path.isdir(folder):
+            check_weight_files(folder, allow_pickle, f"pipeline component {name!r} in")
+
+
+def load_pipeline(spec: str, device=None, dtype=None, allow_pickle: bool = False):
     """A diffusers pipeline from a local directory, a hub id, or ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` for a tiny
-    random one (rdfast.resolve). ``tiny:flux:gpu`` is built in memory on ``device`` and never cached."""
+    random one (rdfast.resolve). ``tiny:flux:gpu`` is built in memory on ``device`` and never cached.
+
+    Weights load from safetensors; a component whose weights are pickled only (``.bin``) is an InputError unless
+    ``allow_pickle=True`` (``--allow-pickle``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("tiny:") and spec.endswith(":gpu"):
         return tiny_pipeline(spec[5:].partition(":")[0], "gpu", device=device, dtype=dtype)
     from diffusers import DiffusionPipeline  # heavy
 
-    pipe = DiffusionPipeline.from_pretrained(resolve_pipeline(spec), dtype=dtype or torch.float32,
-                                             local_files_only=True)
+    directory = resolve_pipeline(spec)
+    check_pipeline_weights(directory, allow_pickle)
+    pipe = DiffusionPipeline.from_pretrained(directory, dtype=dtype or torch.float32, local_files_only=True,
+                                             use_safetensors=None if allow_pickle else True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
