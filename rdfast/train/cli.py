@@ -230,6 +230,8 @@ def _add_train(sub):
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --output that holds another run (its model is replaced when the new "
                         "one is complete)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a base model with pickled (.bin) weights: unpickling can run code")
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -247,6 +249,8 @@ def _add_eval(sub):
     p.add_argument("--device", default=None)
     p.add_argument("--output", help="write the full results (probabilities included) as JSON here")
     p.add_argument("--strict", action="store_true", help="stop at bad data instead of skipping it")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled (.bin) weights: unpickling can run code")
     p.set_defaults(func=cmd_eval)
 
 
@@ -284,7 +288,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     train = read_records(args.train, config.strict, log, "--train")
     val = read_records(args.val, config.strict, log, "--val") if args.val else None
     usable_records(train, config.ties, config.batch_size)
-    trainer = Trainer(model, config, train, val, output_dir=args.output, log=sys.stderr)
+    trainer = Trainer(model, config, train, val, output_dir=args.output, log=sys.stderr,
+                      allow_pickle=args.allow_pickle)
     result = trainer.train(resume=args.resume, overwrite=args.overwrite)
     if rank == 0:
         summary = {k: v for k, v in result.items() if k != "eval"}
@@ -309,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     val = read_records(args.val, args.strict, flag="--val") if args.val else None
     if not test:
         raise InputError(f"{args.test}: no valid preference record (every line was skipped)", field="--test")
-    model, paradigm = load_trained(path, device=args.device)
+    model, paradigm = load_trained(path, device=args.device, allow_pickle=args.allow_pickle)
     trained = RewardConfig.load(path)
     result = evaluate(model, test, val, paradigm=args.paradigm or paradigm, debias=args.debias,
                       tie_threshold=args.tie_threshold, batch_size=args.batch_size,

@@ -111,12 +111,15 @@ class Trainer:
         output_dir: where the trained model, checkpoints (``checkpoints/``), history and plot go.
         callbacks: callables ``fn(trainer, step, logs)`` run after every optimizer step on every rank.
         log: where rank 0 reports (progress bar, skipped records, resumption).
+        allow_pickle: accept a base model with pickled (.bin) weights (unpickling can run code).
     """
 
     def __init__(self, model: str | os.PathLike | RewardModel, config: TrainConfig,
                  train_records: list[PreferenceRecord], eval_records: list[PreferenceRecord] | None = None,
-                 output_dir: str | os.PathLike = "out/train", callbacks=(), log=sys.stderr):
+                 output_dir: str | os.PathLike = "out/train", callbacks=(), log=sys.stderr,
+                 allow_pickle: bool = False):
         self.config, self.output_dir, self.log = config, os.fspath(output_dir), log
+        self.allow_pickle = allow_pickle
         self.callbacks = list(callbacks)
         self.rank, self.world, self.device = init_distributed()
         micro = config.micro_batch_size or config.batch_size // self.world
@@ -166,7 +169,8 @@ class Trainer:
             rm.model.to(self.device)
         else:
             base = resolve(model, tiny_checkpoint, "reward model")
-            rm = RewardModel.from_pretrained(base, device=self.device, dtype=torch.float32)
+            rm = RewardModel.from_pretrained(base, device=self.device, dtype=torch.float32,
+                                             allow_pickle=self.allow_pickle)
         if os.path.realpath(base) == os.path.realpath(self.output_dir):
             raise InputError(f"{self.output_dir} is the base model's folder: write the trained model elsewhere",
                              field="output_dir")

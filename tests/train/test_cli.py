@@ -183,7 +183,7 @@ def test_eval_where_the_model_rejects_every_pair_exits_non_zero(tmp_path, capsys
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("qwen2_vl"))
     model = types.SimpleNamespace(instruction=None, tokenizer=tokenizer)  # never asked to score: all rejected
-    monkeypatch.setattr(cli, "load_trained", lambda path, device=None: (model, "pairwise"))
+    monkeypatch.setattr(cli, "load_trained", lambda path, device=None, **kwargs: (model, "pairwise"))
     real = cli.evaluate
     monkeypatch.setattr(cli, "evaluate", lambda model, test, *a, **k: real(model, [], *a, **k))  # all rejected
     line = user_error(capsys, ["eval", "--model", str(tiny_checkpoint("qwen2_vl")), "--test", data])
@@ -220,3 +220,30 @@ def test_train_resume_takes_the_saved_config_and_refuses_a_changed_flag(tmp_path
 
     rdfast_main([*base, "--resume", "--no-progress", "--lr", "3e-3"])  # the saved value, and a display flag
     assert built == [dataclasses.replace(saved, progress=False)]
+
+
+def test_train_and_eval_refuse_a_pickled_model_unless_allow_pickle(tmp_path, capsys, gen):
+    """Before: ``rdfast train``/``eval`` had no --allow-pickle, so a pickled base could not be used at all."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    base = tmp_path / "pickled"
+    shutil.copytree(tiny_checkpoint("qwen2_vl"), base)
+    torch.save(load_file(base / "model.safetensors"), base / "pytorch_model.bin")
+    os.remove(base / "model.safetensors")
+    data = data_file(tmp_path, 2, seed_of(gen))
+    train = ["train", "--model", str(base), "--train", data, "--output", str(tmp_path / "out"), "--batch-size", "2",
+             "--max-steps", "1", "--finetune", "full", "--no-progress"]
+    line = user_error(capsys, train)
+    assert "pytorch_model.bin" in line and "--allow-pickle" in line, line
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    cli_main([*train, "--allow-pickle"])
+    assert (tmp_path / "out" / "model.safetensors").exists()  # the trained model is written as safetensors
+    line = user_error(capsys, ["eval", "--model", str(base), "--test", data])
+    assert "pytorch_model.bin" in line, line
+    cli_main(["eval", "--model", str(base), "--test", data, "--allow-pickle"])
+    out = capsys.readouterr().out
+    assert any(line.split()[:2] == ["all", "2"] for line in out.splitlines()), out  # both pairs scored
