@@ -9,10 +9,12 @@ from __future__ import annotations
 from .base import EncodedMedia, Family, SequenceInputs
 from .internvl import InternVLFamily
 from .qwen2_vl import Qwen2VLFamily
+from .qwen3_vl import Qwen3VLFamily
 
 FAMILY_CLASSES = {
     "qwen2_vl": Qwen2VLFamily,
     "qwen2_5_vl": Qwen2VLFamily,
+    "qwen3_vl": Qwen3VLFamily,
     "internvl": InternVLFamily,
 }
 
@@ -23,7 +25,7 @@ def family_for(config, tokenizer, image_processor) -> Family:
     if model_type not in FAMILY_CLASSES:
         raise ValueError(
             f"unsupported model type {model_type!r}; rdfast supports {sorted(FAMILY_CLASSES)} "
-            "(Qwen2-VL, Qwen2.5-VL and transformers-native InternVL checkpoints)"
+            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL and transformers-native InternVL checkpoints)"
         )
     return FAMILY_CLASSES[model_type](config, tokenizer, image_processor)
 
