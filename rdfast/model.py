@@ -49,7 +49,7 @@ def _default_device():
 
 
 class RewardModel:
-    """A generative reward model over a transformers VLM (Qwen2-VL, Qwen2.5-VL, InternVL).
+    """A generative reward model over a transformers VLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL).
 
     The reward is P(answer = "yes") at the first answer position after the rendered prompt.
     ``normalize="vocab"`` (default) is the softmax over the whole vocabulary: exactly the distribution a
@@ -117,6 +117,8 @@ class RewardModel:
             kwargs["device_map"] = device_map
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
+        if dtype == torch.float64:  # MoE experts' default grouped_mm kernel has no float64 (reference runs)
+            kwargs["experts_implementation"] = "eager"
         model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
         if base_path != path:
             from peft import PeftModel  # optional

@@ -21,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
 BUILD_VERSION = 1  # bump whenever the built files change, so stale caches are not reused
 
 # Qwen2's added tokens, in the real checkpoints' id order (151643...); vision ones last.
@@ -137,7 +137,7 @@ def _tokenizer(family: str):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=special[3:],  # everything but endoftext/im_start/im_end, as Qwen lists them
-        chat_template={"internvl": _INTERNVL_TEMPLATE, "qwen3_vl": _QWEN3_TEMPLATE}.get(family, _QWEN_TEMPLATE),
+        chat_template=_QWEN3_TEMPLATE if family.startswith("qwen3") else _INTERNVL_TEMPLATE if family == "internvl" else _QWEN_TEMPLATE,
         model_max_length=32768, **named,
     )
 
@@ -189,8 +189,8 @@ def _config_and_processor(family: str, tok, overrides: dict):
         proc["size"] = {"shortest_edge": proc["min_pixels"], "longest_edge": proc["max_pixels"]}
         return cfg, proc, None
 
-    if family == "qwen3_vl":
-        return _qwen3_vl(tok, overrides, proc_over)
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        return _qwen3_vl(family, tok, overrides, proc_over)
     if family != "internvl":
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     # 56 px tiles of 14 px patches: 4x4 patches, pixel shuffle 0.5 -> 4 tokens per tile
@@ -219,16 +219,19 @@ def _config_and_processor(family: str, tok, overrides: dict):
     return cfg, proc, {"image_seq_length": int(seq), "processor_class": "InternVLProcessor"}
 
 
-def _qwen3_vl(tok, overrides: dict, proc_over: dict):
-    """Qwen3-VL: 16 px patches, interleaved mrope, deepstack after the first two of three text layers."""
+def _qwen3_vl(family: str, tok, overrides: dict, proc_over: dict):
+    """Qwen3-VL: 16 px patches, interleaved mrope, deepstack after the first two of three text layers; the MoE
+    variant has 4 experts (2 per token) in every layer's MLP."""
     tid = tok.convert_tokens_to_ids
     # head_dim 16 -> 8 rotary frequencies split [4, 2, 2] (real: [24, 20, 20] of 64), interleaved
     rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
     text = {**_text_config(tok, head_dim=16, rope_parameters=rope), "num_hidden_layers": 3}
+    if family == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
     vision = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
                   deepstack_visual_indexes=[0, 1])
-    cfg = dict(model_type="qwen3_vl", text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
+    cfg = dict(model_type=family, text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
                video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
                vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
     cfg = _merge(cfg, overrides)

@@ -172,6 +172,8 @@ def test_gradients_match_finite_differences_in_float64(family, gen):
     28x28 patch with step 1e-2 moves the log-score by ~1e-4, far above it. Tolerance: 5e-3 relative, plus
     5e-6 absolute: that rounding still leaves up to ~3e-6 in a difference quotient, which failed about 1 seed
     in 150 on InternVL where the directional derivative happened to be ~1e-5 (600 seeds checked)."""
+    if family.endswith("_moe"):  # top-k routing is piecewise: a quotient straddling a switch was off 100x
+        pytest.skip("MoE: gradients checked against the plain forward's autograd (tests/test_qwen3_vl.py)")
     rm = load_rm(family, dtype=torch.float64)
     seed = seed_of(gen)
     side = unresized_side(family)  # torch's bicubic + clamp to [0, 1] has kinks a difference could straddle

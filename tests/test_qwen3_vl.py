@@ -1,8 +1,8 @@
-"""Qwen3-VL (dense): deepstack features survive the feature cache, shared prefixes and every batching.
+"""Qwen3-VL (dense and MoE): deepstack features survive the feature cache, shared prefixes and every batching.
 
 The generic checks (scores against the plain transformers forward, pixels against the HF processor, batch and
 order invariance, every engine switch, finite-difference gradients, positions against ``get_rope_index``) run
-for Qwen3-VL through the ``family`` fixture in tests/test_model.py and tests/test_engine.py. Here: what is new
+for both through the ``family`` fixture in tests/test_model.py and tests/test_engine.py. Here: what is new
 with deepstack.
 """
 import pytest
@@ -63,8 +63,9 @@ class DropsPrefixDeepstack(Qwen3VLFamily):
         return super().language_forward(language_model, embeds, positions, attention_mask, cache, extras, **kwargs)
 
 
-@pytest.mark.parametrize("batching", ["length", "padded", "varlen"])
-def test_shared_prefix_holding_an_image_keeps_its_deepstack(batching, gen):
+@pytest.mark.parametrize("family,batching", [("qwen3_vl", "length"), ("qwen3_vl", "padded"), ("qwen3_vl", "varlen"),
+                                             ("qwen3_vl_moe", "length"), ("qwen3_vl_moe", "varlen")])
+def test_shared_prefix_holding_an_image_keeps_its_deepstack(family, batching, gen):
     """Each reference image sits in a shared prefix (run once), each candidate in a suffix; scores must equal
     the plain padded forward, where transformers adds every deepstack feature itself.
 
@@ -73,7 +74,7 @@ def test_shared_prefix_holding_an_image_keeps_its_deepstack(batching, gen):
     ~1e-2 against the 1e-5 allowed); the last assertion shows the same bug, injected through a subclass, moves
     the scores far past the tolerance, so the equality above cannot pass with deepstack dropped in the prefix.
     """
-    rm = load_rm("qwen3_vl")
+    rm = load_rm(family)
     seed = seed_of(gen)
     refs = random_images(2, sizes=((64, 64), (96, 64)), seed=seed)
     cands = random_images(4, sizes=((64, 64), (96, 64), (64, 96), (128, 96)), seed=seed + 1)
@@ -120,11 +121,13 @@ def test_deepstack_matters_in_suffixes_too(gen):
     assert (run(buggy, items) - plain).abs().max() > 1e-3
 
 
-def test_pixel_gradients_equal_the_plain_forward_gradient(gen):
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_vl_moe"])
+def test_pixel_gradients_equal_the_plain_forward_gradient(family, gen):
     """Gradients of the summed log P(yes) to tensor images (resized, so the resize is differentiated too)
     through the engine (shared prefix, feature cache, deepstack extras) equal those through the plain
-    transformers forward on ``build_inputs``."""
-    rm = load_rm("qwen3_vl")
+    transformers forward on ``build_inputs``. For MoE this replaces the finite-difference check (top-k routing
+    is piecewise constant, so difference quotients can straddle a switch)."""
+    rm = load_rm(family)
     seed = seed_of(gen)
     ref = random_images(1, sizes=((56, 84),), seed=seed, kind="tensor")[0]
     cands = random_images(3, sizes=((56, 56), (84, 56), (70, 70)), seed=seed + 1, kind="tensor")

@@ -63,7 +63,7 @@ def test_chat_template_and_single_token_answers(ckpt):
     family, _, _, tok, _ = ckpt
     text = tok.apply_chat_template(PAIR, tokenize=False, add_generation_prompt=True)
     image = "<IMG_CONTEXT>\n" if family == "internvl" else "<|vision_start|><|image_pad|><|vision_end|>"
-    system = "" if family in ("internvl", "qwen3_vl") else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    system = "" if family == "internvl" or family.startswith("qwen3") else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     assert text == (f"{system}<|im_start|>user\n{image}{image}{PAIR[0]['content'][2]['text']}<|im_end|>\n"
                     "<|im_start|>assistant\n")
     base = tok(text)["input_ids"]

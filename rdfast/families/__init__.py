@@ -15,6 +15,7 @@ FAMILY_CLASSES = {
     "qwen2_vl": Qwen2VLFamily,
     "qwen2_5_vl": Qwen2VLFamily,
     "qwen3_vl": Qwen3VLFamily,
+    "qwen3_vl_moe": Qwen3VLFamily,
     "internvl": InternVLFamily,
 }
 
@@ -25,7 +26,7 @@ def family_for(config, tokenizer, image_processor) -> Family:
     if model_type not in FAMILY_CLASSES:
         raise ValueError(
             f"unsupported model type {model_type!r}; rdfast supports {sorted(FAMILY_CLASSES)} "
-            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL and transformers-native InternVL checkpoints)"
+            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE) and transformers-native InternVL checkpoints)"
         )
     return FAMILY_CLASSES[model_type](config, tokenizer, image_processor)
 
