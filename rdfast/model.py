@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
 from dataclasses import replace
 
 import torch
@@ -126,7 +128,7 @@ class RewardModel:
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         model = (model if device_map is not None else model.to(device)).eval()
         model.requires_grad_(False)  # a frozen judge: no weight gradients unless the user opts in
-        family = family_for(config, tokenizer, image_processor)
+        family = family_for(config, tokenizer, image_processor, _video_settings(path))
         answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
             recorded = getattr(trained, key)
@@ -336,6 +338,15 @@ class RewardModel:
     def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
         return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,
                                     self.tokenizer.eos_token_id, self.pad_token_id)
+
+
+def _video_settings(path) -> dict | None:
+    """The checkpoint's video_preprocessor_config.json, read as data (HF video processors need torchvision)."""
+    file = os.path.join(path, "video_preprocessor_config.json")
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        return json.load(f)
 
 
 def _extended(item: EncodedItem, extra: list[int]) -> EncodedItem:

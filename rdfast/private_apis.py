@@ -57,6 +57,8 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "as for Qwen3-VL, in the MoE variant"),
     PrivateAPI(_QWEN3_VL, "BaseModelOutputWithDeepstackFeatures.deepstack_features",
                "get_image_features' per-layer features: split per image in 5.24, whole in 5.17 (families/qwen3_vl.py)"),
+    PrivateAPI("transformers.models.qwen3_vl.video_processing_qwen3_vl", "smart_resize",
+               "Qwen3-VL's video frame size, which counts the frames (families/qwen3_vl.py)"),
     PrivateAPI("transformers.models.got_ocr2.image_processing_pil_got_ocr2", "get_optimal_tiled_canvas",
                "InternVL's tile grid, from the torchvision-free processor module (families/internvl.py)"),
     # ---- diffusers: pipeline internals (rdfast/diffusion/pipelines/) ------------------------------------------

@@ -266,6 +266,12 @@ def _build(family: str, seed: int, overrides: dict, out: pathlib.Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(proc, indent=2, sort_keys=True))
     if proc_cfg is not None:
         (out / "processor_config.json").write_text(json.dumps(proc_cfg, indent=2, sort_keys=True))
+    if family.startswith("qwen3"):  # Qwen3-VL ships its video processor's settings apart
+        video = dict(video_processor_type="Qwen3VLVideoProcessor", processor_class="Qwen3VLProcessor",
+                     size={"shortest_edge": 4096, "longest_edge": 32 * 32 * 64}, fps=2.0, min_frames=4,
+                     max_frames=64, **{k: proc[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
+                                                              "image_mean", "image_std")})
+        (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True))
 
 
 def default_cache_dir() -> pathlib.Path:

@@ -146,9 +146,74 @@ def test_pixel_gradients_equal_the_plain_forward_gradient(family, gen):
         torch.testing.assert_close(ours.grad, ref_grad.grad, atol=1e-6, rtol=1e-4)
 
 
-def test_videos_are_refused_clearly():
-    from rdfast.errors import InputError
+# ---- videos ---------------------------------------------------------------------------------------------------
+def reference_video(frames, fps, settings, tokens):
+    """What Qwen3-VL's processor makes of a clip already at its target size, written from transformers 5.24:
+    video_processing_qwen3_vl.py ``_preprocess`` (rescale_and_normalize, lines 316-318) and ``patchify`` (lines
+    225-263: pad with the last frame, view, permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)); processing_qwen3_vl.py
+    ``_calculate_timestamps`` (lines 173-184: indices padded with the last, idx / fps, mean of each patch's first
+    and last) and ``replace_video_token`` (lines 81-103: ``<{t:.1f} seconds>`` + start + tokens + end per
+    temporal patch, replacing only the video token, so the template's start and end stay around it).
+    Returns (patches, grid, expansion)."""
+    p, m, tp = settings["patch_size"], settings["merge_size"], settings["temporal_patch_size"]
+    mean = torch.tensor(settings["image_mean"]).view(3, 1, 1)
+    std = torch.tensor(settings["image_std"]).view(3, 1, 1)
+    video = ((frames - mean) / std)[None]  # [1, T, C, H, W]
+    if pad := -video.shape[1] % tp:
+        video = torch.cat((video, video[:, -1:].expand(-1, pad, -1, -1, -1)), dim=1)
+    _, t, c, h, w = video.shape
+    gt, gh, gw = t // tp, h // p, w // p
+    patches = video.view(1, gt, tp, c, gh // m, m, p, gw // m, m, p).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    patches = patches.reshape(gt * gh * gw, c * tp * p * p)
+    indices = list(range(frames.shape[0]))
+    if len(indices) % tp:
+        indices.extend(indices[-1] for _ in range(tp - len(indices) % tp))
+    times = [i / fps for i in indices]
+    times = [(times[i] + times[i + tp - 1]) / 2 for i in range(0, len(times), tp)]
+    start, pad_token, end = tokens
+    body = "".join(f"<{x:.1f} seconds>" + start + pad_token * (gh * gw // m**2) + end for x in times)
+    return patches, (gt, gh, gw), start + body + end
+
+
+@pytest.mark.parametrize("n_frames,fps", [(4, 2.0), (5, 3.0), (7, 0.5)])
+def test_video_pixels_and_timestamps_equal_the_qwen3_vl_processor(n_frames, fps, gen):
+    import json
+    import os
 
     rm = load_rm("qwen3_vl")
-    with pytest.raises(InputError, match=r"videos\[0\].*not supported for Qwen3-VL"):
-        rm.score(videos=[torch.rand(2, 3, 64, 64)], prompts=["a dog"])
+    with open(os.path.join(rm.model.name_or_path, "video_preprocessor_config.json")) as f:
+        settings = json.load(f)
+    frames = torch.rand(n_frames, 3, 64, 96, generator=gen)  # 64 x 96: a size the processor keeps
+    ours = rm.family.encode_video(frames, fps)
+    tokens = (rm.family.vision_start, rm.family.video_token, rm.family.vision_end)
+    patches, grid, expansion = reference_video(frames, fps, settings, tokens)
+    torch.testing.assert_close(ours.pixels, patches, atol=1e-6, rtol=0)
+    assert ours.meta == grid and ours.expansion == expansion
+    assert ours.n_tokens == grid[0] * grid[1] * grid[2] // 4
+    # through the public path, a tensor clip is taken at rdfast's default rate (2 fps), every frame kept
+    item = rm.encode(["a dog"], [[frames]], kind="video")[0]
+    default = reference_video(frames, 2.0, settings, tokens)[2]
+    assert item.media[0].expansion == default and rm.tokenizer.decode(item.input_ids).count(" seconds>") == grid[0]
+
+
+@pytest.mark.parametrize("batching", ["length", "varlen"])
+def test_shared_prefix_holding_a_video_and_a_conditioning_image_keeps_their_deepstack(batching, gen):
+    """Image-to-video pairs against one reference: the conditioning image and the reference video sit in the
+    shared prefix, the candidate videos in suffixes (deepstack over images and videos together, as transformers
+    joins them); equal to the plain path, and the prefix-deepstack bug moves the scores far off. With that bug
+    injected into ``Qwen3VLFamily.language_forward`` itself, this failed too (log P off by ~1e-2)."""
+    rm = load_rm("qwen3_vl")
+    cond = random_images(1, sizes=((64, 64),), seed=seed_of(gen))[0]
+    clips = [torch.rand(n, 3, 64, 64, generator=gen) for n in (4, 3, 4, 5)]
+    items = rm.encode(["a dog running"] * 3, [[clips[0]] * 3, clips[1:]], kind="video", condition=[cond] * 3,
+                      fps=2.0)
+    plain = run(rm, items, feature_cache=False, prefix_cache=False, batching="padded")
+    rm.engine.stats.clear()
+    shared = run(rm, items, batching=batching)
+    assert rm.engine.stats["groups"] == 1 and rm.engine.stats["images_encoded"] == 5
+    video_at = [k for k, t in enumerate(items[0].input_ids) if t == rm.family.video_token_id]
+    assert rm.engine.stats["prefix_tokens"] > video_at[items[0].media[1].n_tokens - 1]  # the whole reference
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=0)
+    family = DropsPrefixDeepstack(rm.model.config, rm.tokenizer, _processor(rm), rm.family.video_settings)
+    buggy = RewardModel(rm.model, rm.tokenizer, family, rm.answers)
+    assert (run(buggy, items, batching=batching) - plain).abs().max() > 1e-3

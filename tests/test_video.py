@@ -2,17 +2,12 @@
 import pytest
 import torch
 
-from conftest import FAMILIES, load_rm, save_frames
+from conftest import load_rm, save_frames
 from rdfast.errors import InputError
 from rdfast.testing import random_images
 from rdfast.videos import load_video, sample_indices
 
 PROMPTS = ["a dog running on a beach", "a red ball bouncing", "waves at night"]
-
-
-@pytest.fixture(params=[f for f in FAMILIES if not f.startswith("qwen3")])  # Qwen3-VL videos: a later step of issue 12
-def family(request):
-    return request.param
 
 
 def clips(gen, n, frames=4, size=(56, 56)):
@@ -70,7 +65,7 @@ def test_still_video_equals_image_patches_for_qwen(gen):
     assert torch.equal(image.pixels, video.pixels) and image.meta == video.meta
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_video_positions_equal_transformers_rope_index(family, gen):
     rm = load_rm(family)
     item = rm.encode(["a dog"], [clips(gen, 1, frames=6)], kind="video", fps=4.0)[0]
