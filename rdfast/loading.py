@@ -18,6 +18,7 @@ The policy (``RewardModel.from_pretrained``; pipelines follow the same file rule
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -137,6 +138,21 @@ def warn_without_chat_template(tokenizer, path: str) -> None:
                   "layout (rdfast.prompts), which the model may not have been trained on", UserWarning, stacklevel=3)
 
 
+def video_settings(path: str) -> dict | None:
+    """The checkpoint's ``video_preprocessor_config.json`` as data, or None (HF video processors need torchvision).
+
+    Args:
+        path: a local reward-model directory.
+    Returns:
+        The parsed JSON, or None when the directory has no such file.
+    """
+    file = os.path.join(path, "video_preprocessor_config.json")
+    if not os.path.isfile(file):
+        return None
+    with open(file) as f:
+        return json.load(f)
+
+
 def load_checkpoint(path: str, trained: RewardConfig, *, dtype, device, device_map=None, attn_implementation=None,
                     trust_remote_code: bool = False, allow_pickle: bool = False, base_model=None):
     """The checked parts of a reward model: (model, config, tokenizer, image_processor), model in eval mode on
@@ -166,6 +182,8 @@ def load_checkpoint(path: str, trained: RewardConfig, *, dtype, device, device_m
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    if dtype == torch.float64:  # MoE experts' default grouped_mm kernel has no float64 (reference runs)
+        kwargs["experts_implementation"] = "eager"
     model, info = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
     check_missing(info["missing_keys"], base_path)  # tied weights are not listed as missing
     if adapter:

@@ -34,7 +34,7 @@ from .errors import InputError
 from .families import Family, family_for
 from .generation import greedy_continuations
 from .images import as_image_list
-from .loading import load_checkpoint
+from .loading import load_checkpoint, video_settings
 from .ops import token_logprobs
 from .ranking import RankResult, rank_from_pairs
 from .resolve import resolve
@@ -50,7 +50,7 @@ def _default_device():
 
 
 class RewardModel:
-    """A generative reward model over a transformers VLM (Qwen2-VL, Qwen2.5-VL, InternVL).
+    """A generative reward model over a transformers VLM (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, InternVL).
 
     The reward is P(answer = "yes") at the first answer position after the rendered prompt.
     ``normalize="vocab"`` (default) is the softmax over the whole vocabulary: exactly the distribution a
@@ -114,7 +114,7 @@ class RewardModel:
         model, config, tokenizer, image_processor = load_checkpoint(
             path, trained, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, base_model=base_model)
-        family = family_for(config, tokenizer, image_processor)
+        family = family_for(config, tokenizer, image_processor, video_settings(path))
         answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
             recorded = getattr(trained, key)

@@ -28,6 +28,8 @@ class PrivateAPI(NamedTuple):
 _FLUX = "diffusers.pipelines.flux.pipeline_flux"
 _SDXL = "diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl"
 _WAN_VAE = "diffusers.models.autoencoders.autoencoder_kl_wan"
+_QWEN3_VL = "transformers.models.qwen3_vl.modeling_qwen3_vl"
+_QWEN3_VL_MOE = "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe"
 _PATCHED = "patched per instance in VAE decoders for per-submodule activation checkpointing (matched by class name; "
 
 PRIVATE_APIS: tuple[PrivateAPI, ...] = (
@@ -46,6 +48,17 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "the sdpa mask builder reused for the varlen implementation (attention.py install)"),
     PrivateAPI("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl", "smart_resize",
                "Qwen2-VL's target image size, from the torchvision-free processor module (families/qwen2_vl.py)"),
+    PrivateAPI(_QWEN3_VL, "Qwen3VLTextModel.forward.visual_pos_masks",
+               "where the deepstack features go, per forward of a prefix or suffix batch (families/qwen3_vl.py)"),
+    PrivateAPI(_QWEN3_VL, "Qwen3VLTextModel.forward.deepstack_visual_embeds",
+               "the per-layer deepstack features handed to the language model (families/qwen3_vl.py)"),
+    PrivateAPI(_QWEN3_VL_MOE, "Qwen3VLMoeTextModel.forward.visual_pos_masks", "as for Qwen3-VL, in the MoE variant"),
+    PrivateAPI(_QWEN3_VL_MOE, "Qwen3VLMoeTextModel.forward.deepstack_visual_embeds",
+               "as for Qwen3-VL, in the MoE variant"),
+    PrivateAPI(_QWEN3_VL, "BaseModelOutputWithDeepstackFeatures.deepstack_features",
+               "get_image_features' per-layer features: split per image in 5.24, whole in 5.17 (families/qwen3_vl.py)"),
+    PrivateAPI("transformers.models.qwen3_vl.video_processing_qwen3_vl", "smart_resize",
+               "Qwen3-VL's video frame size, which counts the frames (families/qwen3_vl.py)"),
     PrivateAPI("transformers.models.got_ocr2.image_processing_pil_got_ocr2", "get_optimal_tiled_canvas",
                "InternVL's tile grid, from the torchvision-free processor module (families/internvl.py)"),
     # ---- diffusers: pipeline internals (rdfast/diffusion/pipelines/) ------------------------------------------

@@ -21,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
 BUILD_VERSION = 1  # bump whenever the built files change, so stale caches are not reused
 
 # Qwen2's added tokens, in the real checkpoints' id order (151643...); vision ones last.
@@ -52,6 +52,20 @@ _QWEN_TEMPLATE = (
     "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen3-VL chat template (the real Instruct checkpoints' for system/user turns): no default system turn.
+_QWEN3_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 # InternVL3-hf chat template (transformers' conversion script): no default system turn; the processor later
 # expands each <IMG_CONTEXT> into <img> + <IMG_CONTEXT> * (image_seq_length * num_tiles) + </img>.
@@ -123,7 +137,7 @@ def _tokenizer(family: str):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=special[3:],  # everything but endoftext/im_start/im_end, as Qwen lists them
-        chat_template=_INTERNVL_TEMPLATE if family == "internvl" else _QWEN_TEMPLATE,
+        chat_template=_QWEN3_TEMPLATE if family.startswith("qwen3") else _INTERNVL_TEMPLATE if family == "internvl" else _QWEN_TEMPLATE,
         model_max_length=32768, **named,
     )
 
@@ -175,6 +189,8 @@ def _config_and_processor(family: str, tok, overrides: dict):
         proc["size"] = {"shortest_edge": proc["min_pixels"], "longest_edge": proc["max_pixels"]}
         return cfg, proc, None
 
+    if family in ("qwen3_vl", "qwen3_vl_moe"):
+        return _qwen3_vl(family, tok, overrides, proc_over)
     if family != "internvl":
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     # 56 px tiles of 14 px patches: 4x4 patches, pixel shuffle 0.5 -> 4 tokens per tile
@@ -203,6 +219,34 @@ def _config_and_processor(family: str, tok, overrides: dict):
     return cfg, proc, {"image_seq_length": int(seq), "processor_class": "InternVLProcessor"}
 
 
+def _qwen3_vl(family: str, tok, overrides: dict, proc_over: dict):
+    """Qwen3-VL: 16 px patches, interleaved mrope, deepstack after the first two of three text layers; the MoE
+    variant has 4 experts (2 per token) in every layer's MLP."""
+    tid = tok.convert_tokens_to_ids
+    # head_dim 16 -> 8 rotary frequencies split [4, 2, 2] (real: [24, 20, 20] of 64), interleaved
+    rope = {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2], "mrope_interleaved": True}
+    text = {**_text_config(tok, head_dim=16, rope_parameters=rope), "num_hidden_layers": 3}
+    if family == "qwen3_vl_moe":
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    vision = dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0, 1])
+    cfg = dict(model_type=family, text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
+               video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
+               vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
+    cfg = _merge(cfg, overrides)
+    v = cfg["vision_config"]
+    unit = v["patch_size"] * v["spatial_merge_size"]  # 32 px per merged token
+    # as the real Qwen3-VL preprocessor_config.json: the pixel range in ``size`` only, mean and std 0.5
+    proc = dict(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen3VLProcessor",
+                size={"shortest_edge": 2 * unit * unit, "longest_edge": 16 * unit * unit},
+                patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
+                merge_size=v["spatial_merge_size"], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
+                resample=3)
+    return cfg, _merge(proc, proc_over), None
+
+
 def _pair(x):
     return tuple(x) if isinstance(x, (list, tuple)) else (x, x)
 
@@ -222,6 +266,12 @@ def _build(family: str, seed: int, overrides: dict, out: pathlib.Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps(proc, indent=2, sort_keys=True))
     if proc_cfg is not None:
         (out / "processor_config.json").write_text(json.dumps(proc_cfg, indent=2, sort_keys=True))
+    if family.startswith("qwen3"):  # Qwen3-VL ships its video processor's settings apart
+        video = dict(video_processor_type="Qwen3VLVideoProcessor", processor_class="Qwen3VLProcessor",
+                     size={"shortest_edge": 4096, "longest_edge": 32 * 32 * 64}, fps=2.0, min_frames=4,
+                     max_frames=64, **{k: proc[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
+                                                              "image_mean", "image_std")})
+        (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2, sort_keys=True))
 
 
 def default_cache_dir() -> pathlib.Path:

@@ -6,9 +6,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
 
 _MODELS = {}
+#: an image side no family resizes: a multiple of every Qwen unit (28 px; Qwen3-VL 32 px) and InternVL's 56 px tile
+_UNRESIZED = {"qwen3_vl": 64, "qwen3_vl_moe": 64}
+
+
+def unresized_side(family: str) -> int:
+    """A square image side that ``family``'s preprocessing keeps as it is (56 px, or 64 for Qwen3-VL)."""
+    return _UNRESIZED.get(family, 56)
 
 
 def load_rm(family, **kwargs):

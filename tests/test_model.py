@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, unresized_side
 from rdfast.errors import InputError
 from rdfast.testing import random_images
 
@@ -85,7 +85,8 @@ def test_build_inputs_pixels_equal_hf_image_processor(family, gen):
 
 def test_tensor_images_match_pil_images_where_nothing_is_resized(family, gen):
     rm = load_rm(family)
-    pil = random_images(2, sizes=((56, 56), (56, 56)), seed=seed_of(gen))
+    side = unresized_side(family)
+    pil = random_images(2, sizes=((side, side),) * 2, seed=seed_of(gen))
     tensors = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in pil]
     a = rm.build_inputs(prompts=PROMPTS[:2], images1=pil)["pixel_values"]
     b = rm.build_inputs(prompts=PROMPTS[:2], images1=tensors)["pixel_values"]
@@ -171,9 +172,12 @@ def test_gradients_match_finite_differences_in_float64(family, gen):
     28x28 patch with step 1e-2 moves the log-score by ~1e-4, far above it. Tolerance: 5e-3 relative, plus
     5e-6 absolute: that rounding still leaves up to ~3e-6 in a difference quotient, which failed about 1 seed
     in 150 on InternVL where the directional derivative happened to be ~1e-5 (600 seeds checked)."""
+    if family.endswith("_moe"):  # top-k routing is piecewise: a quotient straddling a switch was off 100x
+        pytest.skip("MoE: gradients checked against the plain forward's autograd (tests/test_qwen3_vl.py)")
     rm = load_rm(family, dtype=torch.float64)
     seed = seed_of(gen)
-    image = random_images(1, sizes=((56, 56),), seed=seed, kind="tensor")[0].double()
+    side = unresized_side(family)  # torch's bicubic + clamp to [0, 1] has kinks a difference could straddle
+    image = random_images(1, sizes=((side, side),), seed=seed, kind="tensor")[0].double()
     image = image.clamp(0.1, 0.9)  # keep perturbed pixels inside [0, 1]
 
     def log_score(x):
@@ -185,7 +189,7 @@ def test_gradients_match_finite_differences_in_float64(family, gen):
     rng = torch.Generator().manual_seed(seed)
     eps = 1e-2  # central differences: the step's own error is O(eps^2), far below the tolerance
     for _ in range(3):
-        i, j = (int(v) for v in torch.randint(0, 56 - 28, (2,), generator=rng))
+        i, j = (int(v) for v in torch.randint(0, side - 28, (2,), generator=rng))
         direction = torch.zeros_like(image)
         direction[:, i : i + 28, j : j + 28] = torch.randn(3, 28, 28, generator=rng, dtype=torch.float64) * 0.5
         with torch.no_grad():

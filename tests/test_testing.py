@@ -63,7 +63,7 @@ def test_chat_template_and_single_token_answers(ckpt):
     family, _, _, tok, _ = ckpt
     text = tok.apply_chat_template(PAIR, tokenize=False, add_generation_prompt=True)
     image = "<IMG_CONTEXT>\n" if family == "internvl" else "<|vision_start|><|image_pad|><|vision_end|>"
-    system = "" if family == "internvl" else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    system = "" if family == "internvl" or family.startswith("qwen3") else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     assert text == (f"{system}<|im_start|>user\n{image}{image}{PAIR[0]['content'][2]['text']}<|im_end|>\n"
                     "<|im_start|>assistant\n")
     base = tok(text)["input_ids"]
@@ -88,8 +88,11 @@ def _inputs(family, model, tok, proc, images):
         assert pix["pixel_values"].shape == (sum(n), 3, 56, 56)
         return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pix["pixel_values"])
     grid = pix["image_grid_thw"]
+    unit = proc.patch_size * proc.merge_size
     for (w, h), thw in zip([im.size for im in images], grid.tolist()):
-        assert thw == [1, h // 14, w // 14]  # default sizes are not resized by smart_resize
+        if w % unit == 0 and h % unit == 0:  # default sizes fit Qwen2-VL's 28 px units: not resized
+            assert thw == [1, h // proc.patch_size, w // proc.patch_size]
+        assert thw[1] % proc.merge_size == 0 and thw[2] % proc.merge_size == 0
     counts = (grid.prod(-1) // proc.merge_size ** 2).tolist()
     parts = text.split("<|image_pad|>")
     text = parts[0] + "".join("<|image_pad|>" * k + p for k, p in zip(counts, parts[1:]))

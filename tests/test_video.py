@@ -65,7 +65,7 @@ def test_still_video_equals_image_patches_for_qwen(gen):
     assert torch.equal(image.pixels, video.pixels) and image.meta == video.meta
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_video_positions_equal_transformers_rope_index(family, gen):
     rm = load_rm(family)
     item = rm.encode(["a dog"], [clips(gen, 1, frames=6)], kind="video", fps=4.0)[0]

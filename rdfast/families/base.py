@@ -73,9 +73,11 @@ class Family(ABC):
     #: whether suffixes may be packed into one row (varlen attention): not for recurrent state
     supports_varlen = True
 
-    def __init__(self, config, tokenizer, image_processor):
+    def __init__(self, config, tokenizer, image_processor, video_processor: dict | None = None):
         self.config = config
         self.tokenizer = tokenizer
+        # the checkpoint's video_preprocessor_config.json as data ({} without one): HF video processors need torchvision
+        self.video_settings = dict(video_processor or {})
         ip = image_processor
         self.image_mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(3, 1, 1)
         self.image_std = torch.tensor(ip.image_std, dtype=torch.float32).view(3, 1, 1)

@@ -19,8 +19,9 @@ def tile_grid(height: int, width: int, tile: int, min_tiles: int, max_tiles: int
 class InternVLFamily(Family):
     name = "internvl"
 
-    def __init__(self, config, tokenizer, image_processor, crop_to_patches: bool = True):
-        super().__init__(config, tokenizer, image_processor)
+    def __init__(self, config, tokenizer, image_processor, video_processor: dict | None = None,
+                 crop_to_patches: bool = True):
+        super().__init__(config, tokenizer, image_processor, video_processor)
         ip = image_processor
         self.tile = size_value(ip.size, "height")
         # InternVLProcessor tiles images by default, whatever the image processor's own default says.

@@ -20,8 +20,8 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 class Qwen2VLFamily(Family):
     name = "qwen2_vl"
 
-    def __init__(self, config, tokenizer, image_processor):
-        super().__init__(config, tokenizer, image_processor)
+    def __init__(self, config, tokenizer, image_processor, video_processor: dict | None = None):
+        super().__init__(config, tokenizer, image_processor, video_processor)
         ip = image_processor
         self.patch_size = ip.patch_size
         self.merge_size = ip.merge_size
