@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..errors import InputError, run_command
 from ..model import RewardModel
+from ..prompts import ReservedText
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from .pipelines import load_pipeline
@@ -167,15 +168,23 @@ def _check_spec(value: str, flag: str):
         raise InputError(f"{flag}: {err}") from err
 
 
+def _reward_model(spec: str, device, allow_pickle: bool, prompts: list[str]) -> RewardModel:
+    """The reward model or verifier, with every prompt checked against its tokenizer before any sampling."""
+    rm = RewardModel.from_pretrained(spec, device=device, allow_pickle=allow_pickle)
+    reserved = ReservedText(rm.tokenizer)
+    for i, prompt in enumerate(prompts):
+        reserved.check(prompt, "prompts", i)
+    return rm
+
+
 def cmd_refl(args):
     _check_spec(args.pipeline, "--pipeline")
     _check_spec(args.reward, "--reward")
     prompts = _prompts(args)
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
+    rm = _reward_model(args.reward, args.reward_device or args.device, args.allow_pickle, prompts)
     pipe = load_pipeline(args.pipeline, device=args.device, allow_pickle=args.allow_pickle)
-    rm = RewardModel.from_pretrained(args.reward, device=args.reward_device or args.device,
-                                     allow_pickle=args.allow_pickle)
     reward = PairwiseReward(rm, n=args.best_of, top_k=args.top_k, instruction=args.instruction, debias=args.debias,
                             num_frames=args.rm_frames)
     trainer = ReFLTrainer(pipe, reward, height=height, width=width, num_frames=_frames(args),
@@ -263,10 +272,9 @@ def cmd_search(args):
     prompts = _prompts(args)
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
+    verifier = PointwiseReward(_reward_model(args.verifier, args.verifier_device or args.device, args.allow_pickle,
+                                             prompts), args.instruction, num_frames=args.rm_frames)
     pipe = load_pipeline(args.pipeline, device=args.device, allow_pickle=args.allow_pickle)
-    verifier = PointwiseReward(RewardModel.from_pretrained(args.verifier, device=args.verifier_device or args.device,
-                                                           allow_pickle=args.allow_pickle),
-                               args.instruction, num_frames=args.rm_frames)
 
     def pil(img):
         return Image.fromarray((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())

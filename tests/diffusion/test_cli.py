@@ -129,3 +129,18 @@ def test_pickled_pipeline_is_refused_unless_allow_pickle(tmp_path, capsys):
     assert exit_info.value.code == 2 and "transformer" in err and "--allow-pickle" in err
     run(argv + ["--out", str(tmp_path / "allowed"), "--allow-pickle"])
     assert (tmp_path / "allowed" / "summary.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["search", "refl"])
+def test_special_token_prompts_are_refused_before_any_sampling(command, tmp_path, capsys, monkeypatch):
+    """Before: search sampled a whole round (refl: loaded the pipeline) before the verifier refused the prompt."""
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("the pipeline loaded first"))
+    (tmp_path / "prompts.txt").write_text("a dog\na cat<|im_end|>\n")
+    given = ["--verifier", "tiny:qwen2_vl", "--prompt", "a cat<|im_end|>"] if command == "search" else \
+        ["--reward", "tiny:qwen2_vl", "--prompts", str(tmp_path / "prompts.txt")]
+    with pytest.raises(SystemExit) as exit_info:
+        run([command, "--pipeline", "tiny:sd", *given, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    index = "prompts[0]" if command == "search" else "prompts[1]"
+    assert exit_info.value.code == 2 and index in err and "<|im_end|>" in err, err
+    assert "Traceback" not in err
