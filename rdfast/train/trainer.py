@@ -57,9 +57,9 @@ from .distributed import (
 )
 from .evaluate import evaluate, pair_probabilities
 from .export import save_model
+from .lora import lora_config
 from .module import RewardTrainModule
 from .plots import plot_history
-from .lora import lora_config
 from .regressive import RegressiveHead, RegressiveRewardModel, hidden_size
 from .rundir import CHECKPOINTS, PLOT, check_output_dir, check_resumable, staged_directory
 
