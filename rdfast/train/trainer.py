@@ -57,6 +57,7 @@ from .distributed import (
 )
 from .evaluate import evaluate, pair_probabilities
 from .export import save_model
+from .lora import lora_config
 from .module import RewardTrainModule
 from .plots import plot_history
 from .regressive import RegressiveHead, RegressiveRewardModel, hidden_size
@@ -182,13 +183,10 @@ class Trainer:
         config, model = self.config, self.rm.model
         model.requires_grad_(False)
         if config.finetune == "lora":
-            from peft import LoraConfig, get_peft_model  # optional
+            from peft import get_peft_model  # optional
 
-            # only the language model's projections (the vision tower has modules with the same names)
-            targets = rf".*language_model.*\.({'|'.join(config.lora_targets)})"
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=targets, bias="none")
-            self.peft_model = get_peft_model(model, lora)  # injects the adapters into ``model`` in place
+            # injects the adapters into ``model`` in place
+            self.peft_model = get_peft_model(model, lora_config(model, config))
         else:
             model.requires_grad_(True)
             if config.paradigm == "regressive":  # the LM head is unused; DDP must not wait for its gradient

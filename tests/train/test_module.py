@@ -1,5 +1,6 @@
-"""RewardTrainModule: each paradigm's training loss equals the same loss written on full transformers logits,
-through the scoring engine or one padded forward."""
+"""RewardTrainModule: each paradigm's training loss equals the same loss written on full transformers logits
+(regressive: on transformers' last hidden state), through the scoring engine or one padded forward, for every
+Qwen family (Qwen3-VL dense and MoE on a representative subset of paradigm x batching, to keep CI short)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,17 +10,25 @@ from rdfast.encoding import last_positions
 from rdfast.testing import tiny_checkpoint
 from rdfast.train import Collator, TrainConfig
 from rdfast.train.module import RewardTrainModule
+from rdfast.train.regressive import RegressiveHead, hidden_size
 
 from .common import records, seed_of
 
 
-def full_logits_loss(rm, batch, paradigm, config):
-    """Reference: transformers' own forward (full [B, T, V] logits), float64 log-softmax, written by hand."""
+def full_logits_loss(rm, batch, paradigm, config, head=None):
+    """Reference: transformers' own forward (full [B, T, V] logits), float64 log-softmax, written by hand;
+    regressive: ``head`` on the base model's last hidden state, Bradley-Terry written by hand."""
+    t = batch.target.double()
+    if paradigm == "regressive":
+        hidden = getattr(rm.model, rm.model.base_model_prefix)(**batch.inputs, use_cache=False).last_hidden_state
+        last = last_positions(batch.inputs["attention_mask"])
+        r = head(hidden[torch.arange(hidden.shape[0]), last]).double()
+        d = r[1::2] - r[0::2]
+        return (-(t * F.logsigmoid(d) + (1 - t) * F.logsigmoid(-d))).mean()
     out = rm.model(**batch.inputs, use_cache=False)
     logp = torch.log_softmax(out.logits.double(), dim=-1)
     rows = torch.arange(logp.shape[0])
     yes, no = rm.yes_token_id, rm.no_token_id
-    t = batch.target.double()
     if paradigm == "cot":
         pos = batch.decision_pos
         dec = logp[rows, pos - 1]
@@ -44,21 +53,39 @@ def full_logits_loss(rm, batch, paradigm, config):
     return (bt + config.ce_weight * ce).mean()
 
 
-@pytest.mark.parametrize("paradigm,batching", [("pairwise", "length"), ("pairwise", "varlen"), ("pairwise", "padded"),
-                                               ("pointwise", "length"), ("pointwise", "padded"), ("cot", "padded")])
-def test_training_loss_equals_full_logits_formulation(paradigm, batching, gen):
+QWEN2 = [("qwen2_vl", p, b) for p, b in [("pairwise", "length"), ("pairwise", "varlen"), ("pairwise", "padded"),
+                                         ("pointwise", "length"), ("pointwise", "padded"), ("cot", "padded")]]
+QWEN3 = [("qwen3_vl", "pairwise", "length"), ("qwen3_vl", "pointwise", "varlen"), ("qwen3_vl", "cot", "padded"),
+         ("qwen3_vl", "regressive", "padded"), ("qwen3_vl", "regressive", "length"),
+         ("qwen3_vl_moe", "pairwise", "varlen"), ("qwen3_vl_moe", "pointwise", "padded")]
+
+
+def trained_weight(rm):
+    """A language-model weight deep in the stack (MoE: the last layer's expert down projections [E, H, I])."""
+    mlp = rm.model.model.language_model.layers[-1].mlp
+    return mlp.experts.down_proj if hasattr(mlp, "experts") else mlp.down_proj.weight
+
+
+@pytest.mark.parametrize("family,paradigm,batching", QWEN2 + QWEN3)
+def test_training_loss_equals_full_logits_formulation(family, paradigm, batching, gen):
     """batching: rows through the scoring engine (features once, shared prefixes once, equal-length batches or
     varlen-packed rows) or one padded forward; loss and gradients equal the reference either way."""
-    rm = RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device="cpu")
+    rm = RewardModel.from_pretrained(tiny_checkpoint(family), device="cpu")
     rm.model.requires_grad_(False)
-    weight = rm.model.get_output_embeddings().weight
-    layer = rm.model.model.language_model.layers[-1].mlp.down_proj.weight
+    head = None
+    if paradigm == "regressive":  # the LM head is unused; a random head (a zero one would give zero gradients)
+        head = RegressiveHead(hidden_size(rm))
+        torch.nn.init.normal_(head.linear.weight, generator=gen)
+        weight = head.linear.weight
+    else:
+        weight = rm.model.get_output_embeddings().weight
+    layer = trained_weight(rm)
     for p in (weight, layer):
         p.requires_grad_(True)
     config = TrainConfig(paradigm=paradigm, ce_weight=0.3, batching=batching)
     recs = records(4, seed_of(gen), reasons=True)
     batch = Collator(rm, paradigm, cot_format="decision_first")(recs)
-    module = RewardTrainModule(rm, config)
+    module = RewardTrainModule(rm, config, head)
     assert module.through_engine == (batching != "padded")
     loss, _ = module(batch)
     if batching != "padded":  # the engine's savings happened: each distinct image encoded once, shared prefix once
@@ -67,7 +94,7 @@ def test_training_loss_equals_full_logits_formulation(paradigm, batching, gen):
         assert rm.engine.stats["prefix_tokens"] > 0
     ours = loss / batch.units("soft")
     g_ours = torch.autograd.grad(ours, (weight, layer))
-    ref = full_logits_loss(rm, batch, paradigm, config)
+    ref = full_logits_loss(rm, batch, paradigm, config, head)
     g_ref = torch.autograd.grad(ref, (weight, layer))
     torch.testing.assert_close(ours.double(), ref, atol=2e-5, rtol=2e-5)
     for a, b in zip(g_ours, g_ref):
