@@ -147,7 +147,11 @@ class Trainer:
             else None
         self._prepare_parameters()
         if config.gradient_checkpointing:
-            self.rm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model = self.rm.model  # newer transformers renamed it; keep the old name for older 5.x
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.module = RewardTrainModule(self.rm, config, self.head)
         base = getattr(self.rm.model, self.rm.model.base_model_prefix)
         self.wrapped = wrap(self.module, config.strategy, self.world, self.device, list(base.language_model.layers))
