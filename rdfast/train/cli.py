@@ -27,9 +27,8 @@ import sys
 import types
 import typing
 
-import torch
-
-from ..errors import InputError, run_command
+from ..errors import InputError, check_device, run_command
+from ..jsonl_io import check_input_file, check_output_file
 from ..resolve import resolve
 from ..reward_config import RewardConfig
 from ..testing import tiny_checkpoint
@@ -179,37 +178,6 @@ def read_state_or_none(path):
         return None
 
 
-def input_file(path: str | None, flag: str) -> None:
-    """InputError unless ``path`` (when given) is an existing file."""
-    if path is not None and not os.path.isfile(path):
-        raise InputError(f"{path}: {'is a folder, not a file' if os.path.isdir(path) else 'no such file'}",
-                         field=flag)
-
-
-def output_file(path: str | None, flag: str) -> None:
-    """InputError unless ``path`` (when given) can be written: its folder exists, it is not a folder."""
-    if path is None:
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        why = "is a folder" if os.path.isdir(path) else f"its folder {folder} does not exist"
-        raise InputError(f"{path}: {why}", field=flag)
-
-
-def check_device(device: str | None) -> None:
-    """InputError unless ``device`` (when given) names a device this machine has."""
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise InputError(f"--device {device}: not a device ({err})") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available here")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 def read_records(path: str, strict: bool, log=sys.stderr, flag: str = "--train"):
     """``load_preferences``; with ``--strict`` bad lines stop the command (an InputError naming the file)."""
     try:
@@ -274,8 +242,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
         config = config_from_args(args)
     except ValueError as err:
         raise InputError(str(err)) from err
-    input_file(args.train, "--train")
-    input_file(args.val, "--val")
+    check_input_file(args.train, "--train")
+    if args.val:
+        check_input_file(args.val, "--val")
     check_output_dir(args.output, args.resume, args.overwrite, cli=True)
     if args.resume:
         config = resumed_config(args, config)
@@ -305,9 +274,11 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     Returns:
         ``evaluate``'s result.
     """
-    input_file(args.test, "--test")
-    input_file(args.val, "--val")
-    output_file(args.output, "--output")
+    check_input_file(args.test, "--test")
+    if args.val:
+        check_input_file(args.val, "--val")
+    if args.output:  # a results file of its own: rewritten on each run
+        check_output_file(args.output, args.test, overwrite=True)
     check_device(args.device)
     path = resolve(args.model, tiny_checkpoint, "reward model")
     test = read_records(args.test, args.strict, flag="--test")
