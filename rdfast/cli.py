@@ -4,6 +4,7 @@
     rdfast compare --model DIR --input pairs.jsonl --output scores.jsonl   # {"prompt", "image1", "image2"}
     rdfast demo                                                           # tiny model, no checkpoint needed
     rdfast train | eval | refl | search ...                               # see rdfast.train, rdfast.diffusion
+    rdfast serve   --model DIR --port 8000                                 # HTTP reward server, see rdfast.serve
     torchrun --nproc_per_node 8 -m rdfast.cli score ...                   # shard over ranks, one merged output
 
 Image paths are relative to the input file's folder; a line's own "instruction" wins over --instruction.
@@ -26,6 +27,7 @@ from .errors import InputError, check_device, run_command
 from .model import RewardModel
 from .prompts import instruction_text
 from .score_jsonl import ScoreJob
+from .serve import cli as serve_cli
 from .train import cli as train_cli
 
 
@@ -98,8 +100,8 @@ def main(argv=None):
     p.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "internvl"))
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_demo)
-    # Training (train, eval) and generator alignment (refl, search) add their own subcommands.
-    for module in (train_cli, diffusion_cli):
+    # Training (train, eval), generator alignment (refl, search) and serving add their own subcommands.
+    for module in (train_cli, diffusion_cli, serve_cli):
         module.register(sub)
     args = parser.parse_args(argv)
     run_command(args.func, args, args.command)
