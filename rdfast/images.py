@@ -6,6 +6,7 @@ tensors stay tensors (so gradients reach the pixels). PIL images of any mode bec
 """
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Sequence, Union
 
@@ -89,7 +90,9 @@ def to_rgb(image: "Image.Image", index: int | None = None, field: str = "images"
     from transformers.image_transforms import convert_to_rgb  # heavy
     if image.mode in SIXTEEN_BIT_MODES:
         image = sixteen_to_eight_bits(image, index, field)
-    return Image.fromarray(convert_to_rgb(image, return_numpy=True), "RGB")
+    if "return_numpy" in inspect.signature(convert_to_rgb).parameters:  # 5.17 (GPU image) lacks it: PIL back
+        return Image.fromarray(convert_to_rgb(image, return_numpy=True), "RGB")
+    return convert_to_rgb(image).convert("RGB")
 
 
 def sixteen_to_eight_bits(image: "Image.Image", index: int | None, field: str) -> "Image.Image":

@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import load_rm
 from rdfast.errors import InputError
-from rdfast.images import load_image
+from rdfast.images import load_image, to_rgb
 
 TRANSPARENT = ("RGBA", "LA", "PA", "P+tRNS", "P+index", "L+key", "RGB+key")
 OPAQUE = ("L", "1", "CMYK", "P", "YCbCr", "RGB")
@@ -145,3 +145,15 @@ def test_empty_images_are_named_not_a_zero_division():
                 rm.score(images=[torch.rand(3, 28, 28), torch.rand(*shape)], prompts=["a", "b"])
             with pytest.raises(InputError, match=r"videos\[0\].*too small"):
                 rm.score(videos=[torch.rand(2, *shape)], prompts=["a"])
+
+
+def test_older_convert_to_rgb_without_return_numpy_gives_the_same_pixels(monkeypatch, gen):
+    """transformers 5.17 (the GPU image) has ``convert_to_rgb(image)`` returning PIL, with no ``return_numpy``."""
+    import transformers.image_transforms as transforms
+
+    pixels = torch.randint(0, 256, (9, 7, 4), generator=gen, dtype=torch.uint8).numpy()
+    image = Image.fromarray(pixels, "RGBA")
+    expected = np.asarray(to_rgb(image, 0, "images"))
+    stock = transforms.convert_to_rgb
+    monkeypatch.setattr(transforms, "convert_to_rgb", lambda image: stock(image, return_numpy=False))
+    np.testing.assert_array_equal(np.asarray(to_rgb(image, 0, "images")), expected)
