@@ -181,3 +181,21 @@ def test_pixel_gradients_through_the_shared_prefix_equal_the_plain_forward(gen):
     for ours, reference in zip([r1, *c1], [r2, *c2]):
         assert ours.grad.abs().max() > 0
         torch.testing.assert_close(ours.grad, reference.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_shared_prefix_holding_a_video_hands_on_the_linear_attention_state(gen):
+    """Image-to-video pairs against one reference: the conditioning image and the reference video (Qwen3-VL's
+    timestamped blocks, from the same processor) sit in the shared prefix, the candidate videos in suffixes;
+    equal to the plain path, and dropping the recurrent state moves the scores far off."""
+    rm = load_rm("qwen3_5")
+    cond = random_images(1, sizes=((64, 64),), seed=seed_of(gen))[0]
+    clips = [torch.rand(n, 3, 64, 64, generator=gen) for n in (4, 3, 4, 5)]
+    items = rm.encode(["a dog running"] * 3, [[clips[0]] * 3, clips[1:]], kind="video", condition=[cond] * 3,
+                      fps=2.0)
+    reference = plain(rm, items)
+    rm.engine.stats.clear()
+    shared = run(rm, items)
+    video_at = [k for k, t in enumerate(items[0].input_ids) if t == rm.family.video_token_id]
+    assert rm.engine.stats["groups"] == 1 and rm.engine.stats["prefix_tokens"] > video_at[items[0].media[1].n_tokens - 1]
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=0)
+    assert (run(with_family(rm, DropsRecurrentState), items) - reference).abs().max() > 1e-3
