@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_qwen3_vl import reference_video
 
 from conftest import load_rm
 from rdfast import engine
@@ -199,3 +200,21 @@ def test_shared_prefix_holding_a_video_hands_on_the_linear_attention_state(gen):
     assert rm.engine.stats["groups"] == 1 and rm.engine.stats["prefix_tokens"] > video_at[items[0].media[1].n_tokens - 1]
     torch.testing.assert_close(shared, reference, atol=1e-5, rtol=0)
     assert (run(with_family(rm, DropsRecurrentState), items) - reference).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("n_frames,fps", [(5, 3.0)])
+def test_video_pixels_and_timestamps_equal_the_qwen3_vl_processor(n_frames, fps, gen):
+    """transformers maps qwen3_5 to Qwen3-VL's video processor and processor (video_processing_auto.py,
+    processing_auto.py), so a Qwen3.5 clip must match the same independent reference (tests/test_qwen3_vl.py)."""
+    import json
+    import os
+
+    rm = load_rm("qwen3_5")
+    with open(os.path.join(rm.model.name_or_path, "video_preprocessor_config.json")) as f:
+        settings = json.load(f)
+    frames = torch.rand(n_frames, 3, 64, 96, generator=gen)
+    ours = rm.family.encode_video(frames, fps)
+    patches, grid, expansion = reference_video(frames, fps, settings, (rm.family.vision_start, rm.family.video_token,
+                                                                       rm.family.vision_end))
+    torch.testing.assert_close(ours.pixels, patches, atol=1e-6, rtol=0)
+    assert ours.meta == grid and ours.expansion == expansion
