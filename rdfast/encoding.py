@@ -129,7 +129,8 @@ class Encoder:
         """
         messages = P.build_messages(prompt, len(media) - n_condition, instruction, kind=media[-1].kind,
                                     condition=n_condition > 0)
-        text = P.render(self.tokenizer, messages, self.family.image_placeholder, self.family.video_placeholder)
+        text = P.render(self.tokenizer, messages, self.family.image_placeholder, self.family.video_placeholder,
+                        self.family.chat_template_kwargs)
         text = self.family.expand_placeholders(text, media, index)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_length:

@@ -19,6 +19,7 @@ language-model call) goes through the family's hooks (rdfast/families/base.py).
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -64,6 +65,16 @@ class EngineOptions:
     def plain(self) -> bool:
         """All optimisations off: the plain padded transformers forward."""
         return not self.feature_cache and not self.prefix_cache and self.batching == "padded"
+
+
+_NOTICED: set[str] = set()
+
+
+def notice_once(message: str) -> None:
+    """Warn with ``message`` the first time it comes up in this process (an engine switch the family turns off)."""
+    if message not in _NOTICED:
+        _NOTICED.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 class OutOfMemoryRetry:
@@ -179,7 +190,12 @@ class Engine:
             return self._plain_last_hidden(items, options.batch_size)
         if options.prefix_cache and self._kv_cache_dropped():
             options = replace(options, prefix_cache=False)
+        if options.prefix_cache and (refusal := self.family.prefix_cache_refusal()):
+            notice_once(f"{self.family.name}: prefix_cache runs off: {refusal}")
+            options = replace(options, prefix_cache=False)
         if options.batching == "varlen" and not self.family.supports_varlen:
+            notice_once(f"{self.family.name}: batching='varlen' runs as 'length': this family's per-sequence state "
+                        "(e.g. linear attention's) cannot be packed across sequences")
             options = replace(options, batching="length")
         feats = self.media_features(items, options)
         if options.prefix_cache:

@@ -115,7 +115,8 @@ class RewardModel:
             path, trained, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, base_model=base_model)
         family = family_for(config, tokenizer, image_processor, video_settings(path))
-        answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words)
+        answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words,
+                                          family.chat_template_kwargs)
         for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
             recorded = getattr(trained, key)
             if recorded is not None and recorded != got:

@@ -59,6 +59,27 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "get_image_features' per-layer features: split per image in 5.24, whole in 5.17 (families/qwen3_vl.py)"),
     PrivateAPI("transformers.models.qwen3_vl.video_processing_qwen3_vl", "smart_resize",
                "Qwen3-VL's video frame size, which counts the frames (families/qwen3_vl.py)"),
+    # Qwen3.5's hybrid cache (families/qwen3_5.py expand_cache): the same in transformers 5.17 and 5.24 (5.24
+    # adds Cache.get_conv_state / get_recurrent_state, unused so that 5.17 works; 5.24's LinearAttentionLayer
+    # lacks batch_repeat_interleave, unused too); versions outside qwen3_5.HYBRID_PREFIX_TESTED run unshared
+    PrivateAPI("transformers.cache_utils", "Cache.update_conv_state",
+               "seeding each suffix batch's cache with the prefix's window (families/qwen3_5.py)"),
+    PrivateAPI("transformers.cache_utils", "LinearAttentionLayer.update_conv_state.conv_kernel_size",
+               "the window length a seeded conv state keeps (families/qwen3_5.py)"),
+    PrivateAPI("transformers.cache_utils", "LinearAttentionLayer.update_recurrent_state",
+               "overridden per suffix cache to replace, not copy into, the state (families/qwen3_5.py)"),
+    PrivateAPI("transformers.cache_utils", "LinearAttentionLayer.is_recurrent_states_initialized",
+               "set by that override (families/qwen3_5.py)"),
+    PrivateAPI("transformers.cache_utils", "Cache.update_recurrent_state",
+               "seeding each suffix batch's cache with the prefix's recurrent state (families/qwen3_5.py)"),
+    PrivateAPI("transformers.cache_utils", "LinearAttentionLayer.conv_states",
+               "a prefix's convolution window, read per linear layer (families/qwen3_5.py; zeroed in a test)"),
+    PrivateAPI("transformers.cache_utils", "LinearAttentionLayer.recurrent_states",
+               "a prefix's recurrent state, read per linear layer (families/qwen3_5.py; zeroed in a test)"),
+    PrivateAPI("transformers.models.qwen3_5.modeling_qwen3_5", "Qwen3_5GatedDeltaNet.A_log",
+               "set to slow decay in the tiny checkpoint (testing.py _long_memory)"),
+    PrivateAPI("transformers.models.qwen3_5.modeling_qwen3_5", "Qwen3_5GatedDeltaNet.dt_bias",
+               "set to slow decay in the tiny checkpoint (testing.py _long_memory)"),
     PrivateAPI("transformers.models.got_ocr2.image_processing_pil_got_ocr2", "get_optimal_tiled_canvas",
                "InternVL's tile grid, from the torchvision-free processor module (families/internvl.py)"),
     # ---- diffusers: pipeline internals (rdfast/diffusion/pipelines/) ------------------------------------------

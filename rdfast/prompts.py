@@ -146,14 +146,17 @@ def _alternation(strings) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
-def render(tokenizer, messages: list[dict], image_placeholder: str, video_placeholder: str = "<video>") -> str:
+def render(tokenizer, messages: list[dict], image_placeholder: str, video_placeholder: str = "<video>",
+           template_kwargs: dict | None = None) -> str:
     """Render messages with the model's chat template and the generation prompt.
 
     Without a chat template, a plain "USER: ... ASSISTANT:" layout is used, media as the placeholders.
-    User text must have passed ``ReservedText.check``: templates paste it verbatim.
+    User text must have passed ``ReservedText.check``: templates paste it verbatim. ``template_kwargs``: the
+    family's chat-template variables (``Family.chat_template_kwargs``, e.g. Qwen3.5's ``enable_thinking``).
     """
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **(template_kwargs or {}))
     parts = []
     for message in messages:
         content = message["content"]
@@ -190,8 +193,10 @@ def resolve_answer_token(tokenizer, rendered_prompt: str, word: str) -> int:
     return full[-1]
 
 
-def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes", "no")) -> AnswerTokens:
-    """Resolve the yes/no ids once per tokenizer, on a rendered pointwise prompt.
+def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes", "no"),
+                          template_kwargs: dict | None = None) -> AnswerTokens:
+    """Resolve the yes/no ids once per tokenizer, on a rendered pointwise prompt (rendered with the family's
+    ``template_kwargs``).
 
     An answer word that is a special token (e.g. ``<|im_end|>``) is an ``InputError`` naming
     ``answer_words[i]``: the reward reads words, never control tokens.
@@ -200,7 +205,7 @@ def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes"
     reserved = ReservedText(tokenizer)
     for i, word in enumerate((yes_word, no_word)):
         reserved.check(word, "answer_words", i)
-    rendered = render(tokenizer, build_messages("a photo", 1), image_placeholder)
+    rendered = render(tokenizer, build_messages("a photo", 1), image_placeholder, template_kwargs=template_kwargs)
     yes_id = resolve_answer_token(tokenizer, rendered, yes_word)
     no_id = resolve_answer_token(tokenizer, rendered, no_word)
     if yes_id == no_id:

@@ -21,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "internvl")
 BUILD_VERSION = 1  # bump whenever the built files change, so stale caches are not reused
 
 # Qwen2's added tokens, in the real checkpoints' id order (151643...); vision ones last.
@@ -67,6 +67,13 @@ _QWEN3_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen3.5 (as its real template for system/user turns): the generation prompt opens a thinking block, or with
+# enable_thinking=False an empty, closed one, after which the answer starts.
+_QWEN3_5_TEMPLATE = _QWEN3_TEMPLATE.replace(
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is "
+    "false %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
+_THINK = ["<think>", "</think>"]
 # InternVL3-hf chat template (transformers' conversion script): no default system turn; the processor later
 # expands each <IMG_CONTEXT> into <img> + <IMG_CONTEXT> * (image_seq_length * num_tiles) + </img>.
 _INTERNVL_TEMPLATE = (
@@ -78,6 +85,8 @@ _INTERNVL_TEMPLATE = (
     "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
 )
+
+_TEMPLATES = {"qwen3_5": _QWEN3_5_TEMPLATE, "internvl": _INTERNVL_TEMPLATE}
 
 # Qwen2's pre-tokenizer regex: letters never absorb a preceding newline, so "assistant\nyes" splits before "yes".
 _QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -131,13 +140,13 @@ def _tokenizer(family: str):
     trainer = trainers.BpeTrainer(vocab_size=1536, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_corpus(), trainer)
-    special = _QWEN_SPECIAL + (_INTERNVL_SPECIAL if family == "internvl" else [])
+    special = _QWEN_SPECIAL + (_INTERNVL_SPECIAL if family == "internvl" else _THINK if family == "qwen3_5" else [])
     tok.add_special_tokens(special)  # ids right after the BPE vocab, never split
     named = _INTERNVL_NAMED if family == "internvl" else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=special[3:],  # everything but endoftext/im_start/im_end, as Qwen lists them
-        chat_template=_QWEN3_TEMPLATE if family.startswith("qwen3") else _INTERNVL_TEMPLATE if family == "internvl" else _QWEN_TEMPLATE,
+        chat_template=_TEMPLATES.get(family, _QWEN3_TEMPLATE if family.startswith("qwen3") else _QWEN_TEMPLATE),
         model_max_length=32768, **named,
     )
 
@@ -191,6 +200,8 @@ def _config_and_processor(family: str, tok, overrides: dict):
 
     if family in ("qwen3_vl", "qwen3_vl_moe"):
         return _qwen3_vl(family, tok, overrides, proc_over)
+    if family == "qwen3_5":
+        return _qwen3_5(tok, overrides, proc_over)
     if family != "internvl":
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     # 56 px tiles of 14 px patches: 4x4 patches, pixel shuffle 0.5 -> 4 tokens per tile
@@ -247,6 +258,47 @@ def _qwen3_vl(family: str, tok, overrides: dict, proc_over: dict):
     return cfg, _merge(proc, proc_over), None
 
 
+def _qwen3_5(tok, overrides: dict, proc_over: dict):
+    """Qwen3.5: hybrid text layers (Gated DeltaNet linear attention, full attention in the middle one), partial
+    interleaved mrope, Qwen3-VL's 16 px vision tower without deepstack."""
+    tid = tok.convert_tokens_to_ids
+    # head_dim 16, half of it rotary: 8 dims -> 4 frequencies split [2, 1, 1] (real: a quarter, [11, 11, 10] of 32)
+    rope = {"rope_type": "default", "rope_theta": 1e7, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
+            "partial_rotary_factor": 0.5}
+    text = {**_text_config(tok, head_dim=16, rope_parameters=rope), "num_hidden_layers": 3,
+            "layer_types": ["linear_attention", "full_attention", "linear_attention"], "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4}
+    vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64)
+    cfg = dict(model_type="qwen3_5", text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
+               video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
+               vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
+    cfg = _merge(cfg, overrides)
+    v = cfg["vision_config"]
+    unit = v["patch_size"] * v["spatial_merge_size"]
+    proc = dict(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen3VLProcessor",
+                size={"shortest_edge": 2 * unit * unit, "longest_edge": 16 * unit * unit},
+                patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
+                merge_size=v["spatial_merge_size"], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
+                resample=3)
+    return cfg, _merge(proc, proc_over), None
+
+
+def _long_memory(model, gen) -> None:
+    """Slow decay in every Gated DeltaNet layer (A in [0.005, 0.05], softplus(dt_bias) ~ 0.13), as trained
+    checkpoints have: transformers' random init forgets within a token or two, so a dropped recurrent state
+    would not show in the scores."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "A_log") and hasattr(module, "dt_bias"):
+                module.A_log.copy_(torch.empty_like(module.A_log).uniform_(0.005, 0.05, generator=gen).log())
+                module.dt_bias.fill_(-2.0)
+
+
 def _pair(x):
     return tuple(x) if isinstance(x, (list, tuple)) else (x, x)
 
@@ -261,6 +313,8 @@ def _build(family: str, seed: int, overrides: dict, out: pathlib.Path) -> None:
     config.dtype = torch.float32
     torch.manual_seed(seed)  # same seed -> same weights
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    if family == "qwen3_5":
+        _long_memory(model, torch.Generator().manual_seed(seed))
     model.save_pretrained(out)  # safetensors (the only format transformers 5 writes)
     tok.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(proc, indent=2, sort_keys=True))

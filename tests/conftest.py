@@ -6,11 +6,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "internvl")
 
 _MODELS = {}
 #: an image side no family resizes: a multiple of every Qwen unit (28 px; Qwen3-VL 32 px) and InternVL's 56 px tile
-_UNRESIZED = {"qwen3_vl": 64, "qwen3_vl_moe": 64}
+_UNRESIZED = {"qwen3_vl": 64, "qwen3_vl_moe": 64, "qwen3_5": 64}
 
 
 def unresized_side(family: str) -> int:

@@ -56,7 +56,10 @@ def test_layout_and_config(ckpt):
         for attr, token in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
                             ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]:
             assert getattr(cfg, attr) == tok.convert_tokens_to_ids(token), attr
-        assert sum(cfg.text_config.rope_parameters["mrope_section"]) * 2 == 64 // 4  # head_dim / 2
+        rope = cfg.text_config.rope_parameters  # rotary dims: head_dim (64 / 4), Qwen3.5 only a part of it
+        assert sum(rope["mrope_section"]) * 2 == 64 // 4 * rope.get("partial_rotary_factor", 1.0)
+    if family == "qwen3_5":  # hybrid: Gated DeltaNet linear attention and full attention
+        assert set(cfg.text_config.layer_types) == {"linear_attention", "full_attention"}
 
 
 def test_chat_template_and_single_token_answers(ckpt):
@@ -64,8 +67,12 @@ def test_chat_template_and_single_token_answers(ckpt):
     text = tok.apply_chat_template(PAIR, tokenize=False, add_generation_prompt=True)
     image = "<IMG_CONTEXT>\n" if family == "internvl" else "<|vision_start|><|image_pad|><|vision_end|>"
     system = "" if family == "internvl" or family.startswith("qwen3") else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    assert text == (f"{system}<|im_start|>user\n{image}{image}{PAIR[0]['content'][2]['text']}<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    turn = f"{system}<|im_start|>user\n{image}{image}{PAIR[0]['content'][2]['text']}<|im_end|>\n<|im_start|>assistant\n"
+    if family == "qwen3_5":  # as the real template: a thinking block opens, or with enable_thinking=False closes empty
+        assert text == turn + "<think>\n"
+        text = tok.apply_chat_template(PAIR, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        turn += "<think>\n\n</think>\n\n"
+    assert text == turn
     base = tok(text)["input_ids"]
     for word in ("yes", "no", "Yes", "No"):
         ids = tok(text + word)["input_ids"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .base import EncodedMedia, Family, SequenceInputs
 from .internvl import InternVLFamily
 from .qwen2_vl import Qwen2VLFamily
+from .qwen3_5 import Qwen3_5Family
 from .qwen3_vl import Qwen3VLFamily
 
 FAMILY_CLASSES = {
@@ -16,6 +17,7 @@ FAMILY_CLASSES = {
     "qwen2_5_vl": Qwen2VLFamily,
     "qwen3_vl": Qwen3VLFamily,
     "qwen3_vl_moe": Qwen3VLFamily,
+    "qwen3_5": Qwen3_5Family,
     "internvl": InternVLFamily,
 }
 
@@ -35,7 +37,7 @@ def family_for(config, tokenizer, image_processor, video_processor: dict | None 
     if model_type not in FAMILY_CLASSES:
         raise ValueError(
             f"unsupported model type {model_type!r}; rdfast supports {sorted(FAMILY_CLASSES)} "
-            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE) and transformers-native InternVL checkpoints)"
+            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen3.5 and transformers-native InternVL checkpoints)"
         )
     return FAMILY_CLASSES[model_type](config, tokenizer, image_processor, video_processor)
 

@@ -72,6 +72,8 @@ class Family(ABC):
     video_placeholder: str
     #: whether suffixes may be packed into one row (varlen attention): not for recurrent state
     supports_varlen = True
+    #: variables every chat-template rendering gets (Qwen3.5: {"enable_thinking": False}); never mutated
+    chat_template_kwargs: dict = {}
 
     def __init__(self, config, tokenizer, image_processor, video_processor: dict | None = None):
         self.config = config
@@ -137,6 +139,11 @@ class Family(ABC):
         out = language_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions,
                              use_cache=True, **{cache_keyword(language_model): cache}, **attention_kwargs)
         return out.last_hidden_state
+
+    def prefix_cache_refusal(self) -> str | None:
+        """Why this family cannot share prefixes with the installed libraries (the engine then runs every
+        sequence whole and says so once), or None when it can."""
+        return None
 
     def new_cache(self, text_config):
         """An empty cache for one forward (transformers' DynamicCache by default)."""

@@ -72,7 +72,7 @@ class Qwen3VLFamily(Qwen2VLFamily):
     def __init__(self, config, tokenizer, image_processor, video_processor: dict | None = None):
         super().__init__(config, tokenizer, image_processor, video_processor)
         self.tokens_per_second = None  # Qwen2.5-VL's video time spacing; Qwen3-VL writes timestamps instead
-        self.n_deepstack = len(config.vision_config.deepstack_visual_indexes or ())
+        self.n_deepstack = len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())  # Qwen3.5: none
         video = {**VIDEO_DEFAULTS, **self.video_settings}
         size = video["size"]
         self.video_min_pixels = video.get("min_pixels") or size["shortest_edge"]
