@@ -2,8 +2,8 @@
 
 The generic checks (scores against the plain transformers forward, pixels against the HF processor, batch and
 order invariance, every engine switch, finite-difference gradients, positions against ``get_rope_index``) run
-for both through the ``family`` fixture in tests/test_model.py and tests/test_engine.py. Here: what is new
-with deepstack.
+for qwen3_vl through the ``family`` fixture in tests/test_model.py and tests/test_engine.py; the MoE model,
+which shares the family class, is checked against the plain forward here. Here also: what is new with deepstack.
 """
 import pytest
 import torch
@@ -217,3 +217,18 @@ def test_shared_prefix_holding_a_video_and_a_conditioning_image_keeps_their_deep
     family = DropsPrefixDeepstack(rm.model.config, rm.tokenizer, _processor(rm), rm.family.video_settings)
     buggy = RewardModel(rm.model, rm.tokenizer, family, rm.answers)
     assert (run(buggy, items, batching=batching) - plain).abs().max() > 1e-3
+
+
+def test_moe_scores_equal_the_plain_transformers_forward(gen):
+    """qwen3_vl_moe runs the generic tests only here (it shares Qwen3VLFamily with qwen3_vl): the engine's
+    pairwise log P(yes) equals transformers' own forward on ``build_inputs`` (fp32: 1e-5 in log P)."""
+    rm = load_rm("qwen3_vl_moe")
+    seed = seed_of(gen)
+    first = random_images(3, sizes=((64, 64), (96, 64), (64, 96)), seed=seed)
+    second = random_images(3, sizes=((96, 64), (64, 64), (64, 128)), seed=seed + 1)
+    ours = rm.compare(first, second, PROMPTS).double().log()
+    for k in range(3):
+        inputs = rm.build_inputs([PROMPTS[k]], [first[k]], [second[k]])
+        with torch.no_grad():
+            logp = rm.model(**inputs).logits[0, -1].double().log_softmax(-1)[rm.yes_token_id]
+        torch.testing.assert_close(ours[k], logp, atol=1e-5, rtol=0)
