@@ -13,7 +13,9 @@ from .batches import COT_FORMATS, PARADIGMS
 from .losses import TIES
 
 #: the language model's projections LoRA adapts by default (the vision tower has modules with the same names)
-LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: attention and MLP projections; Qwen3.5's linear-attention layers name theirs in_proj_qkv, in_proj_z, out_proj
+LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj_qkv",
+                        "in_proj_z", "out_proj")
 FINETUNES = ("lora", "full")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 #: "padded": one padded forward; "length": the scoring engine with equal-length batches; "varlen": the engine

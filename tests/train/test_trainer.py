@@ -52,15 +52,19 @@ def test_trained_directory_reloads_and_reproduces_its_accuracy(tmp_path, paradig
     assert (out / "training_curves.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "qwen3_5"])
 def test_lora_trains_only_the_language_model_projections(tmp_path, family, gen):
+    """Qwen3.5's linear-attention layers have their own projection names; before they were listed, LoRA on
+    Qwen3.5 adapted only its few full-attention layers and the MLPs."""
     recs = records(8, seed_of(gen))
     trainer = Trainer(tiny_checkpoint(family), TrainConfig(batch_size=4, max_steps=1, lora_r=2, progress=False),
                       recs, output_dir=tmp_path, log=io.StringIO())
     names = [n for n, _ in trainer.named_trainable]
     assert names and all("lora_" in n and "language_model" in n for n in names)
-    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"}
+    expected = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    if family == "qwen3_5":
+        expected |= {"in_proj_qkv", "in_proj_z", "out_proj"}
+    assert {n.split(".")[-4] for n in names} == expected
     before = {n: p.detach().clone() for n, p in trainer.named_trainable}
     frozen = trainer.rm.model.get_output_embeddings().weight.detach().clone()
     trainer.train_step()
