@@ -246,16 +246,20 @@ def _qwen3_vl(family: str, tok, overrides: dict, proc_over: dict):
                video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
                vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
     cfg = _merge(cfg, overrides)
-    v = cfg["vision_config"]
-    unit = v["patch_size"] * v["spatial_merge_size"]  # 32 px per merged token
-    # as the real Qwen3-VL preprocessor_config.json: the pixel range in ``size`` only, mean and std 0.5
+    return cfg, _qwen3_processor(cfg["vision_config"], proc_over), None
+
+
+def _qwen3_processor(vision: dict, proc_over: dict) -> dict:
+    """The image processor config of Qwen3-VL and Qwen3.5, as the real preprocessor_config.json: the pixel
+    range in ``size`` only, mean and std 0.5."""
+    unit = vision["patch_size"] * vision["spatial_merge_size"]  # 32 px per merged token
     proc = dict(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen3VLProcessor",
                 size={"shortest_edge": 2 * unit * unit, "longest_edge": 16 * unit * unit},
-                patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
-                merge_size=v["spatial_merge_size"], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+                patch_size=vision["patch_size"], temporal_patch_size=vision["temporal_patch_size"],
+                merge_size=vision["spatial_merge_size"], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
                 do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
                 resample=3)
-    return cfg, _merge(proc, proc_over), None
+    return _merge(proc, proc_over)
 
 
 def _qwen3_5(tok, overrides: dict, proc_over: dict):
@@ -275,15 +279,7 @@ def _qwen3_5(tok, overrides: dict, proc_over: dict):
                video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
                vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
     cfg = _merge(cfg, overrides)
-    v = cfg["vision_config"]
-    unit = v["patch_size"] * v["spatial_merge_size"]
-    proc = dict(image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen3VLProcessor",
-                size={"shortest_edge": 2 * unit * unit, "longest_edge": 16 * unit * unit},
-                patch_size=v["patch_size"], temporal_patch_size=v["temporal_patch_size"],
-                merge_size=v["spatial_merge_size"], image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-                do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
-                resample=3)
-    return cfg, _merge(proc, proc_over), None
+    return cfg, _qwen3_processor(cfg["vision_config"], proc_over), None
 
 
 def _long_memory(model, gen) -> None:

@@ -6,11 +6,10 @@ padded path, float64 finite-difference gradients) run for Qwen3.5 through the ``
 tests/test_model.py and tests/test_engine.py. Here: what is new with linear attention and the thinking block.
 """
 import warnings
-from dataclasses import replace
 
 import pytest
 import torch
-from test_qwen3_vl import reference_video
+from test_qwen3_vl import reference_video, run, seed_of
 
 from conftest import load_rm
 from rdfast import engine
@@ -21,19 +20,6 @@ from rdfast.model import RewardModel
 from rdfast.testing import random_images
 
 PROMPTS = ["a red circle", "two blue squares on a table"]
-
-
-def seed_of(gen):
-    return int(torch.randint(0, 2**30, (1,), generator=gen))
-
-
-def run(rm, items, **options):
-    saved, rm.options = rm.options, replace(rm.options, **options)
-    try:
-        with torch.inference_mode():
-            return rm.item_logprobs(items)
-    finally:
-        rm.options = saved
 
 
 def plain(rm, items):

@@ -5,6 +5,8 @@ order invariance, every engine switch, finite-difference gradients, positions ag
 for qwen3_vl through the ``family`` fixture in tests/test_model.py and tests/test_engine.py; the MoE model,
 which shares the family class, is checked against the plain forward here. Here also: what is new with deepstack.
 """
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -21,8 +23,7 @@ def seed_of(gen):
 
 
 def run(rm, items, **options):
-    from dataclasses import replace
-
+    """log P(yes), log P(no) [N, 2] of ``items`` under ``rm.options`` with ``options`` replaced."""
     saved, rm.options = rm.options, replace(rm.options, **options)
     try:
         with torch.inference_mode():

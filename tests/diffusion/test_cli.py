@@ -8,13 +8,6 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from rdfast.diffusion import cli  # noqa: E402
-from rdfast.diffusion.testing import torch_threads  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 def run(argv):

@@ -9,15 +9,10 @@ pytest.importorskip("diffusers")
 
 from rdfast.diffusion.pipelines import adapt  # noqa: E402
 from rdfast.diffusion.sampler import Sampler  # noqa: E402
-from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
+from rdfast.diffusion.testing import tiny_pipeline  # noqa: E402
 
 GENERATORS = ("flux", "sd3", "sd", "sdxl")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):  # tiny models: one thread, robust on a busy shared CPU
-        yield
 
 
 @functools.lru_cache(maxsize=None)

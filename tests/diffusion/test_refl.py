@@ -1,6 +1,5 @@
 """ReFL on tiny FLUX, SD3 and SD (DDIM) pipelines: memory-efficient gradients equal the naive ones, a toy
 reward goes up, one step end to end with a tiny pairwise RewardModel, options and errors."""
-import os
 
 import pytest
 import torch
@@ -14,20 +13,14 @@ from rdfast.diffusion.refl import ReFLConfig, ReFLTrainer  # noqa: E402
 from rdfast.diffusion.reward import PairwiseReward, activation_checkpointing, reward_fn  # noqa: E402
 from rdfast.diffusion.sampler import UnsupportedScheduler  # noqa: E402
 from rdfast.diffusion.search import pipeline_problem  # noqa: E402
-from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
+from rdfast.diffusion.testing import tiny_pipeline  # noqa: E402
+
+from .common import random_seed  # noqa: E402
 
 GENERATORS = ("flux", "sd3", "sd", "sdxl")
 SMALL = dict(height=32, width=32, num_steps=4, late_range=(0.5, 1.0))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-def _seed():
-    return int.from_bytes(os.urandom(4), "little")
 
 
 def brightness(images, prompts):
@@ -50,13 +43,13 @@ def test_memory_efficient_gradients_equal_naive(generator):
     rm = load_rm("qwen2_vl")
     # gaussian LoRA init: A and B both nonzero, so every LoRA tensor has a gradient to compare
     trainer = ReFLTrainer(tiny_pipeline(generator), PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2,
-                          guidance_scale=3.0, seed=_seed(), **SMALL)
+                          guidance_scale=3.0, seed=random_seed(), **SMALL)
     for n, p in trainer.wrapper.model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
     prompts = ["a red fox in the snow", "a blue car"]
     trainer.prepare_references(prompts, progress=False)
-    seed = _seed()
+    seed = random_seed()
     g_eff, info_eff = _grads(trainer, prompts, seed, True)
     g_naive, info_naive = _grads(trainer, prompts, seed, False)
     assert info_eff["stop_step"] == info_naive["stop_step"]
@@ -70,9 +63,9 @@ def test_toy_reward_goes_up():
     """A few ReFL steps with a differentiable reward raise it (measured on fixed noise, full sampling)."""
     # full finetuning: a random tiny VAE maps latents to pixels weakly, LoRA from B = 0 moves too slowly to see
     trainer = ReFLTrainer(tiny_pipeline("flux"), brightness, lora_rank=None, lr=1e-2, loss="neg", grad_steps=2,
-                          seed=_seed(), max_grad_norm=None, **SMALL)
+                          seed=random_seed(), max_grad_norm=None, **SMALL)
     prompts = ["a red fox", "a cat on a chair"]
-    eval_seed = _seed()
+    eval_seed = random_seed()
     before = trainer.evaluate(prompts * 2, seed=eval_seed).mean().item()
     for _ in range(6):
         info = trainer.step(prompts)
@@ -85,7 +78,7 @@ def test_one_step_end_to_end_with_pairwise_reward_model(tmp_path):
     """Best-of-N references ranked by the reward model, one update of the LoRA weights, saved adapter."""
     rm = load_rm("qwen2_vl")
     reward = PairwiseReward(rm, n=3, top_k=2)
-    trainer = ReFLTrainer(tiny_pipeline("sd"), reward, lora_rank=4, lr=1e-2, seed=_seed(), guidance_scale=2.0,
+    trainer = ReFLTrainer(tiny_pipeline("sd"), reward, lora_rank=4, lr=1e-2, seed=random_seed(), guidance_scale=2.0,
                           **SMALL)
     before = [p.detach().clone() for p in trainer.parameters]
     info = trainer.step(["a red fox"])
@@ -131,7 +124,7 @@ def test_reward_model_checkpointing_restores_state_and_keeps_gradients(gen):
 @pytest.mark.parametrize("options", [dict(autocast="bf16"), dict(lora_rank=None, lr=1e-4), dict(tile_vae=True),
                                      dict(grad_steps=3, late_range=(0.0, 1.0)), dict(loss="relu", margin=0.3)])
 def test_options_run(options):
-    trainer = ReFLTrainer(tiny_pipeline("flux"), brightness, seed=_seed(),
+    trainer = ReFLTrainer(tiny_pipeline("flux"), brightness, seed=random_seed(),
                           **{**SMALL, "lora_rank": 4, **options})
     info = trainer.step(["a red fox"])
     assert all(torch.isfinite(torch.tensor(v)) for v in info.values())
@@ -140,7 +133,7 @@ def test_options_run(options):
 
 
 def test_pretraining_loss_mixing(gen):
-    trainer = ReFLTrainer(tiny_pipeline("sd"), brightness, lora_rank=4, pretrain_weight=0.5, seed=_seed(),
+    trainer = ReFLTrainer(tiny_pipeline("sd"), brightness, lora_rank=4, pretrain_weight=0.5, seed=random_seed(),
                           guidance_scale=1.0, **SMALL)
     latents = trainer.wrapper.encode_images(torch.rand(2, 3, 32, 32, generator=gen))
     loss, info = trainer.loss(["a red fox", "a cat"], pretrain=(latents, ["a red fox", "a cat"]))
@@ -155,7 +148,7 @@ def test_ddpm_scheduler_trains_but_cannot_be_searched():
 
     pipe = tiny_pipeline("sd")
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    trainer = ReFLTrainer(pipe, brightness, lora_rank=4, seed=_seed(), guidance_scale=1.0, **SMALL)
+    trainer = ReFLTrainer(pipe, brightness, lora_rank=4, seed=random_seed(), guidance_scale=1.0, **SMALL)
     assert torch.isfinite(torch.tensor(trainer.step(["a cat"])["loss"]))
     with pytest.raises(UnsupportedScheduler, match="DDPMScheduler"):
         pipeline_problem(pipe, "a cat", 4, 32, 32)
@@ -178,7 +171,7 @@ def test_bad_settings_fail_before_work():
 
 def test_full_finetuning_needs_references_up_front():
     rm = load_rm("qwen2_vl")
-    trainer = ReFLTrainer(tiny_pipeline("flux"), PairwiseReward(rm, n=2, top_k=1), lora_rank=None, seed=_seed(),
+    trainer = ReFLTrainer(tiny_pipeline("flux"), PairwiseReward(rm, n=2, top_k=1), lora_rank=None, seed=random_seed(),
                           **SMALL)
     trainer.step(["a red fox"])  # the first prompt's reference is built lazily from the untouched model
     with pytest.raises(RuntimeError, match="prepare_references"):
@@ -206,7 +199,7 @@ def test_reward_fn_accepts_common_layouts(gen):
 def test_saved_lora_loads_with_diffusers_load_lora_weights(tmp_path, generator, gen):
     """``trainer.save`` writes the pipeline's LoRA format: a fresh pipeline's ``load_lora_weights(dir)`` gives the
     trained denoiser's outputs (rank 4, alpha 2: the scale travels with the file)."""
-    trainer = ReFLTrainer(tiny_pipeline(generator), brightness, lora_rank=4, lora_alpha=2.0, seed=_seed(), **SMALL)
+    trainer = ReFLTrainer(tiny_pipeline(generator), brightness, lora_rank=4, lora_alpha=2.0, seed=random_seed(), **SMALL)
     with torch.no_grad():
         for p in trainer.parameters:  # trained-looking adapters (lora_B starts at zero)
             p.copy_(0.3 * torch.randn(p.shape, generator=gen))

@@ -1,7 +1,6 @@
 """Search over Paths: beats Best-of-N at equal NFE on the analytic toy, NFE matches the formula, the tree is
 saved, errors are clear; end to end on tiny pipelines with a tiny RewardModel as the verifier."""
 import json
-import os
 
 import pytest
 import torch
@@ -19,22 +18,14 @@ from rdfast.diffusion.search import (  # noqa: E402
     search_over_paths,
     search_rounds,
 )
-from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
+from rdfast.diffusion.testing import tiny_pipeline  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
-
-
-def _seed():
-    return int.from_bytes(os.urandom(4), "little")
+from .common import random_seed  # noqa: E402
 
 
 def test_search_beats_best_of_n_at_equal_nfe():
     """Mean best reward over 8 seeds (paired: same seed family), equal denoiser NFE."""
-    T, base = 20, _seed()
+    T, base = 20, random_seed()
     wins, s_rewards, b_rewards = 0, [], []
     for seed in range(8):
         problem, verifier = toy_problem(T)
@@ -88,7 +79,7 @@ def test_toy_denoiser_is_the_posterior_mean(gen):
 def test_tree_json_and_figure(tmp_path):
     problem, verifier = toy_problem(12)
     res = search_over_paths(problem, verifier, n=2, m=3, start_step=4, delta_f=1, delta_b=3,
-                            generator=torch.Generator().manual_seed(_seed()), progress=False)
+                            generator=torch.Generator().manual_seed(random_seed()), progress=False)
     res.save_json(tmp_path / "tree.json")
     tree = json.loads((tmp_path / "tree.json").read_text())
     assert tree["method"] == "search_over_paths" and len(tree["rounds"]) == search_rounds(12, 4, 1, 3)
@@ -120,7 +111,7 @@ def test_search_on_pipeline_with_reward_model_verifier(generator, tmp_path):
                                guidance_scale=3.0)
     g = 1 if generator == "flux" else 2
     res = search_over_paths(problem, verifier, n=2, m=2, start_step=2, delta_f=1, delta_b=2,
-                            generator=torch.Generator().manual_seed(_seed()), progress=False)
+                            generator=torch.Generator().manual_seed(random_seed()), progress=False)
     assert res.best_image.shape == (3, 32, 32) and 0 <= res.best_image.min() <= res.best_image.max() <= 1
     assert res.nfe["denoiser"] == search_nfe(4, 2, 2, 2, 1, 2, g) == g * (2 * 2 + 3 * 2 * 2 * 1 + 2 * 2 * 1)
     # the best reward is the verifier's score of the returned image

@@ -1,7 +1,6 @@
 """Video in rdfast.diffusion on a tiny Wan 2.1 pipeline (32 px, 9 frames = 3 latent frames): our loop is the
 pipeline's loop, the frame-wise checkpointed decode equals the VAE's own, video ReFL gradients equal the naive
 path's and a toy video reward goes up, Best-of-N over videos, Search over Paths with a video verifier, errors."""
-import os
 
 import pytest
 import torch
@@ -28,25 +27,19 @@ from rdfast.diffusion.search import (  # noqa
     search_nfe,
     search_over_paths,
 )
-from rdfast.diffusion.testing import tiny_pipeline, torch_threads  # noqa: E402
+from rdfast.diffusion.testing import tiny_pipeline  # noqa: E402
+
+from .common import random_seed  # noqa: E402
 
 FRAMES = 9
 SMALL = dict(height=32, width=32, num_steps=4, late_range=(0.5, 1.0), num_frames=FRAMES)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
 def wan():
     return tiny_pipeline("wan")
 
-
-def _seed():
-    return int.from_bytes(os.urandom(4), "little")
 
 
 def motion(videos, prompts):
@@ -107,14 +100,14 @@ def test_video_refl_gradients_equal_naive_and_reach_every_lora_weight(wan):
     path (checkpointed denoiser, frame-wise VAE decode, reward model) gives the naive path's gradients."""
     rm = load_rm("qwen2_vl")
     trainer = ReFLTrainer(wan, PairwiseReward(rm, n=2, top_k=2), lora_rank=4, grad_steps=2, guidance_scale=3.0,
-                          seed=_seed(), **SMALL)
+                          seed=random_seed(), **SMALL)
     for n, p in trainer.wrapper.model.named_parameters():
         if "lora_B" in n:  # gaussian B: every LoRA tensor then has a gradient to compare
             torch.nn.init.normal_(p, std=0.05)
     prompts = ["a red fox in the snow", "a blue car"]
     trainer.prepare_references(prompts, progress=False)
     assert trainer.reward.references[prompts[0]].shape == (2, FRAMES, 3, 32, 32)
-    seed, grads, infos = _seed(), [], []
+    seed, grads, infos = random_seed(), [], []
     for memory_efficient in (True, False):
         trainer.config.memory_efficient = memory_efficient
         trainer.generator.manual_seed(seed)
@@ -133,10 +126,10 @@ def test_video_refl_gradients_equal_naive_and_reach_every_lora_weight(wan):
 
 def test_video_toy_reward_goes_up(wan):
     """A few ReFL steps with a differentiable video reward raise it (fixed noise, full sampling of 9 frames)."""
-    trainer = ReFLTrainer(wan, motion, lora_rank=None, lr=3e-2, loss="neg", grad_steps=2, seed=_seed(),
+    trainer = ReFLTrainer(wan, motion, lora_rank=None, lr=3e-2, loss="neg", grad_steps=2, seed=random_seed(),
                           max_grad_norm=None, **SMALL)
     prompts = ["a red fox", "a cat on a chair"]
-    eval_seed = _seed()
+    eval_seed = random_seed()
     before = trainer.evaluate(prompts * 2, seed=eval_seed).mean().item()
     for _ in range(6):
         trainer.step(prompts)
@@ -214,7 +207,7 @@ def test_video_search_returns_the_best_scored_video(wan, tmp_path):
     verifier = PointwiseReward(load_rm("qwen2_vl"))
     problem = pipeline_problem(wan, "a red fox", num_steps=4, height=32, width=32, guidance_scale=3.0, num_frames=5)
     res = search_over_paths(problem, verifier, n=2, m=2, start_step=2, delta_f=1, delta_b=2,
-                            generator=torch.Generator().manual_seed(_seed()), progress=False)
+                            generator=torch.Generator().manual_seed(random_seed()), progress=False)
     assert res.best_image.shape == (5, 3, 32, 32) and 0 <= res.best_image.min() <= res.best_image.max() <= 1
     assert res.nfe["denoiser"] == search_nfe(4, 2, 2, 2, 1, 2, 2) == 2 * (2 * 2 + 3 * 2 * 2 * 1 + 2 * 2 * 1)
     assert res.nfe["verifier"] == 2 * 2 * 2  # two rounds of N * M videos
