@@ -1,6 +1,7 @@
 """The ``rdfast serve`` command: load a reward model and serve it over HTTP (see rdfast.serve.app).
 
     rdfast serve --model tiny:qwen2_vl --port 8000               # binds 127.0.0.1 unless --host says otherwise
+    rdfast serve --model DIR --ray --replicas 4                    # Ray Serve: one replica per GPU (rdfast[ray])
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 
 from ..errors import InputError, check_device
 from ..model import RewardModel
+from . import ray_deploy
 from .app import ServeSettings, create_app
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -27,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all but /health)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body (HTTP 413 above)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image (HTTP 413 above)")
+    p.add_argument("--ray", action="store_true", help="serve on Ray Serve replicas (pip install 'rdfast[ray]')")
+    p.add_argument("--replicas", type=int, default=None, help="--ray: replicas (default: one per GPU, else 1)")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="--ray: CPUs each replica reserves (may be < 1)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_serve)
 
@@ -58,6 +63,18 @@ def _cmd_serve(args) -> None:
         raise InputError("rdfast serve needs FastAPI, uvicorn and prometheus-client: pip install 'rdfast[serve]'") from None
     import torch  # heavy: only to name the dtype
 
+    if args.ray:
+        return _serve_on_ray(args, settings, torch)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     rm = RewardModel.from_pretrained(args.model, device=args.device, dtype=dtype)
     uvicorn.run(create_app(rm, settings), host=args.host, port=args.port, log_level="info")
+
+
+def _serve_on_ray(args, settings: ServeSettings, torch) -> None:
+    gpus = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+    replicas = args.replicas if args.replicas is not None else (torch.cuda.device_count() if gpus else 1)
+    if replicas <= 0 or args.replica_cpus <= 0:
+        raise InputError(f"--replicas and --replica-cpus must be positive, got {replicas} and {args.replica_cpus}")
+    options = ray_deploy.RayOptions(replicas=replicas, replica_cpus=args.replica_cpus, gpus=gpus, host=args.host,
+                                    port=args.port)
+    ray_deploy.serve_until_signal(args.model, settings, options, args.device, args.dtype)
