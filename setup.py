@@ -77,11 +77,13 @@ setup(
         "hf": HF,
         "triton": ["triton>=3.6"],
         "gpu": ["flash-attn>=2.6", "xformers>=0.0.28"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.2", "ruff>=0.6"],
         # PyAV: decodes video files (mp4, mkv, webm, ...); frame folders and tensors need nothing
         "video": ["av>=12"],
         # rdfast serve: HTTP server (httpx for the tests' client)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "httpx>=0.27"],
+        # rdfast serve --ray (Ray Serve replicas) and rdfast.integrations.ray (Ray Data offline scoring)
+        "ray": ["ray[serve,data]>=2.60,<3"],
     },
     entry_points={"console_scripts": ["rdfast=rdfast.cli:main"]},
 )

@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/pip install -q "torch==${RDFAST_TORCH_VERSION:-2.13.0}"
 fi
-.venv/bin/pip install -q -e ".[hf,triton,dev,video,serve]"
+.venv/bin/pip install -q -e ".[hf,triton,dev,video,serve,ray]"
