@@ -1,1 +1,1 @@
-"""Adapters that plug rdfast into RL and data frameworks (Flow-GRPO, verl-omni, Ray); each imports its framework lazily."""
+"""Adapters that plug rdfast into RL and data frameworks; each imports its framework lazily."""

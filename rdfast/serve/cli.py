@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest image (HTTP 413 above)")
     p.add_argument("--ray", action="store_true", help="serve on Ray Serve replicas (pip install 'rdfast[ray]')")
     p.add_argument("--replicas", type=int, default=None, help="--ray: replicas (default: one per GPU, else 1)")
-    p.add_argument("--replica-cpus", type=float, default=1.0, help="--ray: CPUs each replica reserves (may be < 1)")
+    p.add_argument("--replica-cpus", type=float, default=None, help="--ray: CPUs per replica (default 1; may be < 1)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_serve)
 
@@ -48,6 +48,8 @@ def settings_from_args(args) -> ServeSettings:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     if args.api_key is not None and not args.api_key.strip():
         raise InputError("--api-key must not be empty")
+    if not args.ray and (args.replicas is not None or args.replica_cpus is not None):
+        raise InputError("--replicas and --replica-cpus need --ray")
     return ServeSettings(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                          max_body_bytes=int(args.max_body_mb * (1 << 20)),
                          max_pixels=int(args.max_megapixels * 1_000_000), api_key=args.api_key,
@@ -73,8 +75,8 @@ def _cmd_serve(args) -> None:
 def _serve_on_ray(args, settings: ServeSettings, torch) -> None:
     gpus = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
     replicas = args.replicas if args.replicas is not None else (torch.cuda.device_count() if gpus else 1)
-    if replicas <= 0 or args.replica_cpus <= 0:
-        raise InputError(f"--replicas and --replica-cpus must be positive, got {replicas} and {args.replica_cpus}")
-    options = ray_deploy.RayOptions(replicas=replicas, replica_cpus=args.replica_cpus, gpus=gpus, host=args.host,
-                                    port=args.port)
+    cpus = args.replica_cpus if args.replica_cpus is not None else 1.0
+    if replicas <= 0 or cpus <= 0:
+        raise InputError(f"--replicas and --replica-cpus must be positive, got {replicas} and {cpus}")
+    options = ray_deploy.RayOptions(replicas=replicas, replica_cpus=cpus, gpus=gpus, host=args.host, port=args.port)
     ray_deploy.serve_until_signal(args.model, settings, options, args.device, args.dtype)

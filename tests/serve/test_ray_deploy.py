@@ -34,11 +34,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("flags, message", [(["--replicas", "0"], "--replicas and --replica-cpus must be positive"),
-                                            (["--replica-cpus", "-1"], "must be positive")])
+@pytest.mark.parametrize("flags, message", [(["--ray", "--replicas", "0"], "must be positive, got 0 and 1.0"),
+                                            (["--ray", "--replica-cpus", "-1"], "must be positive"),
+                                            (["--replicas", "2"], "--replicas and --replica-cpus need --ray")])
 def test_bad_ray_flags_are_one_line_and_exit_2(capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["serve", "--model", "no/such/model", "--ray", *flags])
+        main(["serve", "--model", "no/such/model", *flags])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
