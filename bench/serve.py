@@ -11,6 +11,7 @@ requests of ``--groups`` groups in group order, each request once. The server ru
 machine, so clients and server share its cores (the client's CPU time is reported). The in-process baseline
 scores each group in one call from decoded images; the server also decodes the PNG bodies. Rows: items/s,
 p50/p99 latency (per request; in process per group call), and the mean items per engine call (from /metrics).
+``--threads N`` gives the in-process model and each server N torch threads.
 """
 from __future__ import annotations
 
@@ -125,13 +126,16 @@ def free_port() -> int:
 class Server:
     """``rdfast serve`` in a subprocess on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, model: str, device: str, max_batch: int, max_wait_ms: float):
+    def __init__(self, model: str, device: str, max_batch: int, max_wait_ms: float, threads: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
+        env = dict(os.environ, HF_HUB_OFFLINE="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads, as the in-process run uses
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rdfast.cli", "serve", "--model", model, "--port", str(self.port), "--device", device,
-             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024"],
+            [sys.executable, "-m", "rdfast.cli", "serve", "--model", model, "--port", str(self.port), "--device",
+             device, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 300
         while True:
@@ -163,7 +167,8 @@ class Server:
 
 
 # ---- measurements ---------------------------------------------------------------------------------------------
-def measure_server(server: Server, endpoint: str, bodies: list[bytes], concurrency: int, mode: str) -> tuple[dict, list]:
+def measure_server(server: Server, endpoint: str, bodies: list[bytes], concurrency: int,
+                   mode: str) -> tuple[dict, list]:
     url = f"{server.url}/v1/{endpoint}"
     (scores, latencies, wall, cpu), (items0, calls0) = run_clients(url, bodies, concurrency, server.batch_stats)
     items1, calls1 = server.batch_stats()
@@ -215,6 +220,9 @@ def main(argv=None):
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched server's --max-wait-ms")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of every measurement (median)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of the in-process model and of each server (0: torch's default); on a "
+                             "loaded machine 1 avoids threads waiting on each other's descheduled cores")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -225,6 +233,8 @@ def main(argv=None):
     from rdfast import RewardModel
     from rdfast.testing import tiny_checkpoint
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
     model = str(tiny_checkpoint(preset.family, **preset.overrides))
     groups, bodies = workload(args, preset)
@@ -236,7 +246,8 @@ def main(argv=None):
     servers = {}
     try:
         for mode in MODES:
-            servers[mode] = Server(model, args.device, 64 if mode == "batched" else 1, args.max_wait_ms)
+            servers[mode] = Server(model, args.device, 64 if mode == "batched" else 1, args.max_wait_ms,
+                                   args.threads)
         runs, worst = {}, 0.0
         for _ in range(args.repeats):
             row, want = measure_in_process(rm, groups, args.endpoint, preset.instruction)
@@ -250,7 +261,8 @@ def main(argv=None):
         for server in servers.values():
             server.stop()
     rows = [median_row(repeats) for repeats in runs.values()]
-    result = {"device": machine(args.device), "torch": torch.__version__, "preset": args.preset,
+    result = {"device": machine(args.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "preset": args.preset,
               "endpoint": args.endpoint, "groups": args.groups, "group_size": args.group_size,
               "max_wait_ms": args.max_wait_ms, "repeats": args.repeats, "load_average": load_before,
               "load_average_after": load_average(),
@@ -259,7 +271,8 @@ def main(argv=None):
     rate = {r["mode"]: r["items_per_s"] for r in rows if r["mode"] == "in_process" or r["concurrency"] == top}
     result["batched_vs_in_process"] = rate["batched"] / rate["in_process"]
     result["batched_vs_unbatched"] = rate["batched"] / rate["unbatched"]
-    print(f"{'mode':11s} {'conc':>4s} {'items/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'items/call':>10s} {'client cpu ms/item':>18s}")
+    print(f"{'mode':11s} {'conc':>4s} {'items/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'items/call':>10s} "
+          f"{'client cpu ms/item':>18s}")
     for r in rows:
         per_call = r.get("mean_items_per_engine_call", r.get("items_per_call"))
         print(f"{r['mode']:11s} {r['concurrency']:4d} {r['items_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
