@@ -79,7 +79,7 @@ def start(model: str, settings: ServeSettings, options: RayOptions, device: str 
     every replica is ready; ``stop()`` takes it down."""
     ray, serve = _ray()
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False)
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(application(model, settings, options, device, dtype), name=APP_NAME, route_prefix="/")
     return f"http://{options.host}:{options.port}"
