@@ -94,10 +94,10 @@ def stop() -> None:
 def serve_until_signal(model: str, settings: ServeSettings, options: RayOptions, device: str | None = None,
                        dtype: str | None = None) -> None:
     """``rdfast serve --ray``: deploy, print the URL, and serve until SIGINT or SIGTERM."""
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     url = start(model, settings, options, device, dtype)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
+        signal.signal(sig, lambda *_: done.set())
     print(f"rdfast serve: {options.replicas} Ray Serve replica(s) of {model} at {url} (pid {os.getpid()})", flush=True)
     try:
         done.wait()
