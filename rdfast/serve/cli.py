@@ -9,6 +9,8 @@ import argparse
 
 from ..errors import InputError, check_device
 from ..model import RewardModel
+from ..resolve import resolve
+from ..testing import tiny_checkpoint
 from . import ray_deploy
 from .app import ServeSettings, create_app
 
@@ -78,5 +80,6 @@ def _serve_on_ray(args, settings: ServeSettings, torch) -> None:
     cpus = args.replica_cpus if args.replica_cpus is not None else 1.0
     if replicas <= 0 or cpus <= 0:
         raise InputError(f"--replicas and --replica-cpus must be positive, got {replicas} and {cpus}")
+    resolve(args.model, tiny_checkpoint, "reward model")  # a bad --model fails here, not in every replica
     options = ray_deploy.RayOptions(replicas=replicas, replica_cpus=cpus, gpus=gpus, host=args.host, port=args.port)
     ray_deploy.serve_until_signal(args.model, settings, options, args.device, args.dtype)

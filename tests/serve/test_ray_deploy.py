@@ -3,6 +3,7 @@ scores equal in-process scoring, every concurrent request answered, and the flag
 import base64
 import io
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -43,6 +44,18 @@ def test_bad_ray_flags_are_one_line_and_exit_2(capsys, flags, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+
+def test_ray_flags_fail_before_ray_starts(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as without the rdfast[ray] extra: import ray fails
+    for argv, message in ((["--model", "no/such/model/dir"], "'no/such/model/dir' is not a local directory"),
+                          (["--model", "tiny:qwen2_vl"], "needs Ray Serve: pip install 'rdfast[ray]'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", *argv, "--ray", "--device", "cpu"])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 @pytest.mark.ray
