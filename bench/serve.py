@@ -26,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import requests
@@ -133,14 +134,19 @@ class Server:
                    PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads, as the in-process run uses
+        self.log = tempfile.TemporaryFile()  # not a pipe: a full pipe would block the server
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rdfast.cli", "serve", "--model", model, "--port", str(self.port), "--device",
              device, "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue-size", "1024"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            env=env, stdout=subprocess.DEVNULL, stderr=self.log)
+
+    def wait_ready(self) -> None:
+        """Return once /health answers (the model is loaded)."""
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stderr.read().decode()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited: {self.log.read().decode(errors='replace')[-2000:]}")
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
                     return
@@ -164,6 +170,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
 
 # ---- measurements ---------------------------------------------------------------------------------------------
@@ -248,6 +255,8 @@ def main(argv=None):
         for mode in MODES:
             servers[mode] = Server(model, args.device, 64 if mode == "batched" else 1, args.max_wait_ms,
                                    args.threads)
+        for server in servers.values():  # both load at once
+            server.wait_ready()
         runs, worst = {}, 0.0
         for _ in range(args.repeats):
             row, want = measure_in_process(rm, groups, args.endpoint, preset.instruction)
