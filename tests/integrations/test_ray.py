@@ -87,7 +87,7 @@ def test_map_batches_on_an_actor_pool_loses_nothing(tmp_path):
     for part, rows in enumerate((range(0, n // 2), range(n // 2, n))):  # two files: a block for each actor
         pq.write_table(pa.table({"id": list(rows), "image": [blobs[k] for k in rows],
                                  "prompt": [prompts[k] for k in rows]}), tmp_path / f"part{part}.parquet")
-    ds = ray.data.read_parquet(str(tmp_path), override_num_blocks=2)
+    ds = ray.data.read_parquet(str(tmp_path)).repartition(2)  # two blocks: work for both actors
     kwargs = {"model": str(tiny_checkpoint("qwen2_vl")), "device": "cpu"}
     pool = ray.data.ActorPoolStrategy(size=2)
     rows = ds.map_batches(RewardScorer, fn_constructor_kwargs=kwargs, batch_format="pandas", batch_size=4,
