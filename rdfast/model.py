@@ -28,6 +28,7 @@ from dataclasses import replace
 import torch
 
 from . import prompts as P
+from .checklist import Checklist, ChecklistPlan
 from .encoding import EncodedItem, Encoder, collate, media_columns
 from .engine import Engine, EngineOptions
 from .errors import InputError
@@ -178,6 +179,28 @@ class RewardModel:
             return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))
         both = self.probabilities(self.item_logprobs(items + [self.encoder.swapped(it) for it in items], batch_size))
         return finite_rewards(0.5 * (both[: len(items)] + 1.0 - both[len(items) :]))  # NaN of a swap stays at i
+
+    def ask(self, images=None, questions=None, weights=None, instruction=None, batch_size=None) -> Checklist:
+        """A checklist: P(yes) of each image for each of its questions, in one call (rdfast/checklist.py).
+
+        Each (image, question) pair is the pointwise item ``score`` builds with the question as its prompt; all
+        go through one engine call, so each image is encoded once and shared prefixes run once, and the result
+        equals separate ``score`` calls. questions: Q questions asked of every image, or one list per image.
+        weights: None (uniform), Q numbers or one list per image, non-negative.
+
+        Returns:
+            Checklist: p_yes float32 [N, Q], mask bool [N, Q], aggregate float32 [N] = sum_q w_q p_q / sum_q w_q.
+        """
+        plan = ChecklistPlan(images, questions, weights)
+        try:
+            p = self.score(images=plan.images, prompts=plan.prompts, instruction=instruction, batch_size=batch_size)
+        except InputError as err:
+            raise plan.located(err) from err
+        return plan.result(p)
+
+    def score_matrix(self, images=None, prompts=None, instruction=None, batch_size=None) -> torch.Tensor:
+        """P(yes) of every image with every prompt: float32 [N_images, N_prompts], in one call (as ``ask``)."""
+        return self.ask(images, prompts, instruction=instruction, batch_size=batch_size).p_yes
 
     def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None, *, videos=None,
              num_frames=None, fps=None) -> RankResult:
