@@ -192,7 +192,7 @@ def test_score_jsonl_reports_the_special_token_line_and_writes_the_others(tmp_pa
     summary = score_file(model, mode, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert (summary.scored, summary.skipped) == (4, 2) and [r["line"] for r in rows] == [1, 3, 4, 6]
-    assert all(0 < r["score"] < 1 for r in rows)
+    assert all(0 < r["score" if mode == "score" else "p_image2_better"] < 1 for r in rows)
     report = log.getvalue()
     assert "in.jsonl:2: skipped: prompts[1]: holds '<|im_end|>'" in report
     assert "in.jsonl:5: skipped: prompts[" in report and "<|image_pad|>" in report
