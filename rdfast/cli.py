@@ -126,17 +126,19 @@ def _cmd_score(args, mode):
             print(f"rdfast {mode}: {len(others)} file(s) of {images} are not images and were left out: "
                   f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}", file=sys.stderr)
         rm = _load(args)
-        summary = job.run(rm, instruction, getattr(args, "debias", False), args.batch_size, model_spec=args.model)
+        spec = os.path.abspath(args.model) if os.path.isdir(args.model) else args.model  # one name per directory
+        summary = job.run(rm, instruction, getattr(args, "debias", False), args.batch_size, model_spec=spec)
     import torch.distributed as dist  # heavy: only to close a torchrun process group
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     if summary.scored + summary.kept == 0 and summary.skipped:
-        print(f"rdfast {mode}: error: {summary.skipped} of {summary.skipped} items of {source} were bad "
+        what = "lines" if images is None else "images"
+        print(f"rdfast {mode}: error: {summary.skipped} of {summary.skipped} {what} of {source} were bad "
               "(reported above); nothing was scored", file=sys.stderr)
         raise SystemExit(1)
     kept = f", {summary.kept} kept from before" if summary.kept else ""
-    skipped = f", {summary.skipped} bad item(s) skipped" if summary.skipped else ""
+    skipped = f", {summary.skipped} bad {'line' if images is None else 'image'}(s) skipped" if summary.skipped else ""
     print(f"wrote {summary.scored} scores to {args.output}{kept}{skipped}")
     if summary.scores is not None:
         print(summary_text(mode, summary.scores), file=sys.stderr)

@@ -241,7 +241,8 @@ class ScoreJob:
             instruction: for lines without their own "instruction" (None: the model's own).
             debias: compare only: average both image orders.
             batch_size: lines per chunk.
-            model_spec: the model as the user named it, recorded in each row (default: the loaded path).
+            model_spec: the model as the user named it, recorded in each row and compared on resume (default:
+                the loaded path, recorded only).
         Returns:
             JobSummary of this process.
         Raises:
@@ -249,14 +250,16 @@ class ScoreJob:
         """
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        # a spec the caller names is compared on resume; the loaded path is only recorded ("tiny:X" is a path too)
+        same = SAME_SCORER if model_spec is not None else SAME_SCORER[1:]
         if model_spec is None:
             model_spec = getattr(getattr(getattr(rm, "model", None), "config", None), "_name_or_path", None)
         scorer = row_metadata(rm, model_spec, instruction)
         for row in self.done.values():
-            differs = [f"{f} {row[f]!r}" for f in SAME_SCORER if f in row and row[f] != scorer[f]]
+            differs = [f"{f} {row[f]!r}" for f in same if f in row and row[f] != scorer[f]]
             if differs:
                 raise InputError(f"--output {self.output_path} holds rows scored with {', '.join(differs)}, not "
-                                 f"this job's ({', '.join(repr(scorer[f]) for f in SAME_SCORER)}); resume with "
+                                 f"this job's ({', '.join(repr(scorer[f]) for f in same)}); resume with "
                                  "the same model or pass --overwrite")
         if self.world > 1:
             _init_distributed()

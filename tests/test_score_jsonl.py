@@ -347,7 +347,7 @@ def test_a_per_line_instruction_is_honoured(tmp_path, gen, loads):
     out = tmp_path / "scores.jsonl"
     _score("--input", src, "--output", out, "--instruction", "alignment")
     got = _rows(out)
-    assert [r.get("instruction") for r in got] == [None, "quality", None, "quality"]
+    assert [r.get("instruction") for r in got] == ["alignment", "quality", "alignment", "quality"]  # the one used
     expected = _expected(tmp_path, rows, instruction="alignment")
     torch.testing.assert_close(torch.tensor([r["score"] for r in got]), expected, atol=1e-7, rtol=1e-5)
     ignored = _expected(tmp_path, [{k: v for k, v in r.items() if k != "instruction"} for r in rows], "alignment")
@@ -365,4 +365,4 @@ def test_compare_honours_a_per_line_instruction(tmp_path, gen, loads):
     expected = torch.cat([rm.compare(images1=[Image.open(tmp_path / r["image1"])],
                                      images2=[Image.open(tmp_path / r["image2"])], prompts=[r["prompt"]],
                                      instruction=r.get("instruction")) for r in rows])
-    torch.testing.assert_close(torch.tensor([r["score"] for r in _rows(out)]), expected, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor([r["p_image2_better"] for r in _rows(out)]), expected, atol=1e-7, rtol=1e-5)
