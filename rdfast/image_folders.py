@@ -25,7 +25,8 @@ def image_files(folder: str) -> tuple[list[str], list[str]]:
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
         raise InputError(f"--images {folder} holds no image files ({', '.join(s[1:] for s in IMAGE_SUFFIXES)})")
-    return images, [f for f in files if f not in set(images)]
+    chosen = set(images)
+    return images, [f for f in files if f not in chosen]
 
 
 def read_prompts(path: str, count: int) -> list[str]:

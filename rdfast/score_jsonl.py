@@ -55,7 +55,7 @@ class JobSummary:
     scored: int  # lines scored and written now
     skipped: int  # bad lines, reported and skipped
     kept: int  # rows already in the output (resume)
-    scores: list = None  # (item label, score) of every row of the output (rank 0 only under torchrun)
+    scores: list | None = None  # (item label, score) of every row of the output (rank 0 only under torchrun)
 
 
 @dataclass

@@ -10,8 +10,7 @@ import torch
 from PIL import Image
 
 import rdfast
-import rdfast.cli
-from conftest import load_rm, write_images
+from conftest import load_rm, user_error, write_images
 from rdfast import RewardModel
 from rdfast.cli import main
 from rdfast.score_jsonl import score_file
@@ -141,27 +140,6 @@ def _jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _user_error(capsys, argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([*map(str, argv)])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """The cached tiny model stands in for every CLI load; returns the list of loads made."""
-    made = []
-
-    def load(args):
-        made.append(args.model)
-        return load_rm("qwen2_vl")
-
-    monkeypatch.setattr(rdfast.cli, "_load", load)
-    return made
-
-
 def test_score_a_folder_by_model_name_with_a_prompts_file(tmp_path, gen, capsys):
     folder, names = _folder(tmp_path, gen)
     files = sorted([*names, "im1_broken.png"])  # one prompt per image file, in file-name order
@@ -257,7 +235,7 @@ def test_a_near_miss_instruction_is_an_error_and_instruction_text_is_taken_as_it
     folder, names = _folder(tmp_path, gen, n=2)
     base = ["score", "--model", "tiny:qwen2_vl", "--images", folder, "--prompt", "a red fox"]
     for typo, preset in (("aligment", "alignment"), ("Quality", "quality"), ("overal", "overall")):
-        err = _user_error(capsys, [*base, "--output", tmp_path / "o.jsonl", "--instruction", typo])
+        err = user_error(capsys, *base, "--output", tmp_path / "o.jsonl", "--instruction", typo)
         assert f"did you mean '{preset}'" in err and "overall, alignment, quality" in err and "--instruction-text" in err
     assert loads == [] and not (tmp_path / "o.jsonl").exists()
     runs = {"text": ["--instruction-text", "aligment"], "words": ["--instruction", "judge the colours only"]}
@@ -294,7 +272,7 @@ def test_folder_mistakes_are_one_line_exit_2_before_loading(tmp_path, gen, loads
         ([*model, "--input", tmp_path / "two.txt", "--prompt", "x", *out], "go with --images"),
     ]
     for argv, what in cases:
-        assert what in _user_error(capsys, argv), argv
+        assert what in user_error(capsys, *argv), argv
     assert loads == [] and not (tmp_path / "o.jsonl").exists() and (tmp_path / "taken.jsonl").read_text() == "keep me\n"
 
 
@@ -305,7 +283,7 @@ def test_resume_refuses_rows_of_another_model(tmp_path, gen, loads, capsys):
     main([*argv, "--model", "tiny:qwen2_vl"])
     capsys.readouterr()
     before = (tmp_path / "o.jsonl").read_text()
-    err = _user_error(capsys, [*argv, "--model", "tiny:internvl", "--resume"])
+    err = user_error(capsys, *argv, "--model", "tiny:internvl", "--resume")
     assert "reward_model 'tiny:qwen2_vl'" in err and (tmp_path / "o.jsonl").read_text() == before
 
 
