@@ -12,8 +12,8 @@ the results equal in-process ``rm.rank`` / ``rm.compare`` / ``rm.score`` of the 
 
 A group is scored pairwise, P(candidate better than the reference), against the sent ``reference`` or, with
 ``reference_mode="best_of_n"``, against the group's own Best-of-N by pairwise wins (``ranking.rank_from_pairs``,
-the rule ``RewardModel.rank`` uses); a model whose rdfast_config.json says ``paradigm == "pointwise"`` scores
-the group alone and takes no reference.
+the rule ``RewardModel.rank`` uses; the chosen candidate is scored against itself too, like every member); a model
+whose rdfast_config.json says ``paradigm == "pointwise"`` scores the group alone and takes no reference.
 """
 from __future__ import annotations
 
