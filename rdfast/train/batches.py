@@ -147,7 +147,8 @@ class Collator:
             self._newline = tok("\n", add_special_tokens=False)["input_ids"]
         if self.cot_format == "decision_first":
             return [decision_id] + self._newline + reason_ids + end, 0
-        ids = reason_ids + self._newline
+        # where the scorer reads a reasons-first decision (rdfast/reasoning.py): the template's decision prefix
+        ids = reason_ids + tok(self.rm.template.decision_prefix, add_special_tokens=False)["input_ids"]
         return ids + [decision_id] + end, len(ids)
 
     def _cot(self, records):
