@@ -59,8 +59,8 @@ class Collator:
     pairwise: each record gives (image1, image2, target) and, with ``both_orders``, (image2, image1, 1 - target),
     so the judge learns the comparison and not the position. pointwise/regressive: each image alone with the
     pointwise question. cot: the pairwise prompt followed by the decision and the reason, in ``cot_format``
-    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + newline + ``yes``
-    + end of turn); the decision is the resolved yes/no token id itself, so it is read at the same position
+    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + the template's
+    ``decision_prefix`` (a newline by default) + ``yes`` + end of turn, where reasons-first scoring reads it); the decision is the resolved yes/no token id itself, so it is read at the same position
     the scorer reads.
 
     Video records are encoded as the scorer encodes videos (``num_frames`` or ``fps`` sample the frames; None:
