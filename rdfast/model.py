@@ -252,7 +252,8 @@ class RewardModel:
 
         decision_first (the paper's format): the reward is read at the first answer position, exactly as
         ``compare``/``score`` read it, and the reasons are generated greedily after the decision.
-        reasons_first: reasons are generated greedily first, and P(yes) is read where the decision follows.
+        reasons_first: one greedy rationale first, and P(yes) read where the decision follows, exactly as
+        ``score(reasoning="reasons_first")`` reads it (rdfast/reasoning.py).
 
         Returns:
             One dict per item: "p_yes" (float, the reward under ``normalize``), "decision" (the answer word),
@@ -275,14 +276,10 @@ class RewardModel:
                     logp = self.item_logprobs(chunk, size)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
                     reason_ids = self._greedy([_extended(it, [d]) for it, d in zip(chunk, decisions)], max_new_tokens)
-                else:
-                    generated = self._greedy(chunk, max_new_tokens)
-                    # the decision is the last answer token the model wrote; without one, it is read after a newline
-                    ats = [max((k for k, t in enumerate(g) if t in (yes, no)), default=None) for g in generated]
-                    reason_ids = [g[:at] if at is not None else g for g, at in zip(generated, ats)]
-                    newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
-                    bodies = [r if at is not None else r + newline for r, at in zip(reason_ids, ats)]
-                    logp = self.item_logprobs([_extended(it, b) for it, b in zip(chunk, bodies)], size)
+                else:  # the reasons-first read of score(reasoning="reasons_first"), one greedy rationale
+                    rationales = self._rationales(chunk, ReasoningSettings(max_new_tokens=max_new_tokens))
+                    reason_ids = [rows[0] for rows in rationales]
+                    logp = self.item_logprobs([self._decision_read(it, r) for it, r in zip(chunk, reason_ids)], size)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
                 for p, d, ids in zip(finite_rewards(self.probabilities(logp), start).tolist(), decisions, reason_ids):
                     results.append({"p_yes": p, "decision": answers.yes_word if d == yes else answers.no_word,
@@ -376,19 +373,28 @@ class RewardModel:
     def _reasoned(self, items: list[EncodedItem], settings: ReasoningSettings, batch_size, return_rationales):
         """Reasons-first scores of encoded items (rdfast/reasoning.py): rationales generated, then every
         (item, rationale) read in one engine call, whose shared-prefix rule runs each prompt once."""
-        answers = self.answers_for(items[0].template)
-        prefix = self.tokenizer(items[0].template.decision_prefix, add_special_tokens=False)["input_ids"]
-        stops = stop_token_ids(self.tokenizer, self.family.media_token_ids)
-        filler = next(t for t in (self.pad_token_id, answers.no_id) if t not in self.family.media_token_ids)
-        rationales = generate_rationales(self.engine, self.options, items, self.model.get_output_embeddings(),
-                                         settings, stops, filler, answers, prefix)
-        read = [_extended(it, r + prefix) for it, rows in zip(items, rationales) for r in rows]
+        rationales = self._rationales(items, settings)
+        read = [self._decision_read(it, r) for it, rows in zip(items, rationales) for r in rows]
         p = self.probabilities(self.item_logprobs(read, batch_size)).view(len(items), settings.samples)
         scores = finite_rewards(p.mean(dim=1))
         if not return_rationales:
             return scores
         return scores, [[{"p_yes": q, "text": self.tokenizer.decode(r), "token_ids": r} for q, r in zip(ps, rows)]
                         for ps, rows in zip(p.tolist(), rationales)]
+
+    def _rationales(self, items: list[EncodedItem], settings: ReasoningSettings) -> list[list[list[int]]]:
+        answers, template = self.answers_for(items[0].template), items[0].template
+        stops = stop_token_ids(self.tokenizer, self.family.media_token_ids)
+        filler = next(t for t in (self.pad_token_id, answers.no_id) if t not in self.family.media_token_ids)
+        return generate_rationales(self.engine, self.options, items, self.model.get_output_embeddings(), settings,
+                                   stops, filler, answers, self._token_ids(template.decision_prefix))
+
+    def _decision_read(self, item: EncodedItem, rationale: list[int]) -> EncodedItem:
+        """``item`` + rationale + its template's decision prefix: P(yes) is read at the end of it."""
+        return _extended(item, rationale + self._token_ids(item.template.decision_prefix))
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
         return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,

@@ -145,3 +145,13 @@ def test_bad_reasoning_arguments_are_refused(gen):
                        ({"return_rationales": True}, "return_rationales needs one")):
         with pytest.raises(ValueError, match=match):
             rm.score(images=images, prompts=PROMPTS[:1], **bad)
+
+
+def test_explain_reasons_first_reads_as_score_does(gen):
+    rm = load_rm("qwen2_vl")
+    images = random_images(1, seed=seed_of(gen))
+    (out,) = rm.explain(PROMPTS[:1], images, cot_format="reasons_first", max_new_tokens=4)
+    scores, rationales = rm.score(images=images, prompts=PROMPTS[:1], reasoning="reasons_first", max_new_tokens=4,
+                                  return_rationales=True)
+    assert out["reason_ids"] == rationales[0][0]["token_ids"]
+    assert abs(out["p_yes"] - scores[0].item()) < 1e-6 * scores[0].item()
