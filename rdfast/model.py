@@ -4,7 +4,7 @@ Follow a score down (the default path; every call goes downward):
 
 1. ``RewardModel.score`` / ``compare`` / ``rank`` (this file): the public call.
 2. ``Encoder.encode`` (encoding.py): validates every item, loads each distinct image once (images.py,
-   videos.py), renders the prompt (prompts.py) and lets the family (families/) turn pixels into the
+   videos.py), lays out the prompt (the template, templates.py), renders it (prompts.py) and lets the family (families/) turn pixels into the
    family's layout and expand each media placeholder into its media tokens.
 3. ``RewardModel.item_logprobs`` (this file): one grad-or-inference decision, then
 4. ``Engine.last_hidden`` (engine.py): each distinct media item through the vision tower once
