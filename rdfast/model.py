@@ -4,8 +4,8 @@ Follow a score down (the default path; every call goes downward):
 
 1. ``RewardModel.score`` / ``compare`` / ``rank`` (this file): the public call.
 2. ``Encoder.encode`` (encoding.py): validates every item, loads each distinct image once (images.py,
-   videos.py), lays out the prompt (the template, templates.py), renders it (prompts.py) and lets the family (families/) turn pixels into the
-   family's layout and expand each media placeholder into its media tokens.
+   videos.py), lays out the prompt (its template, templates.py), renders it (prompts.py) and lets the family
+   (families/) turn pixels into the family's layout and expand each media placeholder into its media tokens.
 3. ``RewardModel.item_logprobs`` (this file): one grad-or-inference decision, then
 4. ``Engine.last_hidden`` (engine.py): each distinct media item through the vision tower once
    (``Family.features``), items grouped by their longest shared prefix, each prefix run once
