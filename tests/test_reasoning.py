@@ -7,7 +7,7 @@ float64, compared in log P within 1e-5.
 import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, unresized_side
 from rdfast.testing import random_images
 
 PROMPTS = ["a red house", "two trees and a much longer description of them"]  # lengths differ
@@ -155,3 +155,17 @@ def test_explain_reasons_first_reads_as_score_does(gen):
                                   return_rationales=True)
     assert out["reason_ids"] == rationales[0][0]["token_ids"]
     assert abs(out["p_yes"] - scores[0].item()) < 1e-6 * scores[0].item()
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "internvl"])  # deepstack extras; 1-D positions
+def test_other_families_sample_and_read_as_a_plain_forward(family, gen):
+    rm = load_rm(family)
+    side = unresized_side(family)
+    images = random_images(1, sizes=((side, side),), seed=seed_of(gen))
+    _, rationales = rm.score(images=images, prompts=PROMPTS[:1], reasoning="reasons_first", samples=2,
+                             seed=seed_of(gen), max_new_tokens=3, return_rationales=True)
+    inputs = rm.build_inputs(prompts=PROMPTS[:1], images1=images)
+    newline = rm.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    for sample in rationales[0]:
+        ref = plain_logp_yes(rm, inputs, sample["token_ids"] + newline)
+        assert abs(torch.tensor(sample["p_yes"]).double().log().item() - ref) < 1e-5
