@@ -197,7 +197,7 @@ class RewardModel:
         columns, kind = media_columns(images, None, videos, None)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
                             num_frames=num_frames, fps=fps, template=template)
-        if reasoning is not None or return_rationales:
+        if reasoning is not None or return_rationales or samples != 1:
             settings = ReasoningSettings(reasoning, samples, seed, max_new_tokens, temperature)
             return self._reasoned(items, settings, batch_size, return_rationales)
         return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))

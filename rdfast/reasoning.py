@@ -38,7 +38,7 @@ class ReasoningSettings:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"reasoning must be None or one of {MODES} (return_rationales needs one), got {self.mode!r}")
+            raise ValueError(f"reasoning must be None or one of {MODES} (samples and return_rationales need one), got {self.mode!r}")
         for name, low in (("samples", 1), ("max_new_tokens", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

@@ -142,7 +142,8 @@ def test_bad_reasoning_arguments_are_refused(gen):
     for bad, match in (({"reasoning": "think"}, "reasoning must be None or one of"),
                        ({"reasoning": "reasons_first", "samples": 0}, "samples must be an integer of at least 1"),
                        ({"reasoning": "reasons_first", "temperature": 0.0}, "temperature must be positive"),
-                       ({"return_rationales": True}, "return_rationales needs one")):
+                       ({"return_rationales": True}, "return_rationales need one"),
+                       ({"samples": 4}, "samples and return_rationales need one")):
         with pytest.raises(ValueError, match=match):
             rm.score(images=images, prompts=PROMPTS[:1], **bad)
 
