@@ -130,7 +130,7 @@ class RewardModel:
         else:  # older directories record no template: the default layout with their answer words
             template = recorded_template(trained.template) or DEFAULT.with_answer_words(trained.answer_words)
         template = template.with_answer_words(answer_words or template.answer_words)
-        answers = answer_tokens(tokenizer, family, template)
+        answers = template.answer_tokens(tokenizer, family)
         if template.answer_words == trained.answer_words:
             for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
                 recorded = getattr(trained, key)
@@ -144,7 +144,7 @@ class RewardModel:
         """The answer tokens of ``template`` (a spec as ``load_template`` takes; None: the model's), resolved once."""
         template = self.resolve_template(template)
         if template not in self._answers:
-            self._answers[template] = answer_tokens(self.tokenizer, self.family, template)
+            self._answers[template] = template.answer_tokens(self.tokenizer, self.family)
         return self._answers[template]
 
     def resolve_template(self, template) -> Template:
@@ -277,9 +277,11 @@ class RewardModel:
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
                     reason_ids = self._greedy([_extended(it, [d]) for it, d in zip(chunk, decisions)], max_new_tokens)
                 else:  # the reasons-first read of score(reasoning="reasons_first"), one greedy rationale
-                    rationales = self._rationales(chunk, ReasoningSettings(max_new_tokens=max_new_tokens))
+                    features = self.engine.media_features(chunk, self.options)
+                    rationales = self._rationales(chunk, ReasoningSettings(max_new_tokens=max_new_tokens), features)
                     reason_ids = [rows[0] for rows in rationales]
-                    logp = self.item_logprobs([self._decision_read(it, r) for it, r in zip(chunk, reason_ids)], size)
+                    read = [self._decision_read(it, r) for it, r in zip(chunk, reason_ids)]
+                    logp = self.item_logprobs(read, size, features)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
                 for p, d, ids in zip(finite_rewards(self.probabilities(logp), start).tolist(), decisions, reason_ids):
                     results.append({"p_yes": p, "decision": answers.yes_word if d == yes else answers.no_word,
@@ -320,10 +322,12 @@ class RewardModel:
         """Padded transformers inputs for encoded items (``encoding.collate``)."""
         return collate(items, self.family, self.pad_token_id, self.dtype, self.device, padding_side)
 
-    def last_hidden(self, items: list[EncodedItem], options: EngineOptions | None = None) -> torch.Tensor:
+    def last_hidden(self, items: list[EncodedItem], options: EngineOptions | None = None, features=None
+                    ) -> torch.Tensor:
         """Final hidden states at each item's last token [N, H] (``Engine.last_hidden``; default options:
-        ``self.options``). Runs under the caller's grad mode."""
-        return self.engine.last_hidden(items, options or self.options)
+        ``self.options``; ``features``: the items' media features if already computed). Runs under the caller's
+        grad mode."""
+        return self.engine.last_hidden(items, options or self.options, features)
 
     def hidden_states(self, inputs: dict) -> torch.Tensor:
         """Final hidden states [B, T, H] at every position of collated inputs (``collate``)."""
@@ -360,7 +364,7 @@ class RewardModel:
         )
         return contextlib.nullcontext() if needs_grad else torch.inference_mode()
 
-    def item_logprobs(self, items: list[EncodedItem], batch_size: int | None = None) -> torch.Tensor:
+    def item_logprobs(self, items: list[EncodedItem], batch_size: int | None = None, features=None) -> torch.Tensor:
         """log P(yes), log P(no) [N, 2] float32 for encoded items (of one template, whose answer words are read):
         the engine, then the fused head, under ``grad_context``."""
         options = self.options if batch_size is None else replace(self.options, batch_size=batch_size)
@@ -368,25 +372,29 @@ class RewardModel:
         if len(templates) > 1:
             raise ValueError(f"items of one call share a template, got {sorted(t.name for t in templates)}")
         with self.grad_context(items):
-            return self.answer_logprobs(self.last_hidden(items, options), self.answers_for(templates.pop()))
+            return self.answer_logprobs(self.last_hidden(items, options, features), self.answers_for(templates.pop()))
 
     def _reasoned(self, items: list[EncodedItem], settings: ReasoningSettings, batch_size, return_rationales):
-        """Reasons-first scores of encoded items (rdfast/reasoning.py): rationales generated, then every
-        (item, rationale) read in one engine call, whose shared-prefix rule runs each prompt once."""
-        rationales = self._rationales(items, settings)
+        """Reasons-first scores of encoded items (rdfast/reasoning.py): vision features computed once, rationales
+        generated, then every (item, rationale) read in one engine call, whose shared-prefix rule runs each
+        prompt once."""
+        with self.grad_context(items):
+            features = self.engine.media_features(items, self.options)
+        rationales = self._rationales(items, settings, features)
         read = [self._decision_read(it, r) for it, rows in zip(items, rationales) for r in rows]
-        p = self.probabilities(self.item_logprobs(read, batch_size)).view(len(items), settings.samples)
+        read_features = [f for f, rows in zip(features, rationales) for _ in rows]
+        p = self.probabilities(self.item_logprobs(read, batch_size, read_features)).view(len(items), settings.samples)
         scores = finite_rewards(p.mean(dim=1))
         if not return_rationales:
             return scores
         return scores, [[{"p_yes": q, "text": self.tokenizer.decode(r), "token_ids": r} for q, r in zip(ps, rows)]
                         for ps, rows in zip(p.tolist(), rationales)]
 
-    def _rationales(self, items: list[EncodedItem], settings: ReasoningSettings) -> list[list[list[int]]]:
+    def _rationales(self, items: list[EncodedItem], settings: ReasoningSettings, features) -> list[list[list[int]]]:
         answers, template = self.answers_for(items[0].template), items[0].template
         stops = stop_token_ids(self.tokenizer, self.family.media_token_ids)
         filler = next(t for t in (self.pad_token_id, answers.no_id) if t not in self.family.media_token_ids)
-        return generate_rationales(self.engine, self.options, items, self.model.get_output_embeddings(), settings,
+        return generate_rationales(self.engine, items, features, self.model.get_output_embeddings(), settings,
                                    stops, filler, answers, self._token_ids(template.decision_prefix))
 
     def _decision_read(self, item: EncodedItem, rationale: list[int]) -> EncodedItem:
@@ -399,12 +407,6 @@ class RewardModel:
     def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
         return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,
                                     self.tokenizer.eos_token_id, self.pad_token_id)
-
-
-def answer_tokens(tokenizer, family: Family, template: Template) -> P.AnswerTokens:
-    """``template``'s answer words as token ids, resolved where the model emits them after its layout."""
-    return P.resolve_answer_tokens(tokenizer, family.image_placeholder, template.answer_words,
-                                   family.chat_template_kwargs, template.sample_messages())
 
 
 def finite_rewards(rewards: torch.Tensor, offset: int = 0) -> torch.Tensor:

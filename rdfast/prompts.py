@@ -161,7 +161,7 @@ def resolve_answer_token(tokenizer, rendered_prompt: str, word: str) -> int:
 def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes", "no"),
                           template_kwargs: dict | None = None, messages: list[dict] | None = None) -> AnswerTokens:
     """Resolve the yes/no ids once per tokenizer and template, on ``messages`` rendered with the family's
-    ``template_kwargs`` (a template's ``sample_messages``; None: one image and a neutral text).
+    ``template_kwargs`` (a template's sample, ``Template.answer_tokens``; None: one image and a neutral text).
 
     An answer word that is a special token (e.g. ``<|im_end|>``) is an ``InputError`` naming
     ``answer_words[i]``: the reward reads words, never control tokens.

@@ -12,7 +12,9 @@ Rationales: greedy for one sample, else sampled (softmax at ``temperature`` from
 placeholder, a turn marker, any added token) ends it too and is never part of it. A rationale that ends with
 the decision prefix and an answer word (a trained model writing its own decision) has both removed: that
 decision is re-read as a probability. The score is the mean over samples of P(yes) under the model's
-normalisation. Each item's prompt and vision features run once for all its samples.
+normalisation. Vision features are computed once per call (for generating and reading); each item's
+prompt runs once for all its samples when generating, and once for all when reading (the engine's shared
+prefix).
 """
 from __future__ import annotations
 
@@ -68,20 +70,19 @@ def without_decision(ids: list[int], answers: AnswerTokens, prefix_ids: list[int
     return ids
 
 
-def generate_rationales(engine, options, items, head, settings: ReasoningSettings, stop_ids, filler_id: int,
+def generate_rationales(engine, items, features, head, settings: ReasoningSettings, stop_ids, filler_id: int,
                         answers: AnswerTokens, prefix_ids: list[int]) -> list[list[list[int]]]:
-    """``settings.samples`` rationales (token ids) per encoded item, each item's prompt and features run once.
+    """``settings.samples`` rationales (token ids) per encoded item, each item's prompt run once for them all.
 
     Args:
-        engine: the scoring ``Engine``; options: its ``EngineOptions`` (vision features: each distinct media item
-            encoded once); items: encoded items; head: the LM head.
+        engine: the scoring ``Engine``; items: encoded items; features: their media features
+            (``Engine.media_features``, computed once and reused to read the decisions); head: the LM head.
         stop_ids: ``stop_token_ids``; filler_id: a plain token fed after a sample stops.
         answers, prefix_ids: the template's answer tokens and its decision prefix as token ids.
     """
     greedy = settings.samples == 1
     out = []
     with torch.inference_mode():
-        features = engine.media_features(items, options)
         for index, (item, feats) in enumerate(zip(items, features)):
             generator = None if greedy else torch.Generator().manual_seed(settings.seed + index)
             rows = sample_continuations(engine, item, feats, head, settings.samples, settings.max_new_tokens,

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from .errors import InputError
-from .prompts import instruction_text
+from .prompts import AnswerTokens, instruction_text, resolve_answer_tokens
 
 #: the media markers of each layout, in the order the media of an item are passed
 LAYOUT_MEDIA = {
@@ -131,9 +131,12 @@ class Template:
             out.append({"role": message["role"], "content": content})
         return out
 
-    def sample_messages(self) -> list[dict]:
-        """Messages of this template's first layout for a neutral prompt (answer-token resolution)."""
-        return self.messages(next(iter(self.layouts)), "a photo")
+    def answer_tokens(self, tokenizer, family) -> AnswerTokens:
+        """The answer words as token ids, resolved where the model emits them after this template's first layout
+        (for a neutral prompt) rendered with ``family``'s chat-template variables."""
+        sample = self.messages(next(iter(self.layouts)), "a photo")
+        return resolve_answer_tokens(tokenizer, family.image_placeholder, self.answer_words,
+                                     family.chat_template_kwargs, sample)
 
     # ---- plain data -------------------------------------------------------------------------------------
     def with_answer_words(self, words) -> Template:
