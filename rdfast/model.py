@@ -36,7 +36,7 @@ from .generation import greedy_continuations
 from .images import as_image_list
 from .loading import load_checkpoint, video_settings
 from .ops import token_logprobs
-from .ranking import RankResult, rank_from_pairs
+from .ranking import RankResult, ordered_pairs, rank_from_pairs
 from .reasoning import ReasoningSettings, generate_rationales, stop_token_ids
 from .resolve import resolve
 from .reward_config import FILE_NAME, NORMALIZATIONS, RewardConfig
@@ -69,7 +69,8 @@ class RewardModel:
 
     def __init__(self, model, tokenizer, family: Family, answers: P.AnswerTokens, normalize: str = "vocab",
                  max_length: int | None = None, batch_size: int = 8, instruction: str | None = None,
-                 num_frames: int | None = None, fps: float | None = None, template: Template = DEFAULT):
+                 num_frames: int | None = None, fps: float | None = None, paradigm: str | None = None,
+                 template: Template = DEFAULT):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.model = model
@@ -83,6 +84,8 @@ class RewardModel:
         self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
         # video frame sampling when a call passes neither (a model trained on videos records its own)
         self.num_frames, self.fps = num_frames, fps
+        # how it was trained (rdfast_config.json): "pointwise" models score alone, others against a reference
+        self.paradigm = paradigm
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -138,7 +141,8 @@ class RewardModel:
                     raise ValueError(f"{path}: {FILE_NAME} records {key}={recorded} but the tokenizer gives {got}")
         return cls(model, tokenizer, family, answers, normalize=normalize or trained.normalize,
                    max_length=max_length, batch_size=batch_size, instruction=trained.instruction,
-                   num_frames=trained.num_frames, fps=trained.fps, template=template)
+                   num_frames=trained.num_frames, fps=trained.fps, paradigm=trained.paradigm,
+                   template=template)
 
     def answers_for(self, template) -> P.AnswerTokens:
         """The answer tokens of ``template`` (a spec as ``load_template`` takes; None: the model's), resolved once."""
@@ -237,7 +241,7 @@ class RewardModel:
             raise InputError(f"rank needs at least 2 candidates, got {n}", field="videos" if is_video else "candidates")
         if not 1 <= top_k <= n:
             raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
-        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        pairs = ordered_pairs(n)
         first, second = [cands[i] for i, _ in pairs], [cands[j] for _, j in pairs]
         media = {"videos1": first, "videos2": second} if is_video else {"images1": first, "images2": second}
         p = self.compare(**media, prompts=[prompt] * len(pairs), instruction=instruction, batch_size=batch_size,
