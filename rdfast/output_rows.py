@@ -16,16 +16,15 @@ import json
 import statistics
 
 from .prompts import DEFAULT_INSTRUCTION
+from .templates import DEFAULT as DEFAULT_LAYOUT
 
 METADATA_FIELDS = ("reward_model", "template", "instruction", "answer_words")
-DEFAULT_TEMPLATE = "rewarddance"
 FORMATS = ("jsonl", "csv")
 
 
 def template_name(rm) -> str:
     """The name of the prompt layout ``rm`` renders with (the default layout when it records none)."""
-    template = getattr(rm, "template", None)
-    return getattr(template, "name", None) or DEFAULT_TEMPLATE
+    return getattr(getattr(rm, "template", None), "name", None) or DEFAULT_LAYOUT.name
 
 
 def row_metadata(rm, model_spec: str, instruction: str | None) -> dict:

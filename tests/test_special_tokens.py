@@ -12,6 +12,7 @@ import torch
 from conftest import load_rm, write_images
 from rdfast import prompts as P
 from rdfast.errors import InputError
+from rdfast.templates import DEFAULT
 from rdfast.testing import random_images
 
 FAMILIES = ("qwen2_vl", "internvl")
@@ -117,7 +118,7 @@ def test_look_alike_fragments_are_text_and_tokenise_to_no_special_id(model, gen)
     images = random_images(len(prompts), seed=rng.randrange(10_000))
     items = model.encode(prompts, [images])
     for prompt, item, image in zip(prompts, items, images):
-        messages = P.build_messages(prompt, 1)
+        messages = DEFAULT.messages("image", prompt)
         text = P.render(tok, messages, model.family.image_placeholder, model.family.video_placeholder)
         text = model.family.expand_placeholders(text, item.media)
         encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
