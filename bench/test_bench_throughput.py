@@ -32,3 +32,13 @@ def test_scenario(benchmark, scenario, method):
     assert logp.shape == (len(items), 2)
     if method == "rdfast":  # the fast path must score exactly what plain transformers scores
         torch.testing.assert_close(logp.float(), T.run_hf_batched(rm, items).float(), atol=1e-5, rtol=0)
+
+
+def test_checklist_end_to_end_equals_separate_calls():
+    """The checklist scenario's two end-to-end ways (one ``rm.ask``, one ``rm.score`` per pair) agree."""
+    rm, _ = workload("checklist")
+    images, questions = T.scenario_inputs("checklist", T.PRESETS["tiny"])["checklist"]
+    asked = T.run_ask(rm, images[:3], questions, None)
+    pairs = [(images[n], q) for n in range(3) for q in questions[:2]]
+    separate = T.run_separate_calls(rm, pairs, None).view(3, 2)
+    torch.testing.assert_close(asked[:, :2].log(), separate.log(), atol=1e-5, rtol=0)
