@@ -72,18 +72,24 @@ def test_lora_trains_only_the_language_model_projections(tmp_path, family, gen):
     assert torch.equal(frozen, trainer.rm.model.get_output_embeddings().weight)
 
 
-def test_lora_on_moe_adapts_attention_and_the_3d_expert_weights(tmp_path, gen):
-    """Qwen3-VL MoE experts are 3-D parameters [E, out, in], not Linear modules: LoRA reaches them through peft's
-    target_parameters (one adapter per expert), and the saved adapter reloads to the same scores."""
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "qwen3_5_moe"])
+def test_lora_on_moe_adapts_attention_and_the_3d_expert_weights(tmp_path, family, gen):
+    """MoE experts (Qwen3-VL MoE, Qwen3.5 MoE) are 3-D parameters [E, out, in], not Linear modules: LoRA reaches
+    them through peft's target_parameters (one adapter per expert), and the saved adapter reloads to the same
+    scores. Qwen3.5 MoE's shared expert is Linear modules (adapted as such) and its linear-attention layers keep
+    their own projections."""
     recs = records(8, seed_of(gen))
     config = TrainConfig(batch_size=4, max_steps=2, lora_r=2, learning_rate=1e-2, progress=False)
-    trainer = Trainer(tiny_checkpoint("qwen3_vl_moe"), config, recs, output_dir=tmp_path / "out", log=io.StringIO())
+    trainer = Trainer(tiny_checkpoint(family), config, recs, output_dir=tmp_path / "out", log=io.StringIO())
     names = [n for n, _ in trainer.named_trainable]
     assert names and all("lora_" in n and "language_model" in n for n in names)
     layers = trainer.rm.model.config.get_text_config().num_hidden_layers
     # gate_up_proj and down_proj of each layer's experts, each an (A, B) pair
     assert sum(".mlp.experts." in n for n in names) == 2 * 2 * layers
     assert {n.split(".")[-4] for n in names if ".self_attn." in n} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    if family == "qwen3_5_moe":
+        assert {n.split(".")[-4] for n in names if ".shared_expert." in n} == {"gate_proj", "up_proj", "down_proj"}
+        assert {n.split(".")[-4] for n in names if ".linear_attn." in n} == {"in_proj_qkv", "in_proj_z", "out_proj"}
     base_down = trainer.rm.model.model.language_model.layers[0].mlp.experts.get_base_layer().down_proj.detach().clone()
     before = {n: p.detach().clone() for n, p in trainer.named_trainable}
     trainer.train()
