@@ -78,7 +78,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     for mode in ("score", "compare"):
         p = sub.add_parser(mode, help=f"{mode} a JSONL file")
-        p.add_argument("--model", required=True, help="local checkpoint directory")
+        p.add_argument("--model", required=True, help="local checkpoint directory, tiny:NAME or hub id org/name[@revision]")
         p.add_argument("--input", required=True)
         p.add_argument("--output", required=True)
         p.add_argument("--instruction", default=None, help="'overall', 'alignment', 'quality' or any text")
