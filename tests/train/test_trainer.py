@@ -110,9 +110,9 @@ def test_full_finetune_memorises_32_pairs(tmp_path, family, steps, side, gen):
     normalisation (P(yes) of the two answers): under "vocab" P(yes) > 0.5 would also need the answers to take most
     of the vocabulary's mass, which a tiny random model reaches only after many more steps. Measured (lr 3e-3):
     Qwen3-VL >= 0.9 at step 3-4 over 6 seeds; Qwen3.5 stays at 0.5 (one answer for every pair) up to step 8-9,
-    then reaches 1.0 at step 10 over 4 seeds (hence 12). Qwen3.5 is slow on CPU (transformers' torch fallback of
-    the gated delta rule): about 30 s a step measured on 2 cores shared with other jobs (load average 14), hence
-    ``slow``."""
+    then reaches 1.0 at step 10 over 4 seeds (hence 12). Qwen3.5 runs transformers' torch fallback of the gated
+    delta rule on CPU; marked ``slow``: 193 s for the Qwen3.5 case (326 s for Qwen3-VL's) in one run on 2 cores
+    shared with other jobs (load average 6-14)."""
     ims = random_images(64, sizes=((side, side),), seed=seed_of(gen))
     labels = [1 + int(i < 16) for i in torch.randperm(32, generator=gen)]
     recs = [PreferenceRecord("a house and a tree", ims[2 * k], ims[2 * k + 1], labels[k]) for k in range(32)]
