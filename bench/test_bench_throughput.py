@@ -35,6 +35,16 @@ def test_scenario(benchmark, scenario, method):
         torch.testing.assert_close(logp.float(), T.run_hf_batched(rm, items).float(), atol=1e-5, rtol=0)
 
 
+def test_checklist_end_to_end_equals_separate_calls():
+    """The checklist scenario's two end-to-end ways (one ``rm.ask``, one ``rm.score`` per pair) agree."""
+    rm, _ = workload("checklist")
+    images, questions = T.scenario_inputs("checklist", T.PRESETS["tiny"])["checklist"]
+    asked = T.run_ask(rm, images[:3], questions, None)
+    pairs = [(images[n], q) for n in range(3) for q in questions[:2]]
+    separate = T.run_separate_calls(rm, pairs, None).view(3, 2)
+    torch.testing.assert_close(asked[:, :2].log(), separate.log(), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("preset_name", ["qwen3-vl-small", "qwen3.5-small"])
 def test_small_presets_of_the_newer_families_score_as_plain_transformers(preset_name):
     """A smoke of the CPU-sized Qwen3-VL and Qwen3.5 presets (real vocabularies, 224 px images): the preset's model

@@ -8,7 +8,9 @@
 
 Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairwise), rank8 (all 56 ordered
 pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts), video16 (16 candidate clips
-against 1 reference clip per prompt, 4 prompts). Baselines on the same inputs:
+against 1 reference clip per prompt, 4 prompts), checklist (16 images x 12 questions, pointwise: ``rm.ask``;
+also timed end to end, from PIL images, against one ``rm.score`` call per pair: speedup_vs_separate_calls).
+Baselines on the same inputs:
 naive (one sequence at a time with full-sequence logits, as public scorers do; timed on a subset, reported
 per pair) and hf_batched (padded batches of 16 through plain transformers with logits_to_keep=1).
 ideal_ratio = FLOPs of the hf_batched work / FLOPs of the unique work (each distinct image encoded once,
@@ -193,13 +195,18 @@ def scenario_inputs(name: str, preset: Preset, seed: int = 0) -> dict:
         prompts = make_prompts(4, preset.prompt_words, seed)
         return {"images1": [clips[k // 16] for k in range(64)], "images2": clips[4:], "kind": "video",
                 "prompts": [prompts[k // 16] for k in range(64)]}
+    if name == "checklist":  # 16 images, each asked the same 12 questions
+        images = random_images(16, sizes=size, seed=seed)
+        questions = make_prompts(12, preset.prompt_words, seed)
+        return {"images1": [images[k // 12] for k in range(192)], "images2": None,
+                "prompts": [questions[k % 12] for k in range(192)], "checklist": (images, questions)}
     if name == "point64":
         prompts = make_prompts(8, preset.prompt_words, seed)
         return {"images1": random_images(64, sizes=size, seed=seed), "images2": None, "prompts": [prompts[k // 8] for k in range(64)]}
     raise ValueError(f"unknown scenario {name!r}")
 
 
-SCENARIOS = ("ref16", "rank8", "point64", "video16")
+SCENARIOS = ("ref16", "rank8", "point64", "video16", "checklist")
 
 
 # ---- FLOPs ------------------------------------------------------------------------------------------------
@@ -215,7 +222,7 @@ def flop_model(rm):
     lm_dense = _params(lm) - _params(base.get_input_embeddings())
     vision = [m for n, m in base.named_children() if n != "language_model"]
     vis_dense = sum(_params(m) for m in vision)
-    head = rm._head_weight.numel()
+    head = rm.model.get_output_embeddings().weight.numel()
     d, layers = cfg.hidden_size, cfg.num_hidden_layers
 
     def image(e):
@@ -269,6 +276,18 @@ def run_naive(rm, items):
     return torch.cat(out)
 
 
+def run_ask(rm, images, questions, instruction):
+    """The checklist end to end from PIL images: one ``rm.ask`` call."""
+    with torch.inference_mode():
+        return rm.ask(images=images, questions=questions, instruction=instruction).p_yes
+
+
+def run_separate_calls(rm, pairs, instruction):
+    """The checklist as users write it without ``ask``: one ``rm.score`` call per (image, question) pair."""
+    with torch.inference_mode():
+        return torch.cat([rm.score(images=[im], prompts=[q], instruction=instruction) for im, q in pairs])
+
+
 def timed_round_robin(fns: dict, repeats: int) -> tuple[dict, dict]:
     """Median seconds per function, timed in alternation (a, b, c, a, b, c, ...) so that load from other
     processes falls on every method alike; also each function's warm-up result."""
@@ -312,6 +331,17 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     (t_rd, t_hf, t_nv), ours, ref = (t["rdfast"], t["hf"], t["naive"]), out["rdfast"], out["hf"]
     ratio, unique_flops = ideal_ratio(rm, items)
     n = len(items)
+    separate = {}
+    if "checklist" in data:  # end to end from PIL images: one ask call against one score call per pair
+        images, questions = data["checklist"]
+        pairs = [(im, q) for im in images for q in questions][: naive_subset or 2 * preset.naive_subset]
+        t, out = timed_round_robin({"ask": lambda: run_ask(rm, images, questions, preset.instruction),
+                                    "separate": lambda: run_separate_calls(rm, pairs, preset.instruction)}, repeats)
+        per_pair_ask, per_pair_separate = t["ask"] / n, t["separate"] / len(pairs)
+        got = out["ask"].flatten()[: len(pairs)].log()
+        separate = {"ask_pairs_per_s": 1 / per_pair_ask, "separate_calls_pairs_per_s": 1 / per_pair_separate,
+                    "speedup_vs_separate_calls": per_pair_separate / per_pair_ask,
+                    "max_abs_logp_diff_vs_separate_calls": float((got - out["separate"].log()).abs().max())}
     peaks = gpu_peaks(machine(rm.device)) if rm.device.type == "cuda" else None
     peak = peaks[0] if peaks else None  # dense bf16 (bench/common.py's GPU_PEAKS)
     return {
@@ -330,6 +360,7 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
         "unique_tflops": unique_flops / 1e12,
         "unique_tflop_per_s": unique_flops / t_rd / 1e12,
         "fraction_of_bf16_peak": (unique_flops / t_rd / peak) if peak else None,
+        **separate,
     }
 
 
@@ -356,6 +387,9 @@ def main(argv=None):
         rows.append(r)
         print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
               f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
+        if "speedup_vs_separate_calls" in r:
+            print(f"{'':9s} rm.ask {r['ask_pairs_per_s']:.1f} pairs/s end to end, {r['speedup_vs_separate_calls']:.2f}x "
+                  f"one rm.score call per pair ({r['separate_calls_pairs_per_s']:.2f} pairs/s)")
     result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
               "load_average": load_average(),
               "batching": args.batching, "scenarios": rows}

@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from rdfast import prompts as P
 from rdfast.encoding import EncodedItem
 from rdfast.model import RewardModel
+from rdfast.templates import DEFAULT
 from rdfast.testing import tiny_checkpoint
 from rdfast.train import (
     PreferenceRecord,
@@ -229,7 +230,7 @@ def warmup_examples(rng, pool, size, batch, instruction, mix="caption+vqa"):
         text = phrase(*rng.choice(pool), rng.choice(list(COUNTS)))  # unrelated to the images
         task = tasks[k % len(tasks)]
         pair = rng.random() < 0.5
-        messages = P.build_messages(text, 2 if pair else 1, instruction)
+        messages = DEFAULT.messages("image_pair" if pair else "image", text, instruction)
         if task == "caption":
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\n" + CAPTION_QUESTION}]}]
             out.append((messages, images[:1], phrase(*scenes[0])))

@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "RewardModel": "rdfast.model",
+    "RemoteRewardModel": "rdfast.remote",
+    "Template": "rdfast.templates",
     "ops": "rdfast.ops",
     "prompts": "rdfast.prompts",
     "testing": "rdfast.testing",

@@ -48,7 +48,7 @@ def run_demo(out_dir: str = "out/demo", family: str = "qwen2_vl") -> dict:
     print("\npairwise P(image 2 better than image0.png), debiased:")
     for line in open(os.path.join(out_dir, "pair_scores.jsonl")):
         r = json.loads(line)
-        print(f"  {r['image2']:12s} {r['score']:.6f}")
+        print(f"  {r['image2']:12s} {r['p_image2_better']:.6f}")
     print(f"\nBest-of-4 for {PROMPTS[0]!r}: order {ranking.order}, wins {ranking.wins.tolist()}")
     picture = save_grid(images, scores, names, os.path.join(out_dir, "scores.png"))
     print(f"\nresults in {out_dir}/ (scores.jsonl, pair_scores.jsonl, {os.path.basename(picture)})")

@@ -6,6 +6,7 @@ keyword inputs of the underlying transformers model (the plain padded path and `
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from . import prompts as P
 from .errors import InputError
 from .families.base import EncodedMedia, Family
 from .images import as_image_list, load_image
+from .templates import DEFAULT, Template, layout_name
 from .videos import as_video_list, load_video
 
 
@@ -23,6 +25,7 @@ class EncodedItem:
     """One sequence ready to batch: token ids and its media (in sequence order) in the family's layout.
 
     n_condition: leading conditioning images (image-to-video) before the judged media.
+    template: the template that laid it out (rdfast/templates.py).
     """
 
     input_ids: list[int]
@@ -31,6 +34,7 @@ class EncodedItem:
     instruction: str | None
     index: int
     n_condition: int = 0
+    template: Template = DEFAULT
 
 
 def media_columns(first, second, video_first, video_second, pairwise: bool = False) -> tuple[list, str]:
@@ -58,7 +62,8 @@ class Encoder:
         self.reserved = P.ReservedText(tokenizer)  # user text holding a special token is rejected
 
     def encode(self, prompts, columns: list, instruction: str | None, *, kind: str = "image", condition=None,
-               num_frames: int | None = None, fps: float | None = None) -> list[EncodedItem]:
+               num_frames: int | None = None, fps: float | None = None,
+               template: Template = DEFAULT) -> list[EncodedItem]:
         """Validate every item up front, then tokenise.
 
         Args:
@@ -68,6 +73,8 @@ class Encoder:
             kind: "image" or "video".
             condition: optional N conditioning images (image-to-video; videos only).
             num_frames, fps: how video files and folders are sampled (at most one).
+            template: the layout (rdfast/templates.py); it must have one for this call, and an instruction
+                needs its ``{instruction}`` slot.
         Returns:
             One EncodedItem per prompt, in order.
         """
@@ -96,8 +103,13 @@ class Encoder:
                 raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
             self.reserved.check(prompt, "prompts", i)
         P.instruction_text(instruction)  # validates it before any work
+        layout = layout_name(kind, len(columns) == 2, condition is not None)
+        template.layout(layout)  # the template has one for this call
         if instruction is not None:
             self.reserved.check(instruction, "instruction")
+            if not template.uses_instruction(layout):
+                raise InputError(f"template {template.name!r} has no {{instruction}} slot; pass no instruction "
+                                 "with it", field="instruction")
         # The same image or video (object, or path) given several times is loaded and preprocessed once; the
         # engine then encodes it once too (its vision-feature cache keys on the EncodedMedia).
         encoded: dict = {}
@@ -117,18 +129,18 @@ class Encoder:
                 out.append(encoded[k, key])
             columns_encoded.append(out)
         n_condition = 1 if condition is not None else 0
-        return [self.tokenize(prompt, [col[i] for col in columns_encoded], instruction, i, n_condition)
+        return [self.tokenize(prompt, [col[i] for col in columns_encoded], instruction, i, n_condition, template)
                 for i, prompt in enumerate(prompts)]
 
     def tokenize(self, prompt: str, media: list[EncodedMedia], instruction: str | None, index: int,
-                 n_condition: int = 0) -> EncodedItem:
+                 n_condition: int = 0, template: Template = DEFAULT) -> EncodedItem:
         """Render one item through the chat template, expand its media tokens and tokenise it.
 
         User text is data: ``encode`` has rejected any prompt or instruction holding a special token, so the
         only special tokens here are the template's own and the media placeholders it rendered.
         """
-        messages = P.build_messages(prompt, len(media) - n_condition, instruction, kind=media[-1].kind,
-                                    condition=n_condition > 0)
+        layout = layout_name(media[-1].kind, len(media) - n_condition == 2, n_condition > 0)
+        messages = template.messages(layout, prompt, instruction)
         text = P.render(self.tokenizer, messages, self.family.image_placeholder, self.family.video_placeholder,
                         self.family.chat_template_kwargs)
         text = self.family.expand_placeholders(text, media, index)
@@ -140,13 +152,13 @@ class Encoder:
                 index,
                 "prompts",
             )
-        return EncodedItem(ids, media, prompt, instruction, index, n_condition)
+        return EncodedItem(ids, media, prompt, instruction, index, n_condition, template)
 
     def swapped(self, item: EncodedItem) -> EncodedItem:
         """The pairwise item with its two judged media in the other order (for position debiasing)."""
         judged = item.media[item.n_condition :][::-1]
         return self.tokenize(item.prompt, item.media[: item.n_condition] + judged, item.instruction, item.index,
-                             item.n_condition)
+                             item.n_condition, item.template)
 
 
 def collate(items: list[EncodedItem], family: Family, pad_token_id: int, dtype, device,
@@ -176,3 +188,10 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of each row's last real token [B] (int64); right for left and right padding alike."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (attention_mask * positions).argmax(dim=1)
+
+
+def extended(item: EncodedItem, extra: list[int]) -> EncodedItem:
+    """``item`` with ``extra`` token ids appended (a decision, or generated reasons)."""
+    item = copy.copy(item)
+    item.input_ids = list(item.input_ids) + list(extra)
+    return item

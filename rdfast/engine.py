@@ -183,9 +183,11 @@ class Engine:
         return self.embedding.weight.dtype
 
     # ---- public -----------------------------------------------------------------------------------------
-    def last_hidden(self, items: list[EncodedItem], options: EngineOptions) -> torch.Tensor:
+    def last_hidden(self, items: list[EncodedItem], options: EngineOptions, features: list | None = None
+                    ) -> torch.Tensor:
         """The language model's final hidden state at each item's last token: [N, H] in the model's dtype,
-        in item order; differentiable (training runs through it too)."""
+        in item order; differentiable (training runs through it too). ``features``: each item's media features
+        (``media_features``) when the caller has them already (reasons-first reuses its generation's)."""
         if options.plain:
             return self._plain_last_hidden(items, options.batch_size)
         if options.prefix_cache and self._kv_cache_dropped():
@@ -197,7 +199,7 @@ class Engine:
             notice_once(f"{self.family.name}: batching='varlen' runs as 'length': this family's per-sequence state "
                         "(e.g. linear attention's) cannot be packed across sequences")
             options = replace(options, batching="length")
-        feats = self.media_features(items, options)
+        feats = features if features is not None else self.media_features(items, options)
         if options.prefix_cache:
             media_ids = self.family.media_token_ids
             groups = prefix_groups([sharing_keys(it, media_ids) for it in items])

@@ -55,3 +55,4 @@ def check_device(spec: str | None, flag: str = "--device") -> None:
         raise InputError(f"{flag} {spec}: MPS is not available on this machine (try --device cpu)")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise InputError(f"{flag} {spec}: rdfast runs on cpu, cuda or mps")
+

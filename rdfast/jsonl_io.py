@@ -182,13 +182,17 @@ class OutputFile:
         input_path: the input file (refused as the output), or None.
         resume: keep an existing output (``previous_rows`` reads it, ``rewrite`` repairs it).
         overwrite: replace an existing output (truncated once the lock is held, never before).
+        encode_row: one row as its line (default: JSON, ``dumps_row``; ``rewrite`` always writes JSON).
+        header: written before the first row of an empty output (a CSV header).
     Raises:
         InputError: the output would clobber something (``check_output_file``) or another job holds it.
     """
 
-    def __init__(self, path: str, input_path: str | None = None, resume: bool = False, overwrite: bool = False):
+    def __init__(self, path: str, input_path: str | None = None, resume: bool = False, overwrite: bool = False,
+                 encode_row=dumps_row, header: str = ""):
         check_output_file(path, input_path, resume, overwrite)
         self.path = os.fspath(path)
+        self.encode_row, self.header = encode_row, header
         flags = os.O_RDWR | os.O_CREAT | (0 if resume or overwrite else os.O_EXCL)
         try:
             fd = os.open(self.path, flags, 0o666)
@@ -230,7 +234,8 @@ class OutputFile:
 
     def append(self, rows: list[dict]) -> None:
         """Append rows (one write, flushed: a killed job keeps every finished call)."""
-        self._file.write("".join(dumps_row(r) for r in rows).encode("utf-8"))
+        header = self.header if self._file.tell() == 0 else ""
+        self._file.write((header + "".join(self.encode_row(r) for r in rows)).encode("utf-8"))
         self._file.flush()
 
     def close(self) -> None:

@@ -4,8 +4,8 @@ Follow a score down (the default path; every call goes downward):
 
 1. ``RewardModel.score`` / ``compare`` / ``rank`` (this file): the public call.
 2. ``Encoder.encode`` (encoding.py): validates every item, loads each distinct image once (images.py,
-   videos.py), renders the prompt (prompts.py) and lets the family (families/) turn pixels into the
-   family's layout and expand each media placeholder into its media tokens.
+   videos.py), lays out the prompt (its template, templates.py), renders it (prompts.py) and lets the family
+   (families/) turn pixels into the family's layout and expand each media placeholder into its media tokens.
 3. ``RewardModel.item_logprobs`` (this file): one grad-or-inference decision, then
 4. ``Engine.last_hidden`` (engine.py): each distinct media item through the vision tower once
    (``Family.features``), items grouped by their longest shared prefix, each prefix run once
@@ -22,23 +22,25 @@ Training, the regressive baseline and explain use the same steps 4-6: ``last_hid
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import replace
 
 import torch
 
 from . import prompts as P
-from .encoding import EncodedItem, Encoder, collate, media_columns
+from .checklist import Checklist, ChecklistPlan
+from .encoding import EncodedItem, Encoder, collate, extended, media_columns
 from .engine import Engine, EngineOptions
 from .errors import InputError
 from .families import Family, family_for
 from .generation import greedy_continuations
 from .images import as_image_list
 from .loading import load_checkpoint, video_settings
-from .ops import token_logprobs
-from .ranking import RankResult, rank_from_pairs
+from .ops import finite_rewards, token_logprobs
+from .ranking import RankResult, ordered_pairs, rank_from_pairs
+from .reasoning import ReasoningSettings, generate_rationales, stop_token_ids
 from .resolve import resolve
 from .reward_config import FILE_NAME, NORMALIZATIONS, RewardConfig
+from .templates import DEFAULT, Template, layout_name, load_template, recorded_template
 from .testing import tiny_checkpoint
 from .videos import as_video_list
 
@@ -60,22 +62,30 @@ class RewardModel:
 
     ``options`` (an ``EngineOptions``) sets how calls run: feature cache, shared prefixes, batching and the
     micro-batch size; every setting gives the same scores.
+
+    ``template`` (rdfast/templates.py) lays out every prompt and holds the answer words; ``answers`` are its
+    resolved tokens. Every call takes ``template=`` (a preset name, a JSON file or a ``Template``) too.
     """
 
     def __init__(self, model, tokenizer, family: Family, answers: P.AnswerTokens, normalize: str = "vocab",
                  max_length: int | None = None, batch_size: int = 8, instruction: str | None = None,
-                 num_frames: int | None = None, fps: float | None = None):
+                 num_frames: int | None = None, fps: float | None = None, paradigm: str | None = None,
+                 template: Template = DEFAULT):
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.family = family
         self.answers = answers
+        self.template = template.with_answer_words((answers.yes_word, answers.no_word))
+        self._answers = {self.template: answers}  # resolved answer tokens per template
         self.normalize = normalize
         self.options = EngineOptions(batch_size=batch_size)
         self.instruction = instruction  # used when a call passes none (a trained model's own instruction)
         # video frame sampling when a call passes neither (a model trained on videos records its own)
         self.num_frames, self.fps = num_frames, fps
+        # how it was trained (rdfast_config.json): "pointwise" models score alone, others against a reference
+        self.paradigm = paradigm
         text_config = getattr(model.config, "text_config", model.config)
         self.max_length = max_length or getattr(text_config, "max_position_embeddings", None) or 1 << 30
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -86,8 +96,8 @@ class RewardModel:
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None, attn_implementation=None, normalize=None,
                         answer_words=None, trust_remote_code=False, max_length=None, batch_size=8,
-                        device_map=None, allow_pickle=False, base_model=None, *, revision=None, cache_dir=None,
-                        local_files_only=None) -> RewardModel:
+                        device_map=None, allow_pickle=False, base_model=None, template=None, *, revision=None,
+                        cache_dir=None, local_files_only=None) -> RewardModel:
         """Load a reward model from a local directory, ``tiny:FAMILY`` or a hub id (rdfast.resolve).
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
@@ -96,8 +106,11 @@ class RewardModel:
         ``rdfast_config.json`` then supplies them, the instruction, and the base model of a LoRA adapter).
         ``device_map`` (e.g. "auto") spreads a large reward model over several GPUs through accelerate;
         ``device`` is then ignored. ``base_model`` (a directory, ``tiny:NAME`` or a hub id) overrides the base
-        model a LoRA adapter directory records. ``revision``, ``cache_dir`` and ``local_files_only`` apply to a hub
-        id as in transformers (``HF_HUB_OFFLINE=1`` also keeps every load to the local hub cache).
+        model a LoRA adapter directory records. ``template`` (a preset name, a JSON file or a ``Template``;
+        rdfast/templates.py) lays out the prompts; it and its answer words take precedence over the trained
+        directory's, which take precedence over the default ("rewarddance"); ``answer_words`` overrides the
+        template's words. ``revision``, ``cache_dir`` and ``local_files_only`` apply to a hub id as in transformers
+        (``HF_HUB_OFFLINE=1`` also keeps every load to the local hub cache).
 
         Loading is checked (rdfast.loading): pickled weights are refused unless ``allow_pickle=True``; weights
         missing from the checkpoint (tied ones excepted) or holding NaN/inf are an ``InputError`` naming them; a
@@ -118,15 +131,32 @@ class RewardModel:
             path, trained, dtype=dtype, device=device, device_map=device_map, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, base_model=base_model)
         family = family_for(config, tokenizer, image_processor, video_settings(path))
-        answers = P.resolve_answer_tokens(tokenizer, family.image_placeholder, answer_words or trained.answer_words,
-                                          family.chat_template_kwargs)
-        for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
-            recorded = getattr(trained, key)
-            if recorded is not None and recorded != got:
-                raise ValueError(f"{path}: {FILE_NAME} records {key}={recorded} but the tokenizer gives {got}")
+        if template is not None:
+            template = load_template(template)
+        else:  # older directories record no template: the default layout with their answer words
+            template = recorded_template(trained.template) or DEFAULT.with_answer_words(trained.answer_words)
+        template = template.with_answer_words(answer_words or template.answer_words)
+        answers = template.answer_tokens(tokenizer, family)
+        if template.answer_words == trained.answer_words:
+            for key, got in (("yes_token_id", answers.yes_id), ("no_token_id", answers.no_id)):
+                recorded = getattr(trained, key)
+                if recorded is not None and recorded != got:
+                    raise ValueError(f"{path}: {FILE_NAME} records {key}={recorded} but the tokenizer gives {got}")
         return cls(model, tokenizer, family, answers, normalize=normalize or trained.normalize,
                    max_length=max_length, batch_size=batch_size, instruction=trained.instruction,
-                   num_frames=trained.num_frames, fps=trained.fps)
+                   num_frames=trained.num_frames, fps=trained.fps, paradigm=trained.paradigm,
+                   template=template)
+
+    def answers_for(self, template) -> P.AnswerTokens:
+        """The answer tokens of ``template`` (a spec as ``load_template`` takes; None: the model's), resolved once."""
+        template = self.resolve_template(template)
+        if template not in self._answers:
+            self._answers[template] = template.answer_tokens(self.tokenizer, self.family)
+        return self._answers[template]
+
+    def resolve_template(self, template) -> Template:
+        """A call's template: ``template`` (a preset name, a JSON file or a ``Template``) or the model's own."""
+        return self.template if template is None else load_template(template)
 
     @property
     def yes_token_id(self) -> int:
@@ -147,7 +177,8 @@ class RewardModel:
 
     # ---- public scoring ---------------------------------------------------------------------------------
     def score(self, images=None, prompts=None, instruction=None, batch_size=None, *, videos=None,
-              condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
+              condition_images=None, num_frames=None, fps=None, template=None, reasoning=None, samples=1, seed=0,
+              max_new_tokens=256, temperature=1.0, return_rationales=False):
         """Pointwise reward P(yes | image or video, prompt, instruction).
 
         Args:
@@ -158,38 +189,75 @@ class RewardModel:
             videos: instead of images, N float tensors [T, 3, H, W] in [0, 1], frame lists, video files or
                 folders of frames (sampled to ``num_frames`` or at ``fps``).
             condition_images: N image-to-video conditioning images, put in each item's context.
+            template: the layout and answer words for this call (a preset name, a JSON file or a ``Template``;
+                None: the model's ``template``).
+            reasoning: None (the decision read right after the prompt) or "reasons_first": ``samples``
+                rationales are generated per item (greedy for 1, else sampled with ``seed`` at ``temperature``;
+                at most ``max_new_tokens`` each) and P(yes) is read after each rationale and the template's
+                ``decision_prefix``, then averaged (rdfast/reasoning.py).
+            return_rationales: with reasoning, also return the rationales.
         Returns:
             float32 [N] on the model's device; differentiable with respect to tensor media that require grad.
+            With ``return_rationales=True``: (scores [N], a list per item of ``samples`` dicts with "p_yes",
+            "text" and "token_ids").
         """
         columns, kind = media_columns(images, None, videos, None)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
-                            num_frames=num_frames, fps=fps)
+                            num_frames=num_frames, fps=fps, template=template)
+        if reasoning is not None or return_rationales or samples != 1:
+            settings = ReasoningSettings(reasoning, samples, seed, max_new_tokens, temperature)
+            return self._reasoned(items, settings, batch_size, return_rationales)
         return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))
 
     def compare(self, images1=None, images2=None, prompts=None, instruction=None, debias=False, batch_size=None, *,
-                videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> torch.Tensor:
+                videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None,
+                template=None) -> torch.Tensor:
         """Pairwise reward P(yes) for "is image 2 better than image 1?" (image 1 is the reference); the same
         for ``videos1`` / ``videos2``. Media and prompts as in ``score``.
 
         ``debias=True`` averages with 1 - P(yes) of the swapped order, removing position bias.
-        Returns float32 [N].
+        ``template`` as in ``score``. Returns float32 [N].
         """
         columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=True)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
-                            num_frames=num_frames, fps=fps)
+                            num_frames=num_frames, fps=fps, template=template)
         if not debias:
             return finite_rewards(self.probabilities(self.item_logprobs(items, batch_size)))
         both = self.probabilities(self.item_logprobs(items + [self.encoder.swapped(it) for it in items], batch_size))
         return finite_rewards(0.5 * (both[: len(items)] + 1.0 - both[len(items) :]))  # NaN of a swap stays at i
 
+    def ask(self, images=None, questions=None, weights=None, instruction=None, batch_size=None, *,
+            template=None) -> Checklist:
+        """A checklist: P(yes) of each image for each of its questions, in one call (rdfast/checklist.py).
+
+        Each (image, question) pair is the pointwise item ``score`` builds with the question as its prompt; all
+        go through one engine call, so each image is encoded once and shared prefixes run once, and the result
+        equals separate ``score`` calls. questions: Q questions asked of every image, or one list per image.
+        weights: None (uniform), Q numbers or one list per image, non-negative. ``template`` as in ``score``.
+
+        Returns:
+            Checklist: p_yes float32 [N, Q], mask bool [N, Q], aggregate float32 [N] = sum_q w_q p_q / sum_q w_q.
+        """
+        plan = ChecklistPlan(images, questions, weights)
+        try:
+            p = self.score(images=plan.images, prompts=plan.prompts, instruction=instruction, batch_size=batch_size,
+                           template=template)
+        except InputError as err:
+            raise plan.located(err) from err
+        return plan.result(p)
+
+    def score_matrix(self, images=None, prompts=None, instruction=None, batch_size=None, *, template=None) -> torch.Tensor:
+        """P(yes) of every image with every prompt: float32 [N_images, N_prompts], in one call (as ``ask``)."""
+        return self.ask(images, prompts, instruction=instruction, batch_size=batch_size, template=template).p_yes
+
     def rank(self, candidates=None, prompt=None, top_k=1, instruction=None, batch_size=None, *, videos=None,
-             num_frames=None, fps=None) -> RankResult:
+             num_frames=None, fps=None, template=None) -> RankResult:
         """Best-of-N by pairwise win counts over every ordered pair (the paper's reference selection).
 
         candidates: N images (as for ``score``), or ``videos=``: N videos. Each unordered pair is judged in
         both orders and averaged; the candidate with P > 0.5 gets a hard win. Ties in win count are broken by
         the summed win probabilities (``ranking.rank_from_pairs``). All N(N-1) pairs go through the engine
-        and the head in one call (each candidate encoded once).
+        and the head in one call (each candidate encoded once). ``template`` as in ``score``.
         """
         if (candidates is None) == (videos is None):
             raise InputError("pass candidates (images) or videos, exactly one of them")
@@ -200,22 +268,23 @@ class RewardModel:
             raise InputError(f"rank needs at least 2 candidates, got {n}", field="videos" if is_video else "candidates")
         if not 1 <= top_k <= n:
             raise ValueError(f"top_k must be in [1, {n}], got {top_k}")
-        pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
+        pairs = ordered_pairs(n)
         first, second = [cands[i] for i, _ in pairs], [cands[j] for _, j in pairs]
         media = {"videos1": first, "videos2": second} if is_video else {"images1": first, "images2": second}
         p = self.compare(**media, prompts=[prompt] * len(pairs), instruction=instruction, batch_size=batch_size,
-                         num_frames=num_frames, fps=fps)
+                         num_frames=num_frames, fps=fps, template=template)
         return rank_from_pairs(p, pairs, n, top_k)
 
     def explain(self, prompts=None, images1=None, images2=None, instruction=None, max_new_tokens=128,
                 cot_format="decision_first", batch_size=None, *, videos1=None, videos2=None, condition_images=None,
-                num_frames=None, fps=None) -> list[dict]:
+                num_frames=None, fps=None, template=None) -> list[dict]:
         """Decisions with generated reasons, for a chain-of-thought trained model (pairwise when ``images2``
         or ``videos2`` is given, else pointwise).
 
         decision_first (the paper's format): the reward is read at the first answer position, exactly as
         ``compare``/``score`` read it, and the reasons are generated greedily after the decision.
-        reasons_first: reasons are generated greedily first, and P(yes) is read where the decision follows.
+        reasons_first: one greedy rationale first, and P(yes) read where the decision follows, exactly as
+        ``score(reasoning="reasons_first")`` reads it (rdfast/reasoning.py).
 
         Returns:
             One dict per item: "p_yes" (float, the reward under ``normalize``), "decision" (the answer word),
@@ -226,9 +295,10 @@ class RewardModel:
         pairwise = images2 is not None or videos2 is not None
         columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=pairwise)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
-                            num_frames=num_frames, fps=fps)
+                            num_frames=num_frames, fps=fps, template=template)
         size = batch_size or self.options.batch_size
-        yes, no = self.yes_token_id, self.no_token_id
+        answers = self.answers_for(template)
+        yes, no = answers.yes_id, answers.no_id
         results = []
         with torch.inference_mode():
             for start in range(0, len(items), size):
@@ -236,54 +306,59 @@ class RewardModel:
                 if cot_format == "decision_first":
                     logp = self.item_logprobs(chunk, size)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
-                    reason_ids = self._greedy([_extended(it, [d]) for it, d in zip(chunk, decisions)], max_new_tokens)
-                else:
-                    generated = self._greedy(chunk, max_new_tokens)
-                    # the decision is the last answer token the model wrote; without one, it is read after a newline
-                    ats = [max((k for k, t in enumerate(g) if t in (yes, no)), default=None) for g in generated]
-                    reason_ids = [g[:at] if at is not None else g for g, at in zip(generated, ats)]
-                    newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
-                    bodies = [r if at is not None else r + newline for r, at in zip(reason_ids, ats)]
-                    logp = self.item_logprobs([_extended(it, b) for it, b in zip(chunk, bodies)], size)
+                    reason_ids = self._greedy([extended(it, [d]) for it, d in zip(chunk, decisions)], max_new_tokens)
+                else:  # the reasons-first read of score(reasoning="reasons_first"), one greedy rationale
+                    features = self.engine.media_features(chunk, self.options)
+                    rationales = self._rationales(chunk, ReasoningSettings(max_new_tokens=max_new_tokens), features)
+                    reason_ids = [rows[0] for rows in rationales]
+                    read = [self._decision_read(it, r) for it, r in zip(chunk, reason_ids)]
+                    logp = self.item_logprobs(read, size, features)
                     decisions = [yes if a >= b else no for a, b in logp.tolist()]
                 for p, d, ids in zip(finite_rewards(self.probabilities(logp), start).tolist(), decisions, reason_ids):
-                    results.append({"p_yes": p, "decision": self.answers.yes_word if d == yes else self.answers.no_word,
+                    results.append({"p_yes": p, "decision": answers.yes_word if d == yes else answers.no_word,
                                     "reason": self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
                                     "reason_ids": ids})
         return results
 
     def build_inputs(self, prompts=None, images1=None, images2=None, instruction=None, padding_side="left", *,
-                     videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None) -> dict:
+                     videos1=None, videos2=None, condition_images=None, num_frames=None, fps=None,
+                     template=None) -> dict:
         """The exact padded keyword inputs of the underlying transformers model for this batch.
 
         ``model(**rm.build_inputs(...))`` reproduces the scores: take the logits at the last non-padding
-        position (attention_mask) and read the answer tokens.
+        position (attention_mask) and read the answer tokens (``answers_for(template)``).
         """
         pairwise = images2 is not None or videos2 is not None
         columns, kind = media_columns(images1, images2, videos1, videos2, pairwise=pairwise)
         items = self.encode(prompts, columns, instruction, kind=kind, condition=condition_images,
-                            num_frames=num_frames, fps=fps)
+                            num_frames=num_frames, fps=fps, template=template)
         return self.collate(items, padding_side)
 
     # ---- the steps below the public calls (training and evaluation use them too) ---------------------------
     def encode(self, prompts, columns: list, instruction=None, *, kind: str = "image", condition=None,
-               num_frames=None, fps=None) -> list[EncodedItem]:
-        """Validated, tokenised items (``Encoder.encode``) with this model's default instruction and video
-        sampling filled in."""
-        instruction = instruction if instruction is not None else self.instruction
+               num_frames=None, fps=None, template=None) -> list[EncodedItem]:
+        """Validated, tokenised items (``Encoder.encode``) with this model's template, default instruction (for a
+        template with an ``{instruction}`` slot) and video sampling filled in."""
+        template = self.resolve_template(template)
+        self.answers_for(template)  # its answer words resolve on this tokenizer, before any work
+        layout = layout_name(kind, len(columns) == 2, condition is not None)
+        if instruction is None and template.uses_instruction(layout):
+            instruction = self.instruction
         if num_frames is None and fps is None:
             num_frames, fps = self.num_frames, self.fps
         return self.encoder.encode(prompts, columns, instruction, kind=kind, condition=condition,
-                                   num_frames=num_frames, fps=fps)
+                                   num_frames=num_frames, fps=fps, template=template)
 
     def collate(self, items: list[EncodedItem], padding_side: str = "left") -> dict:
         """Padded transformers inputs for encoded items (``encoding.collate``)."""
         return collate(items, self.family, self.pad_token_id, self.dtype, self.device, padding_side)
 
-    def last_hidden(self, items: list[EncodedItem], options: EngineOptions | None = None) -> torch.Tensor:
+    def last_hidden(self, items: list[EncodedItem], options: EngineOptions | None = None, features=None
+                    ) -> torch.Tensor:
         """Final hidden states at each item's last token [N, H] (``Engine.last_hidden``; default options:
-        ``self.options``). Runs under the caller's grad mode."""
-        return self.engine.last_hidden(items, options or self.options)
+        ``self.options``; ``features``: the items' media features if already computed). Runs under the caller's
+        grad mode."""
+        return self.engine.last_hidden(items, options or self.options, features)
 
     def hidden_states(self, inputs: dict) -> torch.Tensor:
         """Final hidden states [B, T, H] at every position of collated inputs (``collate``)."""
@@ -298,9 +373,11 @@ class RewardModel:
         return token_logprobs(hidden.to(device=head.weight.device, dtype=head.weight.dtype), head.weight, ids,
                               bias=getattr(head, "bias", None))
 
-    def answer_logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """log P(yes), log P(no) over the whole vocabulary: [N, 2] float32, from hidden [N, H]."""
-        return self.head_logprobs(hidden, [self.yes_token_id, self.no_token_id])[0]
+    def answer_logprobs(self, hidden: torch.Tensor, answers: P.AnswerTokens | None = None) -> torch.Tensor:
+        """log P(yes), log P(no) over the whole vocabulary: [N, 2] float32, from hidden [N, H] (``answers``:
+        another template's tokens; None: the model's)."""
+        answers = answers or self.answers
+        return self.head_logprobs(hidden, [answers.yes_id, answers.no_id])[0]
 
     def probabilities(self, logp: torch.Tensor) -> torch.Tensor:
         """The reward from answer log-probs [N, 2]: P(yes) under ``normalize`` [N]."""
@@ -318,38 +395,47 @@ class RewardModel:
         )
         return contextlib.nullcontext() if needs_grad else torch.inference_mode()
 
-    def item_logprobs(self, items: list[EncodedItem], batch_size: int | None = None) -> torch.Tensor:
-        """log P(yes), log P(no) [N, 2] float32 for encoded items: the engine, then the fused head, under
-        ``grad_context``."""
+    def item_logprobs(self, items: list[EncodedItem], batch_size: int | None = None, features=None) -> torch.Tensor:
+        """log P(yes), log P(no) [N, 2] float32 for encoded items (of one template, whose answer words are read):
+        the engine, then the fused head, under ``grad_context``."""
         options = self.options if batch_size is None else replace(self.options, batch_size=batch_size)
+        templates = {it.template for it in items}
+        if len(templates) > 1:
+            raise ValueError(f"items of one call share a template, got {sorted(t.name for t in templates)}")
         with self.grad_context(items):
-            return self.answer_logprobs(self.last_hidden(items, options))
+            return self.answer_logprobs(self.last_hidden(items, options, features), self.answers_for(templates.pop()))
+
+    def _reasoned(self, items: list[EncodedItem], settings: ReasoningSettings, batch_size, return_rationales):
+        """Reasons-first scores of encoded items (rdfast/reasoning.py): vision features computed once, rationales
+        generated, then every (item, rationale) read in one engine call, whose shared-prefix rule runs each
+        prompt once."""
+        with self.grad_context(items):
+            features = self.engine.media_features(items, self.options)
+        rationales = self._rationales(items, settings, features)
+        read = [self._decision_read(it, r) for it, rows in zip(items, rationales) for r in rows]
+        read_features = [f for f, rows in zip(features, rationales) for _ in rows]
+        p = self.probabilities(self.item_logprobs(read, batch_size, read_features)).view(len(items), settings.samples)
+        scores = finite_rewards(p.mean(dim=1))
+        if not return_rationales:
+            return scores
+        return scores, [[{"p_yes": q, "text": self.tokenizer.decode(r), "token_ids": r} for q, r in zip(ps, rows)]
+                        for ps, rows in zip(p.tolist(), rationales)]
+
+    def _rationales(self, items: list[EncodedItem], settings: ReasoningSettings, features) -> list[list[list[int]]]:
+        answers, template = self.answers_for(items[0].template), items[0].template
+        stops = stop_token_ids(self.tokenizer, self.family.media_token_ids)
+        filler = next(t for t in (self.pad_token_id, answers.no_id) if t not in self.family.media_token_ids)
+        return generate_rationales(self.engine, items, features, self.model.get_output_embeddings(), settings,
+                                   stops, filler, answers, self._token_ids(template.decision_prefix))
+
+    def _decision_read(self, item: EncodedItem, rationale: list[int]) -> EncodedItem:
+        """``item`` + rationale + its template's decision prefix: P(yes) is read at the end of it."""
+        return extended(item, rationale + self._token_ids(item.template.decision_prefix))
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _greedy(self, items: list[EncodedItem], max_new_tokens: int) -> list[list[int]]:
         return greedy_continuations(self.model, self.collate(items, "left"), max_new_tokens,
                                     self.tokenizer.eos_token_id, self.pad_token_id)
 
-
-def finite_rewards(rewards: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """``rewards`` [N] unchanged when all are finite: a score is never NaN or inf.
-
-    Args:
-        rewards: [N] rewards of items ``offset`` .. ``offset + N - 1``.
-        offset: the index of the first one among the call's items (for the message).
-    Raises:
-        FloatingPointError naming the first item whose reward is not finite.
-    """
-    bad = ~torch.isfinite(rewards.detach())
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise FloatingPointError(f"item {offset + i}: the model gave a non-finite reward ({rewards[i].item()}); its "
-                                 "activations overflow or its weights are broken (in float16 or bfloat16, try "
-                                 "dtype=torch.float32)")
-    return rewards
-
-
-def _extended(item: EncodedItem, extra: list[int]) -> EncodedItem:
-    """``item`` with ``extra`` token ids appended (a decision, or generated reasons)."""
-    item = copy.copy(item)
-    item.input_ids = list(item.input_ids) + list(extra)
-    return item

@@ -273,3 +273,21 @@ class _CppBackend:
         _cpp_module().head_backward(*_CppBackend._args(hidden, weight, bias, ids), lse.data_ptr(), g.data_ptr(),
                                     coef.data_ptr(), ptr(dh), ptr(dw), ptr(db))
         return dh, dw, db
+
+
+def finite_rewards(rewards: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """``rewards`` [N] unchanged when all are finite: a score is never NaN or inf.
+
+    Args:
+        rewards: [N] rewards of items ``offset`` .. ``offset + N - 1``.
+        offset: the index of the first one among the call's items (for the message).
+    Raises:
+        FloatingPointError naming the first item whose reward is not finite.
+    """
+    bad = ~torch.isfinite(rewards.detach())
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise FloatingPointError(f"item {offset + i}: the model gave a non-finite reward ({rewards[i].item()}); its "
+                                 "activations overflow or its weights are broken (in float16 or bfloat16, try "
+                                 "dtype=torch.float32)")
+    return rewards

@@ -1,9 +1,9 @@
-"""Prompt templates and answer-token resolution: the one place that decides what the reward model reads.
+"""Rendering and answer-token resolution: how chat messages become the text the reward model reads.
 
-A reward is P(answer word | rendered prompt). The prompt is a chat message holding the image(s), the
-task-aware instruction, the user's text prompt and a yes/no question, rendered through the model's own
-chat template with the generation prompt appended. The answer word ("yes") is tokenised exactly where the
-model would emit it: right after that generation prompt.
+A reward is P(answer word | rendered prompt). The messages (laid out by a template, rdfast/templates.py) are
+rendered through the model's own chat template with the generation prompt appended. The answer word ("yes")
+is tokenised exactly where the model would emit it: right after that generation prompt. User text is data
+(``ReservedText``); the task-aware instructions live here too.
 """
 from __future__ import annotations
 
@@ -40,8 +40,6 @@ INSTRUCTIONS = {
 }
 DEFAULT_INSTRUCTION = "overall"
 
-POINTWISE_QUESTION = "Does the {kind} satisfy these criteria well? Answer yes or no."
-PAIRWISE_QUESTION = "Is {kind} 2 better than {kind} 1? Answer yes or no."
 
 
 def instruction_text(instruction: str | None) -> str:
@@ -51,39 +49,6 @@ def instruction_text(instruction: str | None) -> str:
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError(f"instruction must be a non-empty string or None, got {instruction!r}")
     return INSTRUCTIONS.get(instruction, instruction)
-
-
-def build_messages(prompt: str, n_media: int, instruction: str | None = None, kind: str = "image",
-                   condition: bool = False) -> list[dict]:
-    """Chat messages for one item: 1 image/video (pointwise) or 2 (pairwise: item 1 is the reference).
-
-    ``condition=True`` puts a conditioning image (image-to-video) into the context before the media.
-    Media appear as ``{"type": "image"}`` / ``{"type": "video"}`` items, which chat templates render as
-    the family's placeholders. Instruction, prompt, conditioning image and reference come first: everything
-    before the last media item is shared by all candidates judged against one reference (a shared prefix).
-    """
-    if n_media not in (1, 2):
-        raise ValueError(f"a reward prompt holds 1 or 2 images or videos, got {n_media}")
-    if kind not in ("image", "video"):
-        raise ValueError(f"kind must be 'image' or 'video', got {kind!r}")
-    label = kind.capitalize()
-    content = [{"type": "text", "text": f"{instruction_text(instruction)}\nText description: {prompt}\n"}]
-    if condition:
-        content += [{"type": "text", "text": "Conditioning image: "}, {"type": "image"}, {"type": "text", "text": "\n"}]
-    if n_media == 1:
-        content += [{"type": "text", "text": f"{label}: "}, {"type": kind},
-                    {"type": "text", "text": "\n" + POINTWISE_QUESTION.format(kind=kind)}]
-    else:
-        content += [{"type": "text", "text": f"{label} 1: "}, {"type": kind}, {"type": "text", "text": f"\n{label} 2: "},
-                    {"type": kind}, {"type": "text", "text": "\n" + PAIRWISE_QUESTION.format(kind=kind)}]
-    # adjacent text items are merged: templates concatenate them anyway, and fewer items render the same
-    merged = []
-    for c in content:
-        if merged and c["type"] == "text" and merged[-1]["type"] == "text":
-            merged[-1] = {"type": "text", "text": merged[-1]["text"] + c["text"]}
-        else:
-            merged.append(c)
-    return [{"role": "user", "content": merged}]
 
 
 # The turn markers of render's layout for a tokenizer without a chat template.
@@ -194,9 +159,9 @@ def resolve_answer_token(tokenizer, rendered_prompt: str, word: str) -> int:
 
 
 def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes", "no"),
-                          template_kwargs: dict | None = None) -> AnswerTokens:
-    """Resolve the yes/no ids once per tokenizer, on a rendered pointwise prompt (rendered with the family's
-    ``template_kwargs``).
+                          template_kwargs: dict | None = None, messages: list[dict] | None = None) -> AnswerTokens:
+    """Resolve the yes/no ids once per tokenizer and template, on ``messages`` rendered with the family's
+    ``template_kwargs`` (a template's sample, ``Template.answer_tokens``; None: one image and a neutral text).
 
     An answer word that is a special token (e.g. ``<|im_end|>``) is an ``InputError`` naming
     ``answer_words[i]``: the reward reads words, never control tokens.
@@ -205,7 +170,9 @@ def resolve_answer_tokens(tokenizer, image_placeholder: str, answer_words=("yes"
     reserved = ReservedText(tokenizer)
     for i, word in enumerate((yes_word, no_word)):
         reserved.check(word, "answer_words", i)
-    rendered = render(tokenizer, build_messages("a photo", 1), image_placeholder, template_kwargs=template_kwargs)
+    if messages is None:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a photo"}]}]
+    rendered = render(tokenizer, messages, image_placeholder, template_kwargs=template_kwargs)
     yes_id = resolve_answer_token(tokenizer, rendered, yes_word)
     no_id = resolve_answer_token(tokenizer, rendered, no_word)
     if yes_id == no_id:

@@ -16,6 +16,11 @@ class RankResult:
     top: list[int]
 
 
+def ordered_pairs(n: int) -> list[tuple[int, int]]:
+    """Every ordered pair (i, j), i != j, of n candidates: the judgements ``rank_from_pairs`` needs."""
+    return [(i, j) for i in range(n) for j in range(n) if i != j]
+
+
 def rank_from_pairs(p: torch.Tensor, pairs: list[tuple[int, int]], n: int, top_k: int) -> RankResult:
     """Best-of-N from pairwise judgements: ``p[k]`` = P(candidate j better than i) for ``pairs[k] = (i, j)``,
     every ordered pair present. Both orders are averaged into P(i beats j); P > 0.5 is a hard win; ties in

@@ -12,7 +12,9 @@ import os
 from dataclasses import dataclass, field
 
 FILE_NAME = "rdfast_config.json"
-VERSION = 3  # 3: base_model may be a hub id or tiny:NAME, and a path is relative to the directory
+# 3: base_model may be a hub id or tiny:NAME, and a path is relative to the directory; 4: template is the whole
+# layout (rdfast.templates.Template.to_dict), which scoring uses
+VERSION = 4
 NORMALIZATIONS = ("vocab", "yes_no")
 
 
@@ -30,7 +32,9 @@ class RewardConfig:
             local path relative to the directory (``./...``, ``../...``; older directories: absolute).
             ``rdfast.loading`` records and resolves it.
         paradigm, cot_format, finetune: how it was trained (informational; cot_format also drives explain).
-        template: the prompt templates it was trained with (informational).
+        template: the template it was trained with (``rdfast.templates.Template.to_dict``: layouts, answer words,
+            decision prefix), which ``from_pretrained`` scores with; older directories recorded only the question
+            texts (informational, ignored).
     """
 
     answer_words: tuple = ("yes", "no")

@@ -69,3 +69,31 @@ def save_frames(folder, frames, order=None):
     for t in order if order is not None else range(len(frames)):
         array = (frames[t].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         Image.fromarray(array).save(folder / f"{t:03d}.png")
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The cached tiny ``qwen2_vl`` stands in for every ``rdfast score``/``compare`` load (``rdfast.cli._load``);
+    returns the list of model specs loaded, so a test can say a refusal came before any load."""
+    import rdfast.cli
+
+    made = []
+
+    def load(args):
+        made.append(args.model)
+        return load_rm("qwen2_vl")
+
+    monkeypatch.setattr(rdfast.cli, "_load", load)
+    return made
+
+
+def user_error(capsys, *args):
+    """Run ``rdfast ARGS`` expecting a user error: exit code 2, one line on stderr, no traceback. Returns the line."""
+    from rdfast.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err

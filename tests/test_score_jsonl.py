@@ -2,8 +2,8 @@
 ``--resume`` is by content, undecodable lines are one bad line, NaN never reaches the output, and user
 errors are one line with exit code 2 before any model is loaded.
 
-One tiny model for the module: ``rdfast.cli._load`` is replaced by the cached ``tiny:qwen2_vl`` (and the
-replacement counts loads, so a test can say that a refusal came before the load). Only the SIGKILL test
+One tiny model for the module: ``rdfast.cli._load`` is replaced by the cached ``tiny:qwen2_vl`` (the ``loads``
+fixture of conftest counts loads, so a test can say that a refusal came before the load). Only the SIGKILL test
 runs a subprocess.
 """
 import fcntl
@@ -18,27 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
-import rdfast.cli
-from conftest import load_rm, write_images
+from conftest import load_rm, user_error, write_images
 from rdfast.cli import main
 from rdfast.errors import InputError
 from rdfast.score_jsonl import ScoreJob, score_file
 from rdfast.train.data import load_preferences
 
 PROMPTS = ["a red circle", "two dogs", "a tree at night", "a blue square"]
-
-
-@pytest.fixture
-def loads(monkeypatch):
-    """The cached tiny model stands in for every CLI load; returns the list of loads made."""
-    made = []
-
-    def load(args):
-        made.append(args.model)
-        return load_rm("qwen2_vl")
-
-    monkeypatch.setattr(rdfast.cli, "_load", load)
-    return made
 
 
 def _items(tmp_path, n, seed, name="items.jsonl", extra=None):
@@ -69,16 +55,6 @@ def _score(*args):
     return main(["score", "--model", "tiny:qwen2_vl", "--device", "cpu", *map(str, args)])
 
 
-def _user_error(capsys, *args):
-    """Run the CLI expecting a user error: exit code 2, one line on stderr, no traceback. Returns the line."""
-    with pytest.raises(SystemExit) as exit_info:
-        main([*map(str, args)])
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
 # ---- outputs are never clobbered ---------------------------------------------------------------------------
 def test_output_that_is_the_input_is_refused_before_loading(tmp_path, gen, loads, capsys, monkeypatch):
     src, _ = _items(tmp_path, 2, _seed(gen))
@@ -88,7 +64,7 @@ def test_output_that_is_the_input_is_refused_before_loading(tmp_path, gen, loads
     for output in (src, tmp_path / "link.jsonl", "items.jsonl", "./sub/../items.jsonl"):
         (tmp_path / "sub").mkdir(exist_ok=True)
         for flags in ([], ["--resume"], ["--overwrite"]):
-            err = _user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", output, *flags)
+            err = user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", output, *flags)
             assert "is the input" in err
     assert src.read_bytes() == before and loads == []
 
@@ -97,7 +73,7 @@ def test_existing_output_is_refused_without_resume_or_overwrite(tmp_path, gen, l
     src, rows = _items(tmp_path, 2, _seed(gen))
     out = tmp_path / "scores.jsonl"
     out.write_text("precious\n")
-    err = _user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", out)
+    err = user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", out)
     assert "exists" in err and "--resume" in err and "--overwrite" in err
     assert out.read_text() == "precious\n" and loads == []
     _score("--input", src, "--output", out, "--overwrite")
@@ -112,7 +88,7 @@ def test_second_writer_of_one_output_is_refused(tmp_path, gen, loads, capsys):
     with open(out, "a") as held:  # another job holds the output
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         for flags in (["--resume"], ["--overwrite"]):
-            err = _user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", out, *flags)
+            err = user_error(capsys, "score", "--model", "tiny:qwen2_vl", "--input", src, "--output", out, *flags)
             assert "another job" in err
     assert out.read_text() == "" and loads == []
     # two jobs in one process: the second is refused while the first holds the output
@@ -308,7 +284,7 @@ def test_user_errors_are_one_line_exit_2_before_loading(tmp_path, gen, loads, ca
     if not torch.cuda.is_available():
         cases.append((["score", *model, "--input", src, "--output", tmp_path / "o.jsonl", "--device", "cuda"], "CUDA"))
     for argv, what in cases:
-        assert what in _user_error(capsys, *argv), argv
+        assert what in user_error(capsys, *argv), argv
     assert loads == [] and not (tmp_path / "o.jsonl").exists()
 
 
@@ -347,7 +323,7 @@ def test_a_per_line_instruction_is_honoured(tmp_path, gen, loads):
     out = tmp_path / "scores.jsonl"
     _score("--input", src, "--output", out, "--instruction", "alignment")
     got = _rows(out)
-    assert [r.get("instruction") for r in got] == [None, "quality", None, "quality"]
+    assert [r.get("instruction") for r in got] == ["alignment", "quality", "alignment", "quality"]  # the one used
     expected = _expected(tmp_path, rows, instruction="alignment")
     torch.testing.assert_close(torch.tensor([r["score"] for r in got]), expected, atol=1e-7, rtol=1e-5)
     ignored = _expected(tmp_path, [{k: v for k, v in r.items() if k != "instruction"} for r in rows], "alignment")
@@ -365,4 +341,4 @@ def test_compare_honours_a_per_line_instruction(tmp_path, gen, loads):
     expected = torch.cat([rm.compare(images1=[Image.open(tmp_path / r["image1"])],
                                      images2=[Image.open(tmp_path / r["image2"])], prompts=[r["prompt"]],
                                      instruction=r.get("instruction")) for r in rows])
-    torch.testing.assert_close(torch.tensor([r["score"] for r in _rows(out)]), expected, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor([r["p_image2_better"] for r in _rows(out)]), expected, atol=1e-7, rtol=1e-5)

@@ -12,6 +12,7 @@ import torch
 from conftest import load_rm, write_images
 from rdfast import prompts as P
 from rdfast.errors import InputError
+from rdfast.templates import DEFAULT
 from rdfast.testing import random_images
 
 FAMILIES = ("qwen2_vl", "internvl")
@@ -117,7 +118,7 @@ def test_look_alike_fragments_are_text_and_tokenise_to_no_special_id(model, gen)
     images = random_images(len(prompts), seed=rng.randrange(10_000))
     items = model.encode(prompts, [images])
     for prompt, item, image in zip(prompts, items, images):
-        messages = P.build_messages(prompt, 1)
+        messages = DEFAULT.messages("image", prompt)
         text = P.render(tok, messages, model.family.image_placeholder, model.family.video_placeholder)
         text = model.family.expand_placeholders(text, item.media)
         encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -192,7 +193,7 @@ def test_score_jsonl_reports_the_special_token_line_and_writes_the_others(tmp_pa
     summary = score_file(model, mode, str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), batch_size=4, log=log)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert (summary.scored, summary.skipped) == (4, 2) and [r["line"] for r in rows] == [1, 3, 4, 6]
-    assert all(0 < r["score"] < 1 for r in rows)
+    assert all(0 < r["score" if mode == "score" else "p_image2_better"] < 1 for r in rows)
     report = log.getvalue()
     assert "in.jsonl:2: skipped: prompts[1]: holds '<|im_end|>'" in report
     assert "in.jsonl:5: skipped: prompts[" in report and "<|image_pad|>" in report

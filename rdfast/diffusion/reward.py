@@ -20,9 +20,13 @@ from __future__ import annotations
 import contextlib
 import functools
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
+
+from ..images import pil_to_tensor, to_rgb
 
 
 @contextlib.contextmanager
@@ -235,15 +239,19 @@ def reward_fn(reward):
 
     ``reward``: a PairwiseReward / PointwiseReward, or a RewardModel (wrapped pointwise). images may be float
     tensors [N, 3, H, W] in [0, 1] or, as many loops pass them, in [-1, 1] (detected by negative values) or
-    uint8 [N, H, W, 3] / [N, 3, H, W]; videos the same with a frame axis after N ([N, T, 3, H, W] or
-    [N, T, H, W, 3]); prompts a list of N strings (or one string for all).
+    uint8 [N, H, W, 3] / [N, 3, H, W], as tensors, numpy arrays or lists of either, or a list of PIL images;
+    videos the same with a frame axis after N ([N, T, 3, H, W] or [N, T, H, W, 3]); prompts a list of N strings
+    (or one string for all).
     """
     if hasattr(reward, "score") and hasattr(reward, "compare"):
         reward = PointwiseReward(reward)
 
     def fn(images, prompts):
-        if isinstance(images, (list, tuple)):
-            images = torch.stack([torch.as_tensor(i) for i in images])
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        elif isinstance(images, (list, tuple)):
+            images = torch.stack([pil_to_tensor(to_rgb(i, k)) if isinstance(i, Image.Image) else torch.as_tensor(i)
+                                  for k, i in enumerate(images)])
         if not torch.is_tensor(images) or images.dim() not in (4, 5):
             raise ValueError("images: expected a batch [N, 3, H, W] or [N, H, W, 3] (videos: [N, T, 3, H, W] or "
                              "[N, T, H, W, 3])")

@@ -4,6 +4,9 @@
     GET  /metrics      Prometheus text
     POST /v1/score     {"images": [base64 PNG/JPEG], "prompts": [...], "instruction"?} -> {"scores": [...]}
     POST /v1/compare   {"images1", "images2", "prompts", "instruction"?, "debias"?}      -> {"scores": [...]}
+    POST /v1/rank      {"candidates", "prompt", "top_k"?}     -> {"order", "wins", "top", "win_prob"} (groups.py)
+    POST /v1/group     {"candidates", "prompt", "reference"? | "reference_mode"?}
+                       -> {"scores", "mean", "std", "saturated_fraction"}                        (groups.py)
     POST /             Flow-GRPO: pickled {"images": [JPEG bytes], "prompts": [...]} -> pickled {"outputs": [...]}
 
 Errors: 400 a bad item ({"error", "field", "index"}), 401 a missing or wrong API key, 413 a body or image over
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from .batcher import Batcher, Job, QueueFull
+from .groups import group_request, rank_request
 from .metrics import Metrics
 from .protocol import SchemaError, TooLarge, check_texts, decode_base64_images, json_field, parse_flow_grpo
 
@@ -192,6 +196,15 @@ def create_app(rm, settings: ServeSettings | None = None, run_batch=None):
         job = Job(("compare", instruction, debias), [decoded1, decoded2], prompts)
         return {"scores": await scores_of(job, "compare", 0)}
 
+    async def rank_work(request: Request) -> dict:
+        body = await read_json(request)
+        return await rank_request(body, rm, settings.max_pixels, lambda job: scores_of(job, "rank", 0))
+
+    async def group_work(request: Request) -> dict:
+        body = await read_json(request)
+        return await group_request(body, rm, settings.max_pixels, lambda job: scores_of(job, "group", 0),
+                                   metrics)
+
     async def flow_grpo_work(request: Request) -> dict:
         body = await read_body(request)
         decoded, prompts = await asyncio.to_thread(parse_flow_grpo, body, settings.max_pixels)
@@ -219,6 +232,14 @@ def create_app(rm, settings: ServeSettings | None = None, run_batch=None):
     @app.post("/v1/compare")
     async def compare(request: Request):
         return await handle("compare", request, compare_work)
+
+    @app.post("/v1/rank")
+    async def rank(request: Request):
+        return await handle("rank", request, rank_work)
+
+    @app.post("/v1/group")
+    async def group(request: Request):
+        return await handle("group", request, group_work)
 
     @app.post("/")
     async def flow_grpo(request: Request):

@@ -81,22 +81,24 @@ def decode_image(data: bytes, index: int, field: str, max_pixels: int) -> Decode
     return DecodedImage(image, digest.hexdigest())
 
 
+def decode_base64_image(text, index: int | None, field: str, max_pixels: int) -> DecodedImage:
+    """One base64 string (optionally a ``data:image/...;base64,`` URL) -> a decoded image."""
+    if not isinstance(text, str):
+        raise SchemaError(f"expected a base64 string, got {type(text).__name__}", index, field)
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InputError(f"not valid base64: {err}", index, field) from None
+    return decode_image(data, index, field, max_pixels)
+
+
 def decode_base64_images(values, field: str, max_pixels: int) -> list[DecodedImage]:
-    """A JSON list of base64 strings (optionally ``data:image/...;base64,`` URLs) -> decoded images."""
+    """A JSON list of base64 strings -> decoded images (errors name ``field`` and the index)."""
     if not isinstance(values, list):
         raise SchemaError(f"expected a list of base64 images, got {type(values).__name__}", field=field)
-    out = []
-    for i, text in enumerate(values):
-        if not isinstance(text, str):
-            raise SchemaError(f"expected a base64 string, got {type(text).__name__}", i, field)
-        if text.startswith("data:"):
-            text = text.partition(",")[2]
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as err:
-            raise InputError(f"not valid base64: {err}", i, field) from None
-        out.append(decode_image(data, i, field, max_pixels))
-    return out
+    return [decode_base64_image(text, i, field, max_pixels) for i, text in enumerate(values)]
 
 
 def check_texts(reserved: ReservedText, prompts, instruction, n_items: int) -> list[str]:
@@ -126,13 +128,18 @@ def check_texts(reserved: ReservedText, prompts, instruction, n_items: int) -> l
         if not prompt.strip():
             raise InputError(f"prompt must be a non-empty string, got {prompt!r}", i, "prompts")
         reserved.check(prompt, "prompts", i)
+    check_instruction(reserved, instruction)
+    return list(prompts)
+
+
+def check_instruction(reserved: ReservedText, instruction) -> None:
+    """Validate an instruction (None: the model's own) as the encoder would."""
     if instruction is not None:
         try:
             instruction_text(instruction)
         except ValueError as err:
             raise InputError(str(err), field="instruction") from None
         reserved.check(instruction, "instruction")
-    return list(prompts)
 
 
 def parse_flow_grpo(body: bytes, max_pixels: int) -> tuple[list[DecodedImage], list]:

@@ -59,8 +59,8 @@ class Collator:
     pairwise: each record gives (image1, image2, target) and, with ``both_orders``, (image2, image1, 1 - target),
     so the judge learns the comparison and not the position. pointwise/regressive: each image alone with the
     pointwise question. cot: the pairwise prompt followed by the decision and the reason, in ``cot_format``
-    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + newline + ``yes``
-    + end of turn); the decision is the resolved yes/no token id itself, so it is read at the same position
+    ("decision_first": ``yes`` + newline + reason + end of turn; "reasons_first": reason + the template's
+    ``decision_prefix`` (a newline by default) + ``yes`` + end of turn, where reasons-first scoring reads it); the decision is the resolved yes/no token id itself, so it is read at the same position
     the scorer reads.
 
     Video records are encoded as the scorer encodes videos (``num_frames`` or ``fps`` sample the frames; None:
@@ -147,7 +147,8 @@ class Collator:
             self._newline = tok("\n", add_special_tokens=False)["input_ids"]
         if self.cot_format == "decision_first":
             return [decision_id] + self._newline + reason_ids + end, 0
-        ids = reason_ids + self._newline
+        # where the scorer reads a reasons-first decision (rdfast/reasoning.py): the template's decision prefix
+        ids = reason_ids + tok(self.rm.template.decision_prefix, add_special_tokens=False)["input_ids"]
         return ids + [decision_id] + end, len(ids)
 
     def _cot(self, records):

@@ -13,7 +13,6 @@ import shutil
 
 from torch import nn
 
-from .. import prompts as P
 from ..loading import record_base_model
 from ..reward_config import RewardConfig
 from .config import TrainConfig
@@ -35,12 +34,11 @@ def reward_config(rm, config: TrainConfig, base_model: str | None = None) -> Rew
     Returns:
         The RewardConfig written as ``rdfast_config.json``.
     """
-    template = {"pairwise_question": P.PAIRWISE_QUESTION, "pointwise_question": P.POINTWISE_QUESTION,
-                "instruction_text": P.instruction_text(config.instruction)}
     return RewardConfig(answer_words=(rm.answers.yes_word, rm.answers.no_word), yes_token_id=rm.yes_token_id,
                         no_token_id=rm.no_token_id, normalize=config.normalize, instruction=config.instruction,
                         num_frames=rm.num_frames, fps=rm.fps, base_model=base_model, paradigm=config.paradigm,
-                        cot_format=config.cot_format, finetune=config.finetune, template=template)
+                        cot_format=config.cot_format, finetune=config.finetune,
+                        template=rm.template.to_dict())
 
 
 def save_model(directory: str | os.PathLike, rm, config: TrainConfig, base_path: str, *, peft_model=None,

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..loading import check_finite, check_missing
-from ..model import RewardModel, finite_rewards
+from ..model import RewardModel
+from ..ops import finite_rewards
 from ..resolve import resolve
 from ..reward_config import RewardConfig
 from ..testing import tiny_checkpoint

@@ -195,6 +195,27 @@ def test_reward_fn_accepts_common_layouts(gen):
         fn(torch.rand(3, 8, 8), ["a"])
 
 
+def test_reward_fn_accepts_numpy_and_pil_lists(gen):
+    """What RL loops hand over besides tensors: a uint8 numpy batch [N, H, W, 3], a list of such arrays, a list of
+    PIL images; each reaches the reward as the float [N, 3, H, W] in [0, 1] built here by hand."""
+    import numpy as np
+    from PIL import Image
+
+    seen = []
+
+    def fake(images, prompts):
+        seen.append(images)
+        return images.mean(dim=(1, 2, 3))
+
+    fn = reward_fn(fake)
+    pixels = torch.randint(0, 256, (3, 6, 5, 3), generator=gen, dtype=torch.uint8).numpy()
+    want = torch.tensor(pixels.transpose(0, 3, 1, 2).astype(np.float64) / 255, dtype=torch.float32)
+    for images in (pixels, list(pixels), [Image.fromarray(p) for p in pixels]):
+        fn(images, "a")
+        assert seen[-1].shape == (3, 3, 6, 5) and seen[-1].dtype == torch.float32
+        torch.testing.assert_close(seen[-1], want, atol=1e-7, rtol=0)
+
+
 @pytest.mark.parametrize("generator", ["flux", "sd"])
 def test_saved_lora_loads_with_diffusers_load_lora_weights(tmp_path, generator, gen):
     """``trainer.save`` writes the pipeline's LoRA format: a fresh pipeline's ``load_lora_weights(dir)`` gives the

@@ -26,4 +26,5 @@ def test_export_writes_a_reward_config_that_loads_back(tmp_path):
     assert (written.yes_token_id, written.no_token_id) == (rm.yes_token_id, rm.no_token_id)
     again = RewardModel.from_pretrained(tmp_path / "out", device="cpu")  # scores as recorded
     assert (again.instruction, again.normalize, again.num_frames) == ("quality", "yes_no", 4)
+    assert on_disk["template"]["name"] == "rewarddance" and again.template == rm.template  # the whole layout
     assert reward_config(rm, config, base_model=base).base_model == base
