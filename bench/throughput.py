@@ -3,6 +3,7 @@
     python bench/throughput.py                       # --preset tiny (the embedded model), under 2 minutes
     python bench/throughput.py --preset small        # random 150k-vocab model, 224 px images: CPU-meaningful
     python bench/throughput.py --preset qwen2.5-vl-3b --json out.json   # real shapes, random weights (GPU)
+    python bench/throughput.py --preset qwen3.5-small                 # also qwen3-vl-small; GPU: qwen3-vl-8b, qwen3.5-9b
     python bench/throughput.py --model /ckpts/Qwen2-VL-2B-Instruct      # a real checkpoint
 
 Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairwise), rank8 (all 56 ordered
@@ -53,6 +54,7 @@ class Preset:
     naive_subset: int = 8
     repeats: int = 3
     video_frames: int = 4
+    gpu_only: bool = False  # billions of random weights: refused on CPU (bench/gpu_check.sh builds them on the GPU)
 
 
 PRESETS = {
@@ -81,6 +83,74 @@ PRESETS = {
             image_processor=dict(max_pixels=448 * 448),
         ),
         image_size=(448, 448), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=8, repeats=3,
+    ),
+    # CPU-sized Qwen3-VL and Qwen3.5 (real vocabularies and patch/merge layout, small layers), 224 px images
+    # (49 image tokens each): what bench/test_bench_throughput.py smoke-runs for the newer families.
+    "qwen3-vl-small": Preset(
+        "qwen3_vl",
+        dict(
+            text_config=dict(vocab_size=151936, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                             rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [12, 10, 10],
+                                              "mrope_interleaved": True}),
+            vision_config=dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=256,
+                               num_position_embeddings=2304, deepstack_visual_indexes=[0, 1, 2]),
+            image_processor=dict(size=dict(longest_edge=224 * 224)),
+        ),
+        image_size=(224, 224), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=6, repeats=2,
+    ),
+    "qwen3.5-small": Preset(
+        "qwen3_5",
+        dict(
+            text_config=dict(vocab_size=248320, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                             layer_types=["linear_attention"] * 3 + ["full_attention"], linear_key_head_dim=32,
+                             linear_value_head_dim=32, linear_num_key_heads=4, linear_num_value_heads=8,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_section": [3, 3, 2],
+                                              "mrope_interleaved": True, "partial_rotary_factor": 0.25}),
+            vision_config=dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=256,
+                               num_position_embeddings=2304),
+            image_processor=dict(size=dict(longest_edge=224 * 224)),
+        ),
+        image_size=(224, 224), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=6, repeats=2,
+    ),
+    # Shapes from the public config.json of Qwen/Qwen3-VL-8B-Instruct (text: 36 layers, hidden 4096, MLP 12288,
+    # 32 heads / 8 KV of 128, interleaved mrope [24, 20, 20], theta 5e6; vision: 27 blocks of 1152, MLP 4304,
+    # 16 heads, out 4096, deepstack after blocks 8, 16, 24) and Qwen/Qwen3.5-9B (text: 32 layers, 3 Gated DeltaNet
+    # then 1 full attention, hidden 4096, MLP 12288, 16 heads / 4 KV of 256 with a quarter rotary, mrope
+    # [11, 11, 10], theta 1e7, linear attention 16 key / 32 value heads of 128, conv 4; vocab 248320; vision as
+    # Qwen3-VL's without deepstack), as quoted from those files in public repositories (Cosmos-Reason2-8B's,
+    # built on Qwen3-VL-8B; Qwen3.5 ports' config tables), checked against each other. GPU only.
+    "qwen3-vl-8b": Preset(
+        "qwen3_vl",
+        dict(
+            text_config=dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                             max_position_embeddings=262144,
+                             rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                              "mrope_interleaved": True}),
+            vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                               num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+            image_processor=dict(size=dict(longest_edge=448 * 448)),
+        ),
+        image_size=(448, 448), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=8, repeats=3, gpu_only=True,
+    ),
+    "qwen3.5-9b": Preset(
+        "qwen3_5",
+        dict(
+            text_config=dict(vocab_size=248320, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+                             num_attention_heads=16, num_key_value_heads=4, head_dim=256,
+                             max_position_embeddings=262144,
+                             layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 8, linear_conv_kernel_dim=4,
+                             linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                             linear_num_value_heads=32,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e7, "mrope_section": [11, 11, 10],
+                                              "mrope_interleaved": True, "partial_rotary_factor": 0.25}),
+            vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                               num_position_embeddings=2304),
+            image_processor=dict(size=dict(longest_edge=448 * 448)),
+        ),
+        image_size=(448, 448), instruction=LONG_INSTRUCTION, prompt_words=12, naive_subset=8, repeats=3, gpu_only=True,
     ),
     "internvl3-1b": Preset(
         "internvl",
@@ -237,6 +307,12 @@ def timed_round_robin(fns: dict, repeats: int) -> tuple[dict, dict]:
 def load_model(args, preset: Preset):
     from rdfast import RewardModel
     from rdfast.testing import tiny_checkpoint
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if preset.gpu_only and args.model is None and device.type != "cuda":
+        print(f"throughput.py: error: --preset {args.preset} builds billions of random weights and runs on a GPU only "
+              f"(device here: {device}); on CPU use a *-small preset", file=sys.stderr)
+        raise SystemExit(2)
 
     path = args.model or tiny_checkpoint(preset.family, **preset.overrides)
     return RewardModel.from_pretrained(path, device=args.device, normalize="vocab", batch_size=16)

@@ -96,7 +96,8 @@ class RewardModel:
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None, attn_implementation=None, normalize=None,
                         answer_words=None, trust_remote_code=False, max_length=None, batch_size=8,
-                        device_map=None, allow_pickle=False, base_model=None, template=None) -> RewardModel:
+                        device_map=None, allow_pickle=False, base_model=None, template=None, *, revision=None,
+                        cache_dir=None, local_files_only=None) -> RewardModel:
         """Load a reward model from a local directory, ``tiny:FAMILY`` or a hub id (rdfast.resolve).
 
         dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
@@ -108,13 +109,15 @@ class RewardModel:
         model a LoRA adapter directory records. ``template`` (a preset name, a JSON file or a ``Template``;
         rdfast/templates.py) lays out the prompts; it and its answer words take precedence over the trained
         directory's, which take precedence over the default ("rewarddance"); ``answer_words`` overrides the
-        template's words.
+        template's words. ``revision``, ``cache_dir`` and ``local_files_only`` apply to a hub id as in transformers
+        (``HF_HUB_OFFLINE=1`` also keeps every load to the local hub cache).
 
         Loading is checked (rdfast.loading): pickled weights are refused unless ``allow_pickle=True``; weights
         missing from the checkpoint (tied ones excepted) or holding NaN/inf are an ``InputError`` naming them; a
         tokenizer without a chat template is warned about once.
         """
-        path = resolve(path, tiny_checkpoint, "reward model")
+        path = resolve(path, tiny_checkpoint, "reward model", revision=revision, cache_dir=cache_dir,
+                       local_files_only=local_files_only)
         if attn_implementation == "flash_attention_2":
             try:
                 import flash_attn  # noqa: F401  # optional

@@ -21,7 +21,7 @@ import pathlib
 import shutil
 import tempfile
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "internvl")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "internvl")
 BUILD_VERSION = 1  # bump whenever the built files change, so stale caches are not reused
 
 # Qwen2's added tokens, in the real checkpoints' id order (151643...); vision ones last.
@@ -86,7 +86,7 @@ _INTERNVL_TEMPLATE = (
     "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_TEMPLATES = {"qwen3_5": _QWEN3_5_TEMPLATE, "internvl": _INTERNVL_TEMPLATE}
+_TEMPLATES = {"qwen3_5": _QWEN3_5_TEMPLATE, "qwen3_5_moe": _QWEN3_5_TEMPLATE, "internvl": _INTERNVL_TEMPLATE}
 
 # Qwen2's pre-tokenizer regex: letters never absorb a preceding newline, so "assistant\nyes" splits before "yes".
 _QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
@@ -140,7 +140,7 @@ def _tokenizer(family: str):
     trainer = trainers.BpeTrainer(vocab_size=1536, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(_corpus(), trainer)
-    special = _QWEN_SPECIAL + (_INTERNVL_SPECIAL if family == "internvl" else _THINK if family == "qwen3_5" else [])
+    special = _QWEN_SPECIAL + (_INTERNVL_SPECIAL if family == "internvl" else _THINK if family.startswith("qwen3_5") else [])
     tok.add_special_tokens(special)  # ids right after the BPE vocab, never split
     named = _INTERNVL_NAMED if family == "internvl" else {}
     return PreTrainedTokenizerFast(
@@ -200,8 +200,8 @@ def _config_and_processor(family: str, tok, overrides: dict):
 
     if family in ("qwen3_vl", "qwen3_vl_moe"):
         return _qwen3_vl(family, tok, overrides, proc_over)
-    if family == "qwen3_5":
-        return _qwen3_5(tok, overrides, proc_over)
+    if family in ("qwen3_5", "qwen3_5_moe"):
+        return _qwen3_5(family, tok, overrides, proc_over)
     if family != "internvl":
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     # 56 px tiles of 14 px patches: 4x4 patches, pixel shuffle 0.5 -> 4 tokens per tile
@@ -262,9 +262,10 @@ def _qwen3_processor(vision: dict, proc_over: dict) -> dict:
     return _merge(proc, proc_over)
 
 
-def _qwen3_5(tok, overrides: dict, proc_over: dict):
+def _qwen3_5(family: str, tok, overrides: dict, proc_over: dict):
     """Qwen3.5: hybrid text layers (Gated DeltaNet linear attention, full attention in the middle one), partial
-    interleaved mrope, Qwen3-VL's 16 px vision tower without deepstack."""
+    interleaved mrope, Qwen3-VL's 16 px vision tower without deepstack; the MoE variant has 4 routed experts (2 per
+    token) and a gated shared expert in every layer's MLP."""
     tid = tok.convert_tokens_to_ids
     # head_dim 16, half of it rotary: 8 dims -> 4 frequencies split [2, 1, 1] (real: a quarter, [11, 11, 10] of 32)
     rope = {"rope_type": "default", "rope_theta": 1e7, "mrope_section": [2, 1, 1], "mrope_interleaved": True,
@@ -273,9 +274,12 @@ def _qwen3_5(tok, overrides: dict, proc_over: dict):
             "layer_types": ["linear_attention", "full_attention", "linear_attention"], "linear_conv_kernel_dim": 4,
             "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
             "linear_num_value_heads": 4}
+    if family == "qwen3_5_moe":  # Qwen3NextConfig-based: no dense intermediate_size
+        del text["intermediate_size"]
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
     vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64)
-    cfg = dict(model_type="qwen3_5", text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
+    cfg = dict(model_type=family, text_config=text, vision_config=vision, image_token_id=tid("<|image_pad|>"),
                video_token_id=tid("<|video_pad|>"), vision_start_token_id=tid("<|vision_start|>"),
                vision_end_token_id=tid("<|vision_end|>"), tie_word_embeddings=False)
     cfg = _merge(cfg, overrides)
@@ -309,7 +313,7 @@ def _build(family: str, seed: int, overrides: dict, out: pathlib.Path) -> None:
     config.dtype = torch.float32
     torch.manual_seed(seed)  # same seed -> same weights
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    if family == "qwen3_5":
+    if family.startswith("qwen3_5"):
         _long_memory(model, torch.Generator().manual_seed(seed))
     model.save_pretrained(out)  # safetensors (the only format transformers 5 writes)
     tok.save_pretrained(out)

@@ -4,7 +4,7 @@
     /tmp/tf517/bin/pip install --no-deps transformers==5.17.0 "huggingface-hub>=1.5,<2"
     RDFAST_CACHE=/tmp/tiny517 /tmp/tf517/bin/python scripts/check_hybrid_prefix.py
 
-Checks, on tiny:qwen3_5 built by that version: every batching with shared prefixes (length, padded, varlen's
+Checks, on tiny:qwen3_5 and tiny:qwen3_5_moe built by that version: every batching with shared prefixes (length, padded, varlen's
 length fallback; a one-token suffix too) equals the plain padded forward within 1e-5 in log P, and a family that
 drops the linear layers' recurrent state in ``expand_cache`` is off by more than 1e-3. Passing here is what lets
 a version into ``rdfast.families.qwen3_5.HYBRID_PREFIX_TESTED``. Prints the largest difference; exits non-zero
@@ -46,13 +46,18 @@ def logprobs(rm, items, **options):
 
 
 def main() -> None:
-    from transformers import AutoModelForImageTextToText, AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
     # 5.17's convert_to_rgb has no return_numpy (rdfast/images.py calls 5.24's); the random test images are RGB
     rdfast.images.to_rgb = lambda image, index=None, field=None: image.convert("RGB")
     print("transformers", transformers.__version__)
-    path = tiny_checkpoint("qwen3_5")
+    for name in ("qwen3_5", "qwen3_5_moe"):
+        check(name)
+
+
+def check(name: str) -> None:
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    path = tiny_checkpoint(name)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     processor = Qwen2VLImageProcessorPil.from_pretrained(path)
@@ -77,7 +82,7 @@ def main() -> None:
         twins = rm.encode(["a red circle"] * 2, [[refs[0]] * 2])  # one-token suffixes
         plain = logprobs(rm, twins, feature_cache=False, prefix_cache=False, batching="padded")
         worst = max(worst, (logprobs(rm, twins, batch_size=1) - plain).abs().max().item())
-    print(f"largest |shared - plain| in log P: {worst:.2e} (allowed 1e-5)")
+    print(f"{name}: largest |shared - plain| in log P: {worst:.2e} (allowed 1e-5)")
     assert worst < 1e-5
 
 

@@ -6,13 +6,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# qwen3_vl_moe shares Qwen3VLFamily with qwen3_vl: its own tests (tests/test_qwen3_vl.py, tests/train/) cover the
-# MoE model; running every generic test on it too cost about 90 s of CI for code the dense model already covers
+# qwen3_vl_moe shares Qwen3VLFamily with qwen3_vl, qwen3_5_moe Qwen3_5Family with qwen3_5: their own tests
+# (tests/test_qwen3_vl.py, tests/test_qwen3_5.py, tests/train/) cover the MoE models; running every generic test
+# on qwen3_vl_moe too cost about 90 s of CI for code the dense model already covers
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "internvl")
 
 _MODELS = {}
 #: an image side no family resizes: a multiple of every Qwen unit (28 px; Qwen3-VL 32 px) and InternVL's 56 px tile
-_UNRESIZED = {"qwen3_vl": 64, "qwen3_vl_moe": 64, "qwen3_5": 64}
+_UNRESIZED = {"qwen3_vl": 64, "qwen3_vl_moe": 64, "qwen3_5": 64, "qwen3_5_moe": 64}
 
 
 def unresized_side(family: str) -> int:

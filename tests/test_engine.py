@@ -90,7 +90,7 @@ def test_each_distinct_image_and_prefix_runs_once(gen):
 
 
 def test_qwen_positions_equal_transformers_rope_index(gen):
-    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
+    for family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"):
         rm = load_rm(family)
         images = random_images(2, sizes=((84, 56), (112, 84)), seed=int(torch.randint(0, 2**30, (1,), generator=gen)))
         item = rm.encode(["a cat"], [images[:1], images[1:]])[0]

@@ -1,10 +1,15 @@
-"""Qwen3.5: where it answers, and the hybrid language model's state through shared prefixes and batching.
+"""Qwen3.5 (dense and MoE): where it answers, and the hybrid language model's state through shared prefixes and
+batching.
 
 The generic checks (scores pointwise and pairwise against the plain transformers forward on ``build_inputs``,
 pixels against the HF Pil processor, batch/order/padding-side invariance, every engine switch against the
 padded path, float64 finite-difference gradients) run for Qwen3.5 through the ``family`` fixture in
-tests/test_model.py and tests/test_engine.py. Here: what is new with linear attention and the thinking block.
+tests/test_model.py and tests/test_engine.py. Here: what is new with linear attention and the thinking block,
+and the MoE model (same family class, so kept out of the generic fixture): scores against a float64 plain
+forward, every engine switch, the hybrid prefix state and pixel gradients.
 """
+import copy
+import itertools
 import warnings
 
 import pytest
@@ -69,8 +74,8 @@ class DropsConvWindow(Qwen3_5Family):
         return out
 
 
-@pytest.mark.parametrize("batching", ["length", "padded"])
-def test_shared_prefix_hands_on_the_linear_attention_state(batching, gen):
+@pytest.mark.parametrize("family,batching", [("qwen3_5", "length"), ("qwen3_5", "padded"), ("qwen3_5_moe", "length")])
+def test_shared_prefix_hands_on_the_linear_attention_state(family, batching, gen):
     """Each reference image sits in a shared prefix (run once), the candidates in suffixes; the scores must equal
     the plain padded forward, which runs every sequence whole through the Gated DeltaNet layers.
 
@@ -78,7 +83,7 @@ def test_shared_prefix_hands_on_the_linear_attention_state(batching, gen):
     ``expand_cache`` (the subclasses above; the same change made in ``Qwen3_5Family.expand_cache`` itself failed
     the equality too), log P moves by ~8e-2 (recurrent) and ~2e-2 (conv) against the 1e-5 allowed.
     """
-    rm = load_rm("qwen3_5")
+    rm = load_rm(family)
     seed = seed_of(gen)
     refs = random_images(2, sizes=((64, 64), (96, 64)), seed=seed)
     cands = random_images(4, sizes=((64, 64), (96, 64), (64, 96), (128, 96)), seed=seed + 1)
@@ -141,15 +146,17 @@ def test_untested_transformers_version_turns_the_shared_prefix_off_with_one_noti
     torch.testing.assert_close(scores, plain(rm, items), atol=1e-5, rtol=0)
 
 
-def test_pixel_gradients_through_the_shared_prefix_equal_the_plain_forward(gen):
+@pytest.mark.parametrize("family", ["qwen3_5", "qwen3_5_moe"])
+def test_pixel_gradients_through_the_shared_prefix_equal_the_plain_forward(family, gen):
     """Gradients of the summed log P(yes) to tensor images, the reference image in the shared prefix (its state
     reaches the suffixes through the copied conv window and recurrent state), equal those of the plain
     transformers forward on ``build_inputs``.
 
     Failing with the bug: with suffix caches of transformers' own ``LinearAttentionLayer`` (the recurrent state
     copied in place over the one the suffix started from), backward raised "one of the variables needed for
-    gradient computation has been modified by an inplace operation"."""
-    rm = load_rm("qwen3_5")
+    gradient computation has been modified by an inplace operation". For MoE this replaces the finite-difference
+    check (top-k routing is piecewise constant, so difference quotients can straddle a switch)."""
+    rm = load_rm(family)
     seed = seed_of(gen)
     ref = random_images(1, sizes=((64, 96),), seed=seed, kind="tensor")[0]
     cands = random_images(3, sizes=((64, 64), (96, 64), (70, 70)), seed=seed + 1, kind="tensor")
@@ -204,3 +211,40 @@ def test_video_pixels_and_timestamps_equal_the_qwen3_vl_processor(n_frames, fps,
                                                                        rm.family.vision_end))
     torch.testing.assert_close(ours.pixels, patches, atol=1e-6, rtol=0)
     assert ours.meta == grid and ours.expansion == expansion
+
+
+# ---- MoE --------------------------------------------------------------------------------------------------------
+def test_moe_scores_equal_a_float64_plain_transformers_forward(gen):
+    """Pairwise and pointwise log P(yes) of the engine (fp32, default switches: feature cache, shared prefix,
+    length batching) equal a float64 copy of the model run by transformers on ``build_inputs``, its experts run
+    by transformers' eager per-expert loop (torch's grouped GEMM, the fp32 default, has no float64): 1e-5 in log P."""
+    rm = load_rm("qwen3_5_moe")
+    reference = copy.deepcopy(rm.model).double()
+    reference.set_experts_implementation("eager")
+    seed = seed_of(gen)
+    first = random_images(2, sizes=((64, 64), (96, 64)), seed=seed)
+    second = random_images(2, sizes=((64, 96), (64, 64)), seed=seed + 1)
+    for ours, inputs in ((rm.compare(first, second, PROMPTS), rm.build_inputs(PROMPTS, first, second)),
+                         (rm.score(second, PROMPTS), rm.build_inputs(PROMPTS, second))):
+        inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+        with torch.no_grad():
+            logp = reference(**inputs).logits[:, -1].log_softmax(-1)[:, rm.yes_token_id]
+        torch.testing.assert_close(ours.double().log(), logp, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("feature_cache,prefix_cache,batching",
+                         list(itertools.product([False, True], [False, True], ["length", "varlen"])))
+def test_moe_every_engine_switch_equals_the_padded_path(feature_cache, prefix_cache, batching, gen):
+    """Two references against several candidates (one repeated), one loner: groups of different sizes and
+    suffixes of different lengths, batch size 2; varlen runs as length batching (the family refuses packing)."""
+    rm = load_rm("qwen3_5_moe")
+    seed = seed_of(gen)
+    refs = random_images(2, sizes=((64, 64), (96, 64)), seed=seed)
+    cands = random_images(3, sizes=((64, 64), (64, 96), (96, 96)), seed=seed + 1)
+    items = rm.encode([PROMPTS[0]] * 3 + [PROMPTS[1]] * 2 + ["a green triangle"],
+                      [[refs[0]] * 3 + [refs[1]] * 3, cands + [cands[2], cands[0], cands[1]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # varlen's one-time notice
+        ours = run(rm, items, feature_cache=feature_cache, prefix_cache=prefix_cache, batching=batching,
+                   batch_size=2)
+    torch.testing.assert_close(ours, plain(rm, items), atol=1e-5, rtol=0)

@@ -18,6 +18,7 @@ FAMILY_CLASSES = {
     "qwen3_vl": Qwen3VLFamily,
     "qwen3_vl_moe": Qwen3VLFamily,
     "qwen3_5": Qwen3_5Family,
+    "qwen3_5_moe": Qwen3_5Family,
     "internvl": InternVLFamily,
 }
 
@@ -37,7 +38,7 @@ def family_for(config, tokenizer, image_processor, video_processor: dict | None 
     if model_type not in FAMILY_CLASSES:
         raise ValueError(
             f"unsupported model type {model_type!r}; rdfast supports {sorted(FAMILY_CLASSES)} "
-            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen3.5 and transformers-native InternVL checkpoints)"
+            "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL (dense and MoE), Qwen3.5 (dense and MoE) and transformers-native InternVL checkpoints)"
         )
     return FAMILY_CLASSES[model_type](config, tokenizer, image_processor, video_processor)
 

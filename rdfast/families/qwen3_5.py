@@ -1,5 +1,8 @@
-"""Qwen3.5 (dense): Qwen3-VL's pixels and positions without deepstack, a hybrid language model, answers after
-an empty thinking block.
+"""Qwen3.5 (dense and MoE): Qwen3-VL's pixels and positions without deepstack, a hybrid language model, answers
+after an empty thinking block.
+
+MoE (``qwen3_5_moe``): the same vision tower, processor, template and hybrid layer pattern; only each decoder
+layer's MLP differs (routed experts plus a gated shared expert), which no hook touches, so one class serves both.
 
 Pixels and positions: transformers maps ``qwen3_5`` to the Qwen2-VL image processor (``Qwen2VLImageProcessorPil``,
 patch 16, merge 2), and its ``get_rope_index`` places media tokens as Qwen3-VL's does, so both come from

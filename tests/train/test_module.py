@@ -58,7 +58,8 @@ QWEN2 = [("qwen2_vl", p, b) for p, b in [("pairwise", "length"), ("pairwise", "v
 QWEN3 = [("qwen3_vl", "pairwise", "length"), ("qwen3_vl", "pointwise", "varlen"), ("qwen3_vl", "cot", "padded"),
          ("qwen3_vl", "regressive", "padded"), ("qwen3_vl", "regressive", "length"),
          ("qwen3_vl_moe", "pairwise", "varlen"), ("qwen3_vl_moe", "pointwise", "padded"),
-         ("qwen3_5", "pairwise", "length"), ("qwen3_5", "pointwise", "padded"), ("qwen3_5", "cot", "padded")]
+         ("qwen3_5", "pairwise", "length"), ("qwen3_5", "pointwise", "padded"), ("qwen3_5", "cot", "padded"),
+         ("qwen3_5_moe", "pairwise", "length"), ("qwen3_5_moe", "pointwise", "padded")]
 
 
 def trained_weight(rm):
