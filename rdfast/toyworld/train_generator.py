@@ -1,12 +1,13 @@
 """Train the toy generator: the autoencoder on renders, then the FLUX transformer by flow matching on its latents.
 
-    python -m rdfast.toyworld.train_generator --out DIR --json curve.json [--ae-seconds 240 --flow-seconds 840]
+    python -m rdfast.toyworld.train_generator --out DIR --json curve.json [--ae-seconds 240 --flow-seconds 600 --threads 1]
 
 Only in-domain prompts are ever rendered (the OOD combinations stay unseen). Every few minutes the EMA
 transformer samples all in-domain prompts x fixed seeds through rdfast.diffusion's sampler and the oracle reads
 them: the learning curve (alignment vs steps), written as JSON (and a PNG with ``--png``). The final pipeline
 (EMA weights) is saved with ``save_pretrained`` in DIR. Deterministic from ``--seed`` on one machine and thread
-count; stage budgets are wall-clock, so the number of steps taken depends on the machine and its load (recorded).
+count. Stage budgets are CPU seconds of this process (``time.process_time``), so that a busy shared machine gives
+the same steps as an idle one, only later; wall time and load are recorded beside them.
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ def train_vae(vae, rng, seconds: float, max_steps: int, batch: int = 32, lr: flo
     """Reconstruction (object pixels weighted 5x, as they are few) + a small KL, for ``seconds`` or ``max_steps``."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
-    start, step, losses = time.perf_counter(), 0, []
-    while step < max_steps and time.perf_counter() - start < seconds:
+    start, wall, step, losses = time.process_time(), time.perf_counter(), 0, []
+    while step < max_steps and time.process_time() - start < seconds:
         images, _ = renders(rng, batch)
         x = images * 2 - 1
         posterior = vae.encode(x).latent_dist
@@ -51,11 +52,12 @@ def train_vae(vae, rng, seconds: float, max_steps: int, batch: int = 32, lr: flo
         loss.backward()
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
-            log(f"vae step {step}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - start:.0f} s)")
+            log(f"vae step {step}: loss {np.mean(losses[-50:]):.4f} ({time.process_time() - start:.0f} cpu s)")
     vae.eval().requires_grad_(False)
-    return {"steps": step, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-20:]))}
+    return {"steps": step, "cpu_seconds": time.process_time() - start, "wall_seconds": time.perf_counter() - wall,
+            "final_loss": float(np.mean(losses[-20:]))}
 
 
 @torch.no_grad()
@@ -116,7 +118,7 @@ def evaluate(pipe, seeds, steps: int = SAMPLE_STEPS) -> tuple[float, torch.Tenso
 
 def train_flow(pipe, rng, seconds: float, max_steps: int, data: int, batch: int, lr: float, ema_decay: float,
                eval_every: float, eval_seeds, log=print, on_eval=None) -> dict:
-    """Flow matching on a fixed set of ``data`` encoded renders; the learning curve every ``eval_every`` s.
+    """Flow matching on a fixed set of ``data`` encoded renders; the learning curve every ``eval_every`` CPU s.
     ``on_eval(curve)`` runs after each curve point with the EMA weights in the model (to save progress)."""
     wrapper = adapt(pipe)
     t0 = time.perf_counter()
@@ -134,7 +136,7 @@ def train_flow(pipe, rng, seconds: float, max_steps: int, data: int, batch: int,
             model.eval()
             t_eval = time.perf_counter()
             score, _ = evaluate(pipe, eval_seeds)
-            curve.append({"step": step, "train_seconds": round(train_seconds, 1), "alignment": score,
+            curve.append({"step": step, "train_cpu_seconds": round(train_seconds, 1), "alignment": score,
                           "loss": float(np.mean(losses[-50:])) if losses else None})
             if on_eval is not None:
                 on_eval(curve)
@@ -145,7 +147,7 @@ def train_flow(pipe, rng, seconds: float, max_steps: int, data: int, batch: int,
             next_eval += eval_every
             if step >= max_steps or train_seconds >= seconds:
                 break
-        t_step = time.perf_counter()
+        t_step = time.process_time()
         idx = torch.randint(len(latents), (batch,), generator=gen)
         x0 = latents[idx]
         eps = torch.randn(x0.shape, generator=gen)
@@ -161,12 +163,12 @@ def train_flow(pipe, rng, seconds: float, max_steps: int, data: int, batch: int,
             group["lr"] = lr * min(1.0, (step + 1) / 100)
         opt.step()
         ema.update(model)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         step += 1
-        train_seconds += time.perf_counter() - t_step
+        train_seconds += time.process_time() - t_step
     ema.swap(model)  # ship the average
     model.eval().requires_grad_(False)
-    return {"steps": step, "train_seconds": train_seconds, "encode_seconds": encode_seconds, "curve": curve}
+    return {"steps": step, "train_cpu_seconds": train_seconds, "encode_seconds": encode_seconds, "curve": curve}
 
 
 def save_curve_png(result: dict, path: str) -> None:
@@ -195,16 +197,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", required=True, help="where to write the learning curve and the run's record")
     parser.add_argument("--png", help="where to draw the learning curve")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ae-seconds", type=float, default=240)
     parser.add_argument("--ae-steps", type=int, default=100000)
-    parser.add_argument("--flow-seconds", type=float, default=840)
+    parser.add_argument("--flow-seconds", type=float, default=600)
     parser.add_argument("--flow-steps", type=int, default=100000)
     parser.add_argument("--data", type=int, default=4096, help="encoded renders the transformer trains on")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.995)
-    parser.add_argument("--eval-every", type=float, default=150, help="seconds of training between curve points")
+    parser.add_argument("--eval-every", type=float, default=150, help="CPU seconds of training between curve points")
     parser.add_argument("--eval-seeds", type=int, default=4, help="seeds per prompt for the curve (0..N-1)")
     for key, value in DEFAULTS.items():
         kind = (lambda s: tuple(int(v) for v in s.split(","))) if isinstance(value, tuple) else int
@@ -238,7 +240,7 @@ def main(argv=None) -> dict:
               f"{arch['double_layers']}+{arch['single_layers']} blocks")
     result = {"design": design, "args": vars(args), "params": params, "autoencoder": ae, "flow": flow,
               "final_alignment_8_seeds": final, "sample_steps": SAMPLE_STEPS, "wall_seconds": time.perf_counter() - t0,
-              "load_before": load_before, "load_after": os.getloadavg(), "threads": args.threads,
+              "cpu_seconds": time.process_time(), "load_before": load_before, "load_after": os.getloadavg(), "threads": args.threads,
               "torch": torch.__version__, "cpu_count": os.cpu_count(), "image_size": SIZE}
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)

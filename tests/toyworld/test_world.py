@@ -104,3 +104,18 @@ def test_oracle_tolerates_faint_noise_and_specks_but_not_mixtures():
     reading = tw.read(mixed)
     assert (reading.count, reading.colour, reading.shape, reading.readable) == (2, None, "square", False)
     assert reading.attributes_right("two red squares") == 2
+
+
+def test_verdict_grid_frames_by_the_oracle(tmp_path):
+    from PIL import Image
+
+    from rdfast.toyworld.figures import ALIGNED, MISALIGNED, verdict_grid
+
+    p = tw.Prompt(1, "green", "circle")
+    seed = fresh_seeds(1)[0]
+    wrong, _ = tw.render_misaligned(p, seed, "shape")
+    path = verdict_grid([tw.render(p, seed), wrong], [p, p], str(tmp_path / "grid.png"), scale=1)
+    grid = np.asarray(Image.open(path).convert("RGB"))
+    assert tuple(grid[2, 2]) == ALIGNED and tuple(grid[2, 64 + 8 + 2]) == MISALIGNED
+    with pytest.raises(ValueError, match="images for"):
+        verdict_grid([wrong], [p, p], str(tmp_path / "bad.png"))
