@@ -36,11 +36,12 @@ def renders(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndarray]
 
 
 def train_vae(vae, rng, seconds: float, max_steps: int, batch: int = 32, lr: float = 2e-3, kl: float = 1e-5,
-              log=print) -> dict:
-    """Reconstruction (object pixels weighted 5x, as they are few) + a small KL, for ``seconds`` or ``max_steps``."""
+              log=print, eval_every: int = 0) -> dict:
+    """Reconstruction (object pixels weighted 5x, as they are few) + a small KL, for ``seconds`` or ``max_steps``;
+    every ``eval_every`` steps (0: never) the oracle alignment of reconstructions joins the result's curve."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train().requires_grad_(True)
-    start, wall, step, losses = time.process_time(), time.perf_counter(), 0, []
+    start, wall, step, losses, curve = time.process_time(), time.perf_counter(), 0, [], []
     while step < max_steps and time.process_time() - start < seconds:
         images, _ = renders(rng, batch)
         x = images * 2 - 1
@@ -55,9 +56,18 @@ def train_vae(vae, rng, seconds: float, max_steps: int, batch: int = 32, lr: flo
         losses.append(float(loss.detach()))
         if step % 50 == 0:
             log(f"vae step {step}: loss {np.mean(losses[-50:]):.4f} ({time.process_time() - start:.0f} cpu s)")
+        if eval_every and step % eval_every == 0:
+            cpu = time.process_time() - start
+            vae.eval()
+            score = vae_alignment(vae, np.random.default_rng(step))
+            vae.train()
+            curve.append({"step": step, "cpu_seconds": round(cpu, 1), "loss": float(np.mean(losses[-20:])),
+                          "reconstruction_alignment": score})
+            log(f"vae step {step}: reconstruction alignment {score:.3f}")
+            start += time.process_time() - start - cpu  # evaluation is not training time
     vae.eval().requires_grad_(False)
     return {"steps": step, "cpu_seconds": time.process_time() - start, "wall_seconds": time.perf_counter() - wall,
-            "final_loss": float(np.mean(losses[-20:]))}
+            "final_loss": float(np.mean(losses[-20:])), "curve": curve}
 
 
 @torch.no_grad()
@@ -200,6 +210,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ae-seconds", type=float, default=240)
     parser.add_argument("--ae-steps", type=int, default=100000)
+    parser.add_argument("--ae-eval-every", type=int, default=0, help="steps between reconstruction checks (0: none)")
+    parser.add_argument("--ae-only", action="store_true", help="stop after the autoencoder (design studies)")
     parser.add_argument("--flow-seconds", type=float, default=600)
     parser.add_argument("--flow-steps", type=int, default=100000)
     parser.add_argument("--data", type=int, default=4096, help="encoded renders the transformer trains on")
@@ -218,9 +230,15 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     load_before, t0 = os.getloadavg(), time.perf_counter()
     vae = build_vae(arch["vae_channels"], arch["latent_channels"])
-    ae = train_vae(vae, rng, args.ae_seconds, args.ae_steps)
+    ae = train_vae(vae, rng, args.ae_seconds, args.ae_steps, eval_every=args.ae_eval_every)
     ae["reconstruction_alignment"] = vae_alignment(vae, np.random.default_rng(args.seed + 1))
     print(f"autoencoder: {ae}")
+    if args.ae_only:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "autoencoder": ae, "load_before": load_before, "load_after": os.getloadavg(),
+                       "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time()}, fh, indent=1)
+        vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
+        return ae
     pipe = build_pipeline(args.seed, vae=vae, **arch)
     calibrate_latents(pipe, rng)
 
