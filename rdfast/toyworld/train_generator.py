@@ -212,6 +212,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ae-steps", type=int, default=100000)
     parser.add_argument("--ae-eval-every", type=int, default=0, help="steps between reconstruction checks (0: none)")
     parser.add_argument("--ae-only", action="store_true", help="stop after the autoencoder (design studies)")
+    parser.add_argument("--vae", help="a trained autoencoder's folder (from --ae-only): skip the autoencoder stage")
     parser.add_argument("--flow-seconds", type=float, default=600)
     parser.add_argument("--flow-steps", type=int, default=100000)
     parser.add_argument("--data", type=int, default=4096, help="encoded renders the transformer trains on")
@@ -229,8 +230,15 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    vae = build_vae(arch["vae_channels"], arch["latent_channels"])
-    ae = train_vae(vae, rng, args.ae_seconds, args.ae_steps, eval_every=args.ae_eval_every)
+    if args.vae:
+        from diffusers import AutoencoderKL  # heavy
+
+        # the data drawn later differ from a full run's (the autoencoder stage draws from the same rng)
+        vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
+        ae = {"loaded_from": os.path.abspath(args.vae)}
+    else:
+        vae = build_vae(arch["vae_channels"], arch["latent_channels"])
+        ae = train_vae(vae, rng, args.ae_seconds, args.ae_steps, eval_every=args.ae_eval_every)
     ae["reconstruction_alignment"] = vae_alignment(vae, np.random.default_rng(args.seed + 1))
     print(f"autoencoder: {ae}")
     if args.ae_only:
