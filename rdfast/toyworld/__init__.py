@@ -18,7 +18,7 @@ square, upright isosceles triangle, each in an s x s box with s in 12-20, at lea
 Held out (OOD, any count): red triangle, green square, blue circle. The layout depends only on (seed, count).
 
 The oracle's tolerance to generator artefacts is stated in ``oracle.py``'s constants (BACKGROUND_MIN_CHANNEL,
-MIN_COMPONENT_AREA, COLOUR_TOLERANCE, MIN/MAX_OBJECT_SIDE and the fill-ratio bounds).
+MIN_COMPONENT_AREA, COLOUR_TOLERANCE, MIN/MAX_OBJECT_SIDE, MIN_FILL and the shape tests).
 
 | module    | job |
 |---|---|

@@ -2,8 +2,10 @@
 
 Objects are the 8-connected components of non-white pixels. Tolerance to generator artefacts is set by the
 named constants below: faint pixels count as background, specks are ignored, colours snap to the nearest
-reference within a radius, and a component's shape comes from its fill ratio (area / bounding-box area:
-square 1, circle pi/4, triangle about 1/2) and, for triangles, from being wider at the bottom.
+reference within a radius. A component's shape: a triangle when its lower half holds much more than its upper
+half (upright triangles about 3x, circles and squares 1x); otherwise a square when the corners of its bounding
+box are filled (squares, even with blurred, rounded corners) and a circle when they are empty. Blur changes
+fill ratios too much to separate shapes by them alone (measured on autoencoder reconstructions).
 """
 from __future__ import annotations
 
@@ -24,9 +26,13 @@ MIN_COMPONENT_AREA = 24
 MIN_OBJECT_SIDE, MAX_OBJECT_SIDE = 8, 26
 #: a component's median colour must lie within this RGB distance of a reference colour
 COLOUR_TOLERANCE = 90.0
-#: fill-ratio bounds: square >= SQUARE_FILL; circle in [CIRCLE_FILL, SQUARE_FILL); triangle in
-#: [TRIANGLE_FILL, CIRCLE_FILL) and wider at the bottom than at the top
-SQUARE_FILL, CIRCLE_FILL, TRIANGLE_FILL = 0.9, 0.66, 0.35
+#: a triangle's lower half holds at least this many times its upper half's pixels (rendered: about 3)
+TRIANGLE_BOTTOM_RATIO = 1.5
+#: a square fills at least this fraction of its box's four corner patches (each CORNER_PATCH of the side;
+#: rendered squares 1, circles about 0.1)
+SQUARE_CORNER_FILL, CORNER_PATCH = 0.5, 0.2
+#: any object fills at least this fraction of its bounding box (rendered: triangles about 0.55)
+MIN_FILL = 0.35
 _REFERENCES = np.array(list(COLOURS.values()), dtype=np.float64)
 
 
@@ -92,13 +98,14 @@ def _classify(pixels: np.ndarray, mask: np.ndarray) -> tuple[str | None, str | N
     height, width = mask.shape
     if not (MIN_OBJECT_SIDE <= min(height, width) and max(height, width) <= MAX_OBJECT_SIDE):
         return colour, None
-    fill = mask.sum() / (height * width)
-    if fill >= SQUARE_FILL:
-        return colour, "square"
-    if fill >= CIRCLE_FILL:
-        return colour, "circle"
+    if mask.mean() < MIN_FILL:
+        return colour, None
     top, bottom = mask[: height // 2].sum(), mask[(height + 1) // 2:].sum()
-    return colour, ("triangle" if fill >= TRIANGLE_FILL and bottom > 1.5 * top else None)
+    if bottom >= TRIANGLE_BOTTOM_RATIO * top:
+        return colour, "triangle"
+    ph, pw = max(2, round(CORNER_PATCH * height)), max(2, round(CORNER_PATCH * width))
+    corners = [mask[:ph, :pw], mask[:ph, -pw:], mask[-ph:, :pw], mask[-ph:, -pw:]]
+    return colour, ("square" if np.mean([c.mean() for c in corners]) >= SQUARE_CORNER_FILL else "circle")
 
 
 def read(image) -> Reading:
