@@ -1,5 +1,6 @@
 """``toy:NAME``: trained toy-world models shipped as package data in rdfast/toyworld/models/NAME, resolved by the
-one resolver. No trained generator is shipped yet (issue 13), so these tests plant one in a temporary TOY_DIR."""
+one resolver. The mechanism is tested on a small pipeline planted in a temporary TOY_DIR; the last test loads the
+shipped toy:generator."""
 import ast
 import fnmatch
 import os
