@@ -53,6 +53,9 @@ if Pybind11Extension is not None and os.environ.get("RDFAST_NO_EXT", "0") != "1"
         )
     )
 
+#: the trained toy-world models (``toy:NAME``, rdfast.resolve): a diffusers pipeline or a checkpoint per folder
+TOY_DATA = ["models/*/*.json", "models/*/*/*.json", "models/*/*.safetensors", "models/*/*/*.safetensors",
+            "models/*/*.txt", "models/*/*/*.txt"]
 HF = ["transformers>=5.17,<6", "tokenizers>=0.20", "diffusers>=0.35", "accelerate>=1.0", "peft>=0.15", "safetensors>=0.4"]
 
 setup(
@@ -64,6 +67,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rdfast", "rdfast.*"]) + ["rdfast.kernels"],
     package_dir={"rdfast.kernels": "kernels"},
+    package_data={"rdfast.toyworld": TOY_DATA},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[

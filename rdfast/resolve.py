@@ -3,6 +3,8 @@
 Forms, tried in this order:
 - an existing local directory: used as it is;
 - ``tiny:NAME``: a tiny random checkpoint built offline and cached (for tests, the demo and benchmarks);
+- ``toy:NAME``: a model trained in the toy world (``rdfast.toyworld``), shipped as package data in
+  ``rdfast/toyworld/models/NAME`` (e.g. ``toy:generator``);
 - ``org/name`` (optionally ``org/name@revision``): a Hugging Face hub id, taken from the local hub cache,
   downloaded first unless ``HF_HUB_OFFLINE=1``; only weights in safetensors, configs, tokenizer and
   processor files are fetched.
@@ -20,6 +22,15 @@ from .errors import InputError
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
 #: files a reward model or pipeline needs; never pickled weights (.bin, .pt)
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*"]
+#: where ``toy:NAME`` models live (package data: a path, not an import of the side package)
+TOY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toyworld", "models")
+
+
+def toy_names() -> list[str]:
+    """The ``toy:`` names shipped with this installation."""
+    if not os.path.isdir(TOY_DIR):
+        return []
+    return sorted(n for n in os.listdir(TOY_DIR) if os.path.isdir(os.path.join(TOY_DIR, n)))
 
 
 def resolve(spec: str | os.PathLike, tiny: Callable[[str], str | os.PathLike], what: str = "model", *,
@@ -28,7 +39,7 @@ def resolve(spec: str | os.PathLike, tiny: Callable[[str], str | os.PathLike], w
     """A local directory for ``spec`` (see the module docstring for the forms).
 
     Args:
-        spec: a local directory, ``tiny:NAME`` or a hub id ``org/name[@revision]``.
+        spec: a local directory, ``tiny:NAME``, ``toy:NAME`` or a hub id ``org/name[@revision]``.
         tiny: builds ``tiny:NAME`` and returns its directory (raises ValueError for an unknown NAME).
         what: what the spec names, for error messages ("reward model", "pipeline").
         revision: a hub revision (branch, tag or commit); not together with ``@revision`` in the spec.
@@ -48,6 +59,12 @@ def resolve(spec: str | os.PathLike, tiny: Callable[[str], str | os.PathLike], w
             return os.path.abspath(os.fspath(tiny(text[len("tiny:"):])))
         except ValueError as err:
             raise InputError(f"{what} {text!r}: {err}") from err
+    if text.startswith("toy:"):
+        name = text[len("toy:"):]
+        if name not in toy_names():
+            raise InputError(f"{what} {text!r}: no toy model {name!r}; this installation ships "
+                             f"{', '.join('toy:' + n for n in toy_names()) or 'none'}")
+        return os.path.join(TOY_DIR, name)
     # "models/nope" is a hub id by its shape, but when ./models exists it is a path the user mistyped
     parent = text.split("/", 1)[0]
     if HUB_ID.match(text) and not os.path.exists(text) and not os.path.isdir(parent):
@@ -55,7 +72,7 @@ def resolve(spec: str | os.PathLike, tiny: Callable[[str], str | os.PathLike], w
     why = f"{parent!r} is a local directory, so it was not looked up on the hub" if os.path.isdir(parent) \
         else "not looked up on the hub"
     raise InputError(f"{what} {text!r}: no such local directory ({why}; {_offline_setting()}); give a local "
-                     "directory, a tiny:NAME spec or a hub id (org/name[@revision])")
+                     "directory, a tiny:NAME or toy:NAME spec or a hub id (org/name[@revision])")
 
 
 def _offline_setting() -> str:

@@ -11,10 +11,11 @@ class FluxWrapper(PipelineWrapper):
     family = "flux"
     default_guidance = 3.5
 
-    def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int = 512):
+    def __init__(self, pipe, guidance_scale=None, negative_prompt="", max_sequence_length: int | None = None):
         super().__init__(pipe, guidance_scale, negative_prompt)
         self.latent_multiple = self.vae_scale * 2  # FLUX packs 2x2 latent patches
-        self.max_sequence_length = max_sequence_length
+        # None: FluxPipeline's 512, or less when the T5 tokenizer is shorter (the toy generator's 8 tokens)
+        self.max_sequence_length = max_sequence_length or min(512, pipe.tokenizer_2.model_max_length)
         self._img_ids = {}
 
     @property

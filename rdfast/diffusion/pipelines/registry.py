@@ -52,7 +52,8 @@ def tiny_pipeline_spec_dir(name: str):
 
 
 def resolve_pipeline(spec: str) -> str:
-    """A local directory for a pipeline spec: a directory, ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` or a hub id."""
+    """A local directory for a pipeline spec: a directory, ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]``, ``toy:generator``
+    (the trained toy-world generator shipped with rdfast) or a hub id."""
     return resolve(spec, tiny_pipeline_spec_dir, "pipeline")
 
 
@@ -68,8 +69,8 @@ def check_pipeline_weights(directory: str, allow_pickle: bool) -> None:
 
 
 def load_pipeline(spec: str, device=None, dtype=None, allow_pickle: bool = False):
-    """A diffusers pipeline from a local directory, a hub id, or ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` for a tiny
-    random one (rdfast.resolve). ``tiny:flux:gpu`` is built in memory on ``device`` and never cached.
+    """A diffusers pipeline from a local directory, a hub id, ``toy:generator`` (the trained toy-world generator,
+    rdfast.toyworld) or ``tiny:flux|sd3|sd|sdxl|wan[:SIZE]`` for a tiny random one (rdfast.resolve). ``tiny:flux:gpu`` is built in memory on ``device`` and never cached.
 
     Weights load from safetensors; a component whose weights are pickled only (``.bin``) is an InputError unless
     ``allow_pickle=True`` (``--allow-pickle``)."""
