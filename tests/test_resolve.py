@@ -27,7 +27,7 @@ def test_local_directory_and_tiny_spec(tmp_path):
 
 @pytest.mark.parametrize("spec", ["", "not/a/hub/id", "./missing-dir", "org/name@", "http://x/y"])
 def test_unknown_spec_is_one_error_listing_the_forms(spec):
-    with pytest.raises(InputError, match="local directory, a tiny:NAME spec, a toy:NAME spec or a hub id"):
+    with pytest.raises(InputError, match="local directory, a tiny:NAME or toy:NAME spec or a hub id"):
         resolve(spec, tiny_checkpoint, "reward model")
 
 
