@@ -4,9 +4,17 @@ import time
 
 import pytest
 
+from conftest import load_rm  # tests/conftest.py
+
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
+
+
+@pytest.fixture(scope="module")
+def rm():
+    """The tiny Qwen2-VL reward model every server test serves (one per test module)."""
+    return load_rm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 import rdfast
-from conftest import load_rm
 from rdfast import remote
 from rdfast.integrations import compute_score, flow_grpo
 from rdfast.serve.app import ServeSettings, create_app
@@ -22,11 +21,6 @@ from .test_load import StandIn, score
 from .test_server import random_image
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def rm():
-    return load_rm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")

@@ -13,21 +13,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 import torch
 
-from conftest import load_rm
 from rdfast.serve.app import ServeSettings, create_app
 
 from .test_server import metric, png_b64, random_image
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def rm():
-    return load_rm("qwen2_vl")
 
 
 def combos(rm, n_images, n_prompts):

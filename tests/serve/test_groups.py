@@ -9,7 +9,6 @@ import pytest
 import requests
 import torch
 
-from conftest import load_rm
 from rdfast import RewardModel
 from rdfast.reward_config import RewardConfig
 from rdfast.serve.app import ServeSettings, create_app
@@ -18,11 +17,6 @@ from rdfast.testing import tiny_checkpoint
 from .test_server import metric, png_b64, random_image
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def rm():
-    return load_rm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")

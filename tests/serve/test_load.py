@@ -9,11 +9,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import pytest
 import requests
 from PIL import Image
 
-from conftest import load_rm
 from rdfast.errors import InputError
 from rdfast.serve.app import ServeSettings, create_app
 
@@ -33,11 +31,6 @@ class StandIn:
             if "model-refuses" in prompt:
                 raise InputError("refused by the model", i, "prompts")
         return [len(p) / 100 for p in prompts]
-
-
-@pytest.fixture(scope="module")
-def rm():
-    return load_rm("qwen2_vl")
 
 
 def png(image, level=6) -> str:

@@ -49,7 +49,7 @@ def test_bad_ray_flags_are_one_line_and_exit_2(capsys, flags, message):
 
 def test_ray_flags_fail_before_ray_starts(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as without the rdfast[ray] extra: import ray fails
-    for argv, message in ((["--model", "no/such/model/dir"], "'no/such/model/dir' is not a local directory"),
+    for argv, message in ((["--model", "no/such/model/dir"], "'no/such/model/dir': no such local directory"),
                           (["--model", "tiny:qwen2_vl"], "needs Ray Serve: pip install 'rdfast[ray]'")):
         with pytest.raises(SystemExit) as exit_:
             main(["serve", *argv, "--ray", "--device", "cpu"])

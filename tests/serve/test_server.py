@@ -12,15 +12,9 @@ import requests
 import torch
 from PIL import Image
 
-from conftest import load_rm
 from rdfast.serve.app import ServeSettings, create_app
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def rm():
-    return load_rm("qwen2_vl")
 
 
 @pytest.fixture(scope="module")
