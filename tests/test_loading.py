@@ -75,8 +75,8 @@ def test_non_finite_score_is_an_error_naming_the_item(monkeypatch):
     rm = RewardModel.from_pretrained(tiny_checkpoint("qwen2_vl"), device="cpu")
     real = rm.answer_logprobs
 
-    def one_nan(hidden):
-        out = real(hidden).clone()
+    def one_nan(hidden, *answers):
+        out = real(hidden, *answers).clone()
         out[1, 0] = float("nan")
         return out
 
