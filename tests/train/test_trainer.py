@@ -103,7 +103,9 @@ def test_lora_on_moe_adapts_attention_and_the_3d_expert_weights(tmp_path, family
                                atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family,steps,side", [("qwen3_vl", 8, 56), pytest.param("qwen3_5", 12, 64, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("family,steps,side", [("qwen3_vl", 8, 56), ("qwen3_vl_moe", 8, 56),
+                                               pytest.param("qwen3_5", 12, 64, marks=pytest.mark.slow),
+                                               pytest.param("qwen3_5_moe", 12, 64, marks=pytest.mark.slow)])
 def test_full_finetune_memorises_32_pairs(tmp_path, family, steps, side, gen):
     """A tiny training run that learns: 32 fixed pairs of fresh random images, balanced random labels, pairwise
     full fine-tuning on the whole set each step, accuracy >= 0.9 within ``steps`` steps. Scored with yes/no
@@ -112,7 +114,8 @@ def test_full_finetune_memorises_32_pairs(tmp_path, family, steps, side, gen):
     Qwen3-VL >= 0.9 at step 3-4 over 6 seeds; Qwen3.5 stays at 0.5 (one answer for every pair) up to step 8-9,
     then reaches 1.0 at step 10 over 4 seeds (hence 12). Qwen3.5 runs transformers' torch fallback of the gated
     delta rule on CPU; marked ``slow``: 193 s for the Qwen3.5 case (326 s for Qwen3-VL's) in one run on 2 cores
-    shared with other jobs (load average 6-14)."""
+    shared with other jobs (load average 6-14). The MoE variants (qwen3_vl_moe, qwen3_5_moe) pass with the same step counts (4 fresh seeds each, about
+    7 s each on a quieter machine)."""
     ims = random_images(64, sizes=((side, side),), seed=seed_of(gen))
     labels = [1 + int(i < 16) for i in torch.randperm(32, generator=gen)]
     recs = [PreferenceRecord("a house and a tree", ims[2 * k], ims[2 * k + 1], labels[k]) for k in range(32)]
