@@ -64,6 +64,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rdfast", "rdfast.*"]) + ["rdfast.kernels"],
     package_dir={"rdfast.kernels": "kernels"},
+    # the toy world's trained models (safetensors directories): loadable from a wheel install too
+    package_data={"rdfast.toyworld": ["models/*/*"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
