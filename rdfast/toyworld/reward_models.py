@@ -86,7 +86,7 @@ def _read(path):
 
 
 def _write(path, obj) -> None:
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # stages of one run may write side by side
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(obj, fh, indent=1)
     os.replace(tmp, path)  # a reader never sees a torn file; an interrupted stage leaves no result
