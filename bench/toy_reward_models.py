@@ -60,14 +60,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", required=True, help="where to write the report")
     parser.add_argument("--out", help="stage cache (default: a temporary folder, removed after)")
-    parser.add_argument("--budget", default="full", choices=sorted(trm.BUDGETS), help="steps and data (default %(default)s)")
+    parser.add_argument("--budget", default="full", choices=sorted(trm.BUDGETS) + ["cached"],
+                        help="steps and data (default %(default)s; cached: the budget the --out folder was run with)")
     parser.add_argument("--smoke", action="store_true", help="--budget smoke: checks the plumbing in seconds")
     parser.add_argument("--sizes", default="small,medium,large", help="among " + ",".join(trm.SIZES))
     parser.add_argument("--paradigms", default=",".join(trm.PARADIGMS))
     parser.add_argument("--ship", action="store_true", help="copy the best pairwise RM and verifier into the package")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core per run: stages of several sizes may run side by side
-    budget = trm.BUDGETS["smoke" if args.smoke else args.budget]
+    if args.budget == "cached" and not args.out:
+        parser.error("--budget cached needs --out (the folder of the run to continue)")
+    budget = trm.read_budget(args.out) if args.budget == "cached" else trm.BUDGETS["smoke" if args.smoke else args.budget]
     out = args.out or tempfile.mkdtemp(prefix="rdfast-toy-rm-")
     t0 = time.perf_counter()
     try:
