@@ -65,6 +65,7 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true", help="--budget smoke: checks the plumbing in seconds")
     parser.add_argument("--sizes", default="small,medium,large", help="among " + ",".join(trm.SIZES))
     parser.add_argument("--paradigms", default=",".join(trm.PARADIGMS))
+    parser.add_argument("--note", help="recorded in the report (e.g. the load while cached stages trained)")
     parser.add_argument("--ship", action="store_true", help="copy the best pairwise RM and verifier into the package")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core per run: stages of several sizes may run side by side
@@ -84,7 +85,7 @@ def main(argv=None):
     report = {"rm": results, "shipped": shipped, "warmup": warmups, "budget": budget, "sizes": {k: trm.SIZES[k] for k in args.sizes.split(",")},
               "seconds": round(time.perf_counter() - t0, 1), "device": machine(), "load_average": load_average(),
               "note": "seconds counts only the stages this invocation ran (cached stages are read back); "
-                      "each stage's own time is in rm[i].seconds"}
+                      "each stage's own time is in rm[i].seconds", "run_note": args.note}
     write_json(args.json, report, indent=1)
     print(f"\n{'size':<8}{'paradigm':<12}{'params':>9}{'ID acc':>8}{'OOD acc':>8}{'graded':>8}{'ID AUC':>8}")
     for r in results:
