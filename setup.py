@@ -53,6 +53,10 @@ if Pybind11Extension is not None and os.environ.get("RDFAST_NO_EXT", "0") != "1"
         )
     )
 
+#: the trained toy-world models (``toy:NAME``): a checkpoint or pipeline per folder; a reward model's chat
+#: template is its own file (chat_template.jinja)
+TOY_DATA = ["models/*/*.json", "models/*/*/*.json", "models/*/*.safetensors", "models/*/*/*.safetensors",
+            "models/*/*.txt", "models/*/*/*.txt", "models/*/*.jinja", "models/*/*/*.jinja"]
 HF = ["transformers>=5.17,<6", "tokenizers>=0.20", "diffusers>=0.35", "accelerate>=1.0", "peft>=0.15", "safetensors>=0.4"]
 
 setup(
@@ -64,8 +68,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rdfast", "rdfast.*"]) + ["rdfast.kernels"],
     package_dir={"rdfast.kernels": "kernels"},
-    # the toy world's trained models (safetensors directories): loadable from a wheel install too
-    package_data={"rdfast.toyworld": ["models/*/*"]},
+    package_data={"rdfast.toyworld": TOY_DATA},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
