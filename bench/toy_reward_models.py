@@ -44,14 +44,14 @@ def ship(results, out, dest, log):
         raise SystemExit("--ship needs the pairwise and pointwise paradigms")
     best = {"pairwise": max(pairwise, key=lambda r: (r["id_acc"] + r["ood_acc"], -r["params"])),
             "verifier": max(verifiers, key=lambda r: (r["in_domain_auc"] + r.get("ood_auc", 0), -r["params"]))}
-    sizes = {name: folder_bytes(os.path.join(out, r["size"], r["paradigm"])) for name, r in best.items()}
+    sizes = {name: folder_bytes(os.path.join(out, r["size"], r.get("stage", r["paradigm"]))) for name, r in best.items()}
     dtype = None if sum(sizes.values()) <= SHIP_LIMIT else torch.bfloat16
     sets = trm.datasets(trm.read_budget(out))
     shipped = {}
     for name, r in best.items():
-        path = trm.ship(os.path.join(out, r["size"], r["paradigm"]), os.path.join(dest, name), dtype)
+        path = trm.ship(os.path.join(out, r["size"], r.get("stage", r["paradigm"])), os.path.join(dest, name), dtype)
         metrics = trm.measure(path, sets, r["paradigm"], log)
-        shipped[name] = {**metrics, "size": r["size"], "dtype": str(dtype or torch.float32).replace("torch.", ""),
+        shipped[name] = {**metrics, "size": r["size"], "stage": r.get("stage", r["paradigm"]), "dtype": str(dtype or torch.float32).replace("torch.", ""),
                          "bytes": folder_bytes(path)}
     return shipped
 
@@ -64,7 +64,8 @@ def main(argv=None):
                         help="steps and data (default %(default)s; cached: the budget the --out folder was run with)")
     parser.add_argument("--smoke", action="store_true", help="--budget smoke: checks the plumbing in seconds")
     parser.add_argument("--sizes", default="small,medium,large", help="among " + ",".join(trm.SIZES))
-    parser.add_argument("--paradigms", default=",".join(trm.PARADIGMS))
+    parser.add_argument("--paradigms", default=",".join(trm.PARADIGMS),
+                        help="stages among " + ",".join(trm.STAGES) + " (a stage trains the one it starts from first)")
     parser.add_argument("--note", help="recorded in the report (e.g. the load while cached stages trained)")
     parser.add_argument("--ship", action="store_true", help="copy the best pairwise RM and verifier into the package")
     args = parser.parse_args(argv)
@@ -87,10 +88,10 @@ def main(argv=None):
               "note": "seconds counts only the stages this invocation ran (cached stages are read back); "
                       "each stage's own time is in rm[i].seconds", "run_note": args.note}
     write_json(args.json, report, indent=1)
-    print(f"\n{'size':<8}{'paradigm':<12}{'params':>9}{'ID acc':>8}{'OOD acc':>8}{'graded':>8}{'ID AUC':>8}")
+    print(f"\n{'size':<8}{'stage':<24}{'params':>9}{'ID acc':>8}{'OOD acc':>8}{'graded':>8}{'ID AUC':>8}")
     for r in results:
         auc = f"{r['in_domain_auc']:.3f}" if "in_domain_auc" in r else "-"
-        print(f"{r['size']:<8}{r['paradigm']:<12}{r['params']:>9}{r['id_acc']:>8.3f}{r['ood_acc']:>8.3f}"
+        print(f"{r['size']:<8}{r.get('stage', r['paradigm']):<24}{r['params']:>9}{r['id_acc']:>8.3f}{r['ood_acc']:>8.3f}"
               f"{r.get('in_domain_graded_acc', float('nan')):>8.3f}{auc:>8}")
     return report
 
