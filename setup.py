@@ -53,9 +53,10 @@ if Pybind11Extension is not None and os.environ.get("RDFAST_NO_EXT", "0") != "1"
         )
     )
 
-#: the trained toy-world models (``toy:NAME``, rdfast.resolve): a diffusers pipeline or a checkpoint per folder
+#: the trained toy-world models (``toy:NAME``): a checkpoint or pipeline per folder; a reward model's chat
+#: template is its own file (chat_template.jinja)
 TOY_DATA = ["models/*/*.json", "models/*/*/*.json", "models/*/*.safetensors", "models/*/*/*.safetensors",
-            "models/*/*.txt", "models/*/*/*.txt"]
+            "models/*/*.txt", "models/*/*/*.txt", "models/*/*.jinja", "models/*/*/*.jinja"]
 HF = ["transformers>=5.17,<6", "tokenizers>=0.20", "diffusers>=0.35", "accelerate>=1.0", "peft>=0.15", "safetensors>=0.4"]
 
 setup(

@@ -43,11 +43,10 @@ from common import load_average, machine, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rdfast import prompts as P
-from rdfast.encoding import EncodedItem
 from rdfast.model import RewardModel
 from rdfast.templates import DEFAULT
 from rdfast.testing import tiny_checkpoint
+from rdfast.toyworld.warmup import lm_items  # one copy of the chat-items-with-answer-labels builder
 from rdfast.train import (
     PreferenceRecord,
     TrainConfig,
@@ -149,27 +148,6 @@ def make_pairs(n: int, rng: random.Random, size: int, ood: bool = False, instruc
 
 # ----------------------------------------------------------------------------------------------------
 # Shared warm-up: captioning (LM loss through the fused head with per-row targets)
-
-
-def lm_items(rm, examples):
-    """Collated chat items with next-token labels on the answers (right padded).
-
-    examples: (messages, images, answer text); images fill the messages' image slots in order.
-    """
-    tok = rm.tokenizer
-    items, spans = [], []
-    for k, (messages, images, answer) in enumerate(examples):
-        encs = [rm.family.encode_image(im) for im in images]
-        text = rm.family.expand_placeholders(P.render(tok, messages, rm.family.image_placeholder), encs)
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        items.append(EncodedItem(ids + target, encs, answer, None, k))
-        spans.append((len(ids), len(target)))
-    inputs = rm.collate(items, "right")
-    labels = torch.full(inputs["input_ids"].shape, -100, dtype=torch.long)
-    for row, (start, n) in enumerate(spans):
-        labels[row, start : start + n] = inputs["input_ids"][row, start : start + n]
-    return inputs, labels
 
 
 def caption_items(rm, images, captions):

@@ -25,6 +25,9 @@ MIN_COMPONENT_AREA, COLOUR_TOLERANCE, MIN/MAX_OBJECT_SIDE, MIN_FILL and the shap
 | world.py  | the vocabulary: ``Prompt``, ``prompts(split)``, colours, shapes, OOD combinations |
 | render.py | ``render``, ``render_misaligned``, ``misaligned_prompt``, ``layout``, ``to_tensor`` |
 | oracle.py | ``read`` -> ``Reading``, ``is_aligned``, ``alignment`` |
+| data.py   | preference pairs from renders (``render_pairs``, ``both_orders``), ``roc_auc`` |
+| warmup.py | the reward models' shared warm-up (captions, one-attribute VQA, reading the reward layouts) |
+| reward_models.py | sizes x paradigms, cached stages, ``measure``, ``ship``; the shipped models in ``models/`` |
 """
 from .oracle import Reading, alignment, is_aligned, read
 from .render import misaligned_prompt, render, render_misaligned, to_tensor
