@@ -27,6 +27,7 @@ import torch
 from .. import prompts as P
 from ..encoding import EncodedItem
 from ..model import RewardModel
+from ..templates import DEFAULT
 from ..train import sequence_logprobs
 from .data import INSTRUCTION, pil
 from .render import render
@@ -96,7 +97,7 @@ def examples(rng: np.random.Generator, batch: int, instruction: str = INSTRUCTIO
         scenes = [pool[int(i)] for i in rng.integers(len(pool), size=3)]
         images = [pil(render(s, int(rng.integers(2**31)))) for s in scenes[:2]]
         task, pair = TASKS[k % len(TASKS)], bool(rng.random() < 0.5)
-        messages = P.build_messages(scenes[2].text, 2 if pair else 1, instruction)  # an unrelated prompt
+        messages = DEFAULT.messages("image_pair" if pair else "image", scenes[2].text, instruction)  # an unrelated prompt
         if task == "caption":
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "\n" + CAPTION_QUESTION}]}]
             out.append((messages, images[:1], scenes[0].text))
