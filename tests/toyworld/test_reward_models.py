@@ -8,6 +8,8 @@ import torch
 
 from rdfast import RewardModel
 from rdfast import toyworld as tw
+from rdfast.resolve import resolve
+from rdfast.testing import tiny_checkpoint
 from rdfast.toyworld.data import both_orders, render_pairs, roc_auc
 from rdfast.toyworld.reward_models import MODELS_DIR
 
@@ -30,12 +32,9 @@ def fresh_cases(n, split="in_domain"):
 
 
 def shipped(name):
-    """The shipped model ``name`` as a user loads it; skipped (with the reason) while it is not shipped."""
-    path = os.path.join(MODELS_DIR, name)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        pytest.skip(f"{path} is not shipped yet: no toy reward model has reached issue 13's targets "
-                    "(bench/toy_reward_models.py --ship writes it)")
-    return RewardModel.from_pretrained(path, device="cpu")
+    """The shipped model ``name`` as a user loads it: by its ``toy:`` name, from the package's own folder."""
+    assert os.path.samefile(resolve(f"toy:{name}", tiny_checkpoint), os.path.join(MODELS_DIR, name))
+    return RewardModel.from_pretrained(f"toy:{name}", device="cpu")
 
 
 @pytest.fixture(autouse=True)
