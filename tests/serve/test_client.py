@@ -86,17 +86,19 @@ def test_503_is_retried_after_retry_after_and_a_dead_server_is_bounded(rm, start
     headers = {"Authorization": "Bearer k"}
     image = pil_images(1)
     model.gate.clear()
-    pauses = []
+    pauses, futures = [], {}
 
-    def sleep(seconds):  # the client's pause: record it, and let the server drain
+    def sleep(seconds):  # the client's pause: record it, and let the server drain (a real pause would give it time)
         pauses.append(seconds)
         model.gate.set()
+        if "queued" in futures:
+            futures["queued"].result(timeout=30)  # the queue is empty again: the retry is not refused a second time
 
     monkeypatch.setattr(remote, "time", SimpleNamespace(sleep=sleep))
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(score, url, ["first"], None, headers)
         assert model.entered.wait(30)
-        queued = pool.submit(score, url, ["queued"], None, headers)
+        queued = futures["queued"] = pool.submit(score, url, ["queued"], None, headers)
         deadline = time.monotonic() + 30
         while requests.get(f"{url}/metrics", headers=headers, timeout=10).text.count("rdfast_queue_depth 1.0") == 0:
             assert time.monotonic() < deadline
