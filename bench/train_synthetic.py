@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from rdfast.model import RewardModel
 from rdfast.templates import DEFAULT
 from rdfast.testing import tiny_checkpoint
-from rdfast.toyworld.warmup import lm_items  # one copy of the chat-items-with-answer-labels builder
+from rdfast.toyworld.warmup import lm_items, warmup_optimizer  # one copy of the items builder and the optimizer
 from rdfast.train import (
     PreferenceRecord,
     TrainConfig,
@@ -271,7 +271,6 @@ def warm_up(base_dir, out_dir, steps, batch, lr, size, seed, log, instruction=IN
     the language model first learns to read image tokens at all; trained together from the start, the
     drifting vision features kept the captions at chance in our runs.
     """
-    from transformers import get_scheduler  # heavy
 
     rng = random.Random(seed + 17)
     torch.manual_seed(seed)
@@ -279,13 +278,8 @@ def warm_up(base_dir, out_dir, steps, batch, lr, size, seed, log, instruction=IN
     model = rm.model
     model.requires_grad_(True)
     model.train()
-    vision = list(model.model.visual.parameters())
-    ids = {id(p) for p in vision}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * VISION_LR_SCALE}],
-                            lr=lr, weight_decay=0.0)
     # a 5% linear warm-up, then cosine: transformers' schedule, as the reward models below train
-    schedule = get_scheduler("cosine", opt, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
+    opt, schedule = warmup_optimizer(model, lr, steps, VISION_LR_SCALE)
     pool = combos(ood=False)
     probe_scenes = [(*rng.choice(pool), rng.choice(list(COUNTS))) for _ in range(96)]
     probe_images = [render(*x, rng, size) for x in probe_scenes]

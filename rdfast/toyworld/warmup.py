@@ -128,24 +128,30 @@ def yes_no_accuracy(rm: RewardModel, seed: int, n: int = 96) -> float:
     return sum(("yes" if a > b else "no") == ex[2] for (a, b), ex in zip(logp.tolist(), batch)) / n
 
 
+def warmup_optimizer(model, lr: float, steps: int, vision_lr_scale: float = VISION_LR_SCALE):
+    """AdamW over the whole model, the vision tower at ``vision_lr_scale`` x lr (its random features already tell
+    colours apart), with a 5% linear warm-up then cosine (transformers' schedule). Returns (optimizer, schedule)."""
+    from transformers import get_scheduler  # heavy
+
+    vision = list(model.model.visual.parameters())
+    ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_lr_scale}],
+                            lr=lr, weight_decay=0.0)
+    return opt, get_scheduler("cosine", opt, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
+
+
 def warm_up(base_dir, out_dir, steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0,
             instruction: str = INSTRUCTION, log=sys.stderr) -> dict:
     """Train ``base_dir`` on the warm-up tasks for ``steps`` AdamW steps (5% linear warm-up, then cosine) and
     save it to ``out_dir``. Returns {"loss": [[step, loss]...], "yes_no_vqa": [[step, accuracy]...], "seconds"}."""
-    from transformers import get_scheduler  # heavy
-
     rng = np.random.default_rng([seed, 17])
     torch.manual_seed(seed)
     rm = RewardModel.from_pretrained(base_dir, device="cpu", dtype=torch.float32)
     model = rm.model
     model.requires_grad_(True)
     model.train()
-    vision = list(model.model.visual.parameters())
-    ids = {id(p) for p in vision}
-    rest = [p for p in model.parameters() if id(p) not in ids]
-    opt = torch.optim.AdamW([{"params": rest, "lr": lr}, {"params": vision, "lr": lr * VISION_LR_SCALE}],
-                            lr=lr, weight_decay=0.0)
-    schedule = get_scheduler("cosine", opt, num_warmup_steps=max(1, steps // 20), num_training_steps=steps)
+    opt, schedule = warmup_optimizer(model, lr, steps)
     losses, probes, t0 = [], [], time.perf_counter()
     for step in range(steps):
         inputs, labels = lm_items(rm, examples(rng, batch, instruction))
