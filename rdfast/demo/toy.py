@@ -32,6 +32,7 @@ from ..diffusion.pipelines import load_pipeline
 from ..diffusion.pipelines.registry import resolve_pipeline
 from ..diffusion.reward import PointwiseReward
 from ..diffusion.search import pipeline_problem, search_over_paths
+from ..diffusion.testing import torch_threads
 from ..errors import InputError
 from ..model import RewardModel
 from ..resolve import resolve
@@ -51,7 +52,8 @@ SEARCH_SEED = 1000  #: search for prompt i draws its noise from SEARCH_SEED + se
 
 def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, steps: int = SAMPLE_STEPS,
                  seed: int = 0, pipeline: str = "toy:generator", verifier: str = "toy:verifier",
-                 reward: str = "toy:pairwise", search_n: int = 4, search_m: int = 2, progress: bool = True) -> dict:
+                 reward: str = "toy:pairwise", search_n: int = 4, search_m: int = 2, progress: bool = True,
+                 threads: int = 1) -> dict:
     """Generate, score, rank and search on the toy world; write the picture, the JSONL and the summary.
 
     Args:
@@ -63,6 +65,8 @@ def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, s
             load_pipeline / RewardModel.from_pretrained take; toy: names by default).
         search_n, search_m: Search over Paths survivors N and branches M (start at half the steps, re-noise 2
             steps back, denoise 4 forward per round; fewer when ``steps`` is small).
+        threads: torch intra-op threads while the demo runs (restored after). The toy models are too small to
+            gain from a second thread, which made the demo many times slower on a busy 2-core machine (README).
     Returns:
         The summary (as ``demo.json`` holds it), with "rows": the JSONL rows.
     """
@@ -78,7 +82,22 @@ def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, s
     files = [_image_name(p, f"seed{s}") for p in prompts for s in seeds] + [_image_name(p, "search") for p in prompts]
     files += ["demo.png", "demo.jsonl"]
     _replace_previous(out_dir, files)
+    with torch_threads(threads):
+        summary, rows = _run(out_dir, prompts, samples, steps, seed, seeds, pipeline, verifier, reward, search_plan,
+                             progress)
+    summary.update(settings=dict(prompts=[str(p) for p in prompts], samples=samples, steps=steps, seed=seed,
+                                 pipeline=pipeline, verifier=verifier, reward=reward), files=files, complete=True)
+    with open(os.path.join(out_dir, "demo.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    for line in summary_lines(summary):
+        print(line)
+    print(f"wrote {out_dir}/demo.png, demo.jsonl ({len(rows)} rows), demo.json and images/")
+    return {**summary, "rows": rows}
 
+
+def _run(out_dir, prompts, samples, steps, seed, seeds, pipeline, verifier, reward, search_plan, progress):
+    """The demo's work: load, sample, score, rank, search; write the images, the picture and the JSONL.
+    Returns (the summary, the rows)."""
     pipe = load_pipeline(pipeline, device="cpu")
     verifier_rm = RewardModel.from_pretrained(verifier, device="cpu")
     pairwise = RewardModel.from_pretrained(reward, device="cpu")
@@ -122,15 +141,7 @@ def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, s
     titled_grid(grid, os.path.join(out_dir, "demo.png"), cell_width=156)
     with open(os.path.join(out_dir, "demo.jsonl"), "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
-    summary = summarize(rows, search_plan, sample_calls={"denoiser": samples * steps, "verifier": samples})
-    summary.update(settings=dict(prompts=[str(p) for p in prompts], samples=samples, steps=steps, seed=seed,
-                                 pipeline=pipeline, verifier=verifier, reward=reward), files=files, complete=True)
-    with open(os.path.join(out_dir, "demo.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
-    for line in summary_lines(summary):
-        print(line)
-    print(f"wrote {out_dir}/demo.png, demo.jsonl ({len(rows)} rows), demo.json and images/")
-    return {**summary, "rows": rows}
+    return summarize(rows, search_plan, sample_calls={"denoiser": samples * steps, "verifier": samples}), rows
 
 
 def _checked(prompts, samples, steps, search_n, search_m, out_dir) -> list[Prompt]:
