@@ -87,9 +87,11 @@ def test_aligned_images_score_higher_than_misaligned_ones(demo):
 
 def test_rerun_replaces_its_own_outputs_and_nothing_else(tmp_path, capsys):
     """Through the command: a second run with fewer samples leaves none of the first run's extra images, and a
-    file of the user's in the same folder (and in images/) survives both."""
+    file of the user's in the same folder (and in images/) survives both, even one that a demo.json the demo did
+    not write lists."""
     (tmp_path / "images").mkdir()
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "demo.json").write_text(json.dumps({"files": ["notes.txt"]}))
     (tmp_path / "images" / "mine.png").write_bytes(b"mine")
     argv = ["demo", "--out", str(tmp_path), "--prompt", "one red circle", "--steps", "4"]
     with torch_threads(1):

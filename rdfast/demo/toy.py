@@ -48,6 +48,7 @@ from .grid import Tile, titled_grid
 PROMPTS = ("one red circle", "one yellow square", "two red circles", "two green triangles", "three blue triangles",
            "one red triangle")
 SEARCH_SEED = 1000  #: search for prompt i draws its noise from SEARCH_SEED + seed + i
+MANIFEST_MARK = "rdfast demo"  #: demo.json's "written_by"
 
 
 def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, steps: int = SAMPLE_STEPS,
@@ -85,7 +86,7 @@ def run_toy_demo(out_dir: str = "out/demo", prompts=PROMPTS, samples: int = 8, s
     with torch_threads(threads):
         summary, rows = _run(out_dir, prompts, samples, steps, seed, seeds, pipeline, verifier, reward, search_plan,
                              progress)
-    summary.update(settings=dict(prompts=[str(p) for p in prompts], samples=samples, steps=steps, seed=seed,
+    summary.update(written_by=MANIFEST_MARK, settings=dict(prompts=[str(p) for p in prompts], samples=samples, steps=steps, seed=seed,
                                  pipeline=pipeline, verifier=verifier, reward=reward), files=files, complete=True)
     with open(os.path.join(out_dir, "demo.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
@@ -175,7 +176,9 @@ def _replace_previous(out_dir: str, files: list[str]) -> None:
     if os.path.isfile(manifest):
         try:
             with open(manifest) as fh:
-                previous = [f for f in json.load(fh).get("files", []) if isinstance(f, str)]
+                saved = json.load(fh)
+            if saved.get("written_by") == MANIFEST_MARK:  # only a manifest this demo wrote names files to delete
+                previous = [f for f in saved.get("files", []) if isinstance(f, str)]
         except (OSError, ValueError, AttributeError):
             previous = []  # not ours, or damaged: delete nothing
     for name in previous:
@@ -186,7 +189,7 @@ def _replace_previous(out_dir: str, files: list[str]) -> None:
             os.remove(path)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     with open(manifest, "w") as fh:
-        json.dump({"files": files, "complete": False}, fh)
+        json.dump({"written_by": MANIFEST_MARK, "files": files, "complete": False}, fh)
 
 
 def _row(out_dir, prompt: Prompt, source: str, seed: int, picture: Image.Image, reward: float, name: str) -> dict:
