@@ -113,3 +113,17 @@ def test_bad_demo_input_is_one_line_before_anything_is_written(tmp_path, capsys,
     line = user_error(capsys, "demo", "--out", tmp_path / "out", *flags)
     assert expect in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_frames_each_tile_by_its_verdict_and_keeps_long_labels_whole(tmp_path):
+    from rdfast.demo.grid import Tile, titled_grid
+    from rdfast.toyworld.figures import ALIGNED, MISALIGNED
+
+    image = tw.render("two red circles", seed=int(np.random.default_rng().integers(1 << 30)))
+    label = "a row label much wider than its two tiles " * 3
+    path = titled_grid([(label, [Tile(image, ["#1", "aligned"], True), Tile(image, ["#2", "read: x"], False)])],
+                       str(tmp_path / "grid.png"), cell_width=140)
+    picture = np.asarray(Image.open(path).convert("RGB"))
+    assert picture.shape[1] > 2 * 140  # widened to the label
+    pixels = picture.reshape(-1, 3)
+    assert (pixels == ALIGNED).all(axis=1).any() and (pixels == MISALIGNED).all(axis=1).any()

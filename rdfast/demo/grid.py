@@ -48,7 +48,8 @@ def titled_grid(rows: list[tuple[str, list[Tile]]], path: str, scale: int = 2, c
     cell_h = side + 2 * _PAD + lines * _LINE + _PAD
     row_h = _LINE + cell_h
     columns = max(len(tiles) for _, tiles in rows)
-    canvas = Image.new("RGB", (columns * cell_w, len(rows) * row_h), (255, 255, 255))
+    width = max([columns * cell_w] + [int(font.getlength(label)) + 2 * _PAD for label, _ in rows])  # labels whole
+    canvas = Image.new("RGB", (width, len(rows) * row_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, (label, tiles) in enumerate(rows):
         y0 = r * row_h
