@@ -167,7 +167,7 @@ def bytes_as_fp32(weight):
     return flat.view(torch.float32) if weight.element_size() == 2 and flat.numel() % 2 == 0 else flat
 
 
-def gemm_rate(dtype, device, clock, n=2048, repeats=3):
+def gemm_rate(dtype, device, clock, n=2048, repeats=5):
     """FLOP/s of a compute-bound n x n x n matrix product in ``dtype`` (the best of ``repeats``): the rate the
     FLOP floor uses, measured on this machine with torch's own GEMM path."""
     a = torch.randn(n, n, device=device).to(dtype)
