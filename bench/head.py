@@ -130,16 +130,18 @@ class Memory:
             return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def measure(fns, repeats, device, memory, budget_s=5.0, clock=time.perf_counter):
+def measure(fns, repeats, device, memory, budget_s=5.0, clock=time.perf_counter, collect=True):
     """{name: (median s, min s, peak extra bytes, n)}. Calls are interleaved round-robin (one warm-up each,
     then one call of every function per round), so a load that changes during the run hits all of them alike.
     A function gets fewer than `repeats` calls when its warm-up says they would take more than budget_s, and a
-    warm-up of a second or more (the slow methods, nothing left to warm) counts as one of them."""
+    warm-up of a second or more (the slow methods, nothing left to warm) counts as one of them. ``collect``: a full
+    garbage collection before each call, so the peak memory sees only the call's own buffers (~0.1 s each)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n, times, peak = {}, {name: [] for name in fns}, {name: None for name in fns}
 
     def call(name):
-        gc.collect()
+        if collect:
+            gc.collect()
         memory.start()
         t0 = clock()
         fns[name]()
@@ -206,7 +208,8 @@ def parse(argv=None):
     if a.quick:
         a.heads, a.batch, a.repeats = "small", "1,4", 2
     if a.smoke:
-        a.heads, a.batch, a.repeats = "smoke", "1,4", 1
+        a.heads, a.repeats = "smoke", 1
+        a.batch = a.batch if a.batch != p.get_default("batch") else "1,4"
     for head in a.heads.split(","):
         if head not in HEADS:
             p.error(f"--heads: unknown head {head!r}; expected some of {','.join(HEADS)}")
@@ -245,7 +248,7 @@ def main(argv=None):
                     fns = {"read_sum": flat.sum, "read_mv": lambda m=as_matrix, x=ones: torch.mv(m, x)}  # read floor
                     fns.update({name: (lambda name=name, h=hidden, w=weight, i=ids, b=backward: step(name, h, w, i, b))
                                 for name in list(BASELINES) + names})
-                    res = measure(fns, a.repeats, device, memory, clock=clock)
+                    res = measure(fns, a.repeats, device, memory, clock=clock, collect=not a.smoke)
                     t_read = min(res.pop("read_sum")[0], res.pop("read_mv")[0])  # medians throughout
                     best_name = min(BASELINES, key=lambda n: res[n][0])
                     best = res[best_name][0]
