@@ -160,15 +160,16 @@ import json, os, sys
 sys.path.insert(0, os.path.join(os.environ["REPO"], "bench"))
 from common import gpu_peaks
 for path in sys.argv[1:]:
-    rows = json.load(open(path))
+    result = json.load(open(path))  # bench/common.py's schema: environment fields and "rows"
+    rows = result["rows"]
     for r in rows:
-        peaks = gpu_peaks(r["machine"]) if r["device"] == "cuda" else None
+        peaks = gpu_peaks(result["machine"]) if result["device_type"] == "cuda" else None
         size = 4 if r["dtype"] == "float32" else 2
         floor = r["H"] * r["V"] * size / peaks[1] * 1e3 if peaks else None
         passes = 2 if r["pass"] == "fwd+bwd" else 1
         r["hbm_floor_ms"] = round(floor, 4) if floor else None
         r["x_hbm_floor"] = round(r["median_ms"] / (passes * floor), 3) if floor else None
-    json.dump(rows, open(path, "w"), indent=1)
+    json.dump(result, open(path, "w"), indent=1)
     print(path, len(rows), "rows")
 EOF
   note "$(cat "$PARTS"/*.json 2>/dev/null | "$PY" -c 'import sys; print(sys.stdin.read().count("\"backend\""), "rows")')"
@@ -315,7 +316,7 @@ for size, batches, steps in plan:
                    "replays": runs[True][3], "dry_run": dry}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            json.dump(rows, open(path, "w"), indent=1)  # after every row: a timeout keeps what finished
+            json.dump(result, open(path, "w"), indent=1)  # after every row: a timeout keeps what finished
         del ad
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -323,7 +324,7 @@ for size, batches, steps in plan:
         failed += 1
         rows.append({"pipeline": size, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]})
         print("ERROR", size, err, flush=True)
-        json.dump(rows, open(path, "w"), indent=1)
+        json.dump(result, open(path, "w"), indent=1)
 ok = [r for r in rows if "error" not in r]
 summary = (f"max |graph - eager| {max(r['max_abs_diff'] for r in ok):.3g}, eager/graph step time "
            f"{min(r['eager_over_graph'] for r in ok):.2f}-{max(r['eager_over_graph'] for r in ok):.2f}x" if ok else "no rows")
@@ -386,11 +387,11 @@ for s in steps:
     secs = "-" if s["seconds"] is None else f"{s['seconds']:.0f}"
     lines.append(f"{s['name']:<11} {s['status']:<8} {secs:>4}/{s['budget_s']:<3}s  {s['note'][:150]}")
 try:  # the head figures that matter: triton against the read floor, bf16 forward
-    rows = json.load(open(os.path.join(out, "head_bench.json")))["parts"].get("bfloat16", [])
+    rows = json.load(open(os.path.join(out, "head_bench.json")))["parts"].get("bfloat16", {}).get("rows", [])
     for r in rows:
         if r["backend"] == "triton" and r["pass"] == "fwd":
             lines.append(f"  head bf16 fwd B={r['B']:<3} triton {r['median_ms']:.3f} ms = {r['x_read']:.2f}x measured read, "
-                         f"{r['x_hbm_floor']}x HBM floor; {r['speedup_vs_full']:.1f}x full logits")
+                         f"{r['x_hbm_floor']}x HBM floor; {r['speedup_vs_best_torch']:.1f}x best plain torch")
 except Exception:
     pass
 try:

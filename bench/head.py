@@ -1,29 +1,35 @@
-"""Benchmark the fused yes-token head (rdfast.ops.token_logprobs) against torch full logits.
+"""Benchmark the fused yes-token head (rdfast.ops.token_logprobs) against the best plain-torch formulation.
 
-For each head (Qwen2-VL-7B-like H=3584, V=152064 and a small H=896, V=32000), dtype and batch size it
-times every available backend and the baseline `log_softmax((hidden @ weight.T).float())`, forward
-(no_grad, scoring) and forward+backward (gradient to hidden only: a frozen head), and measures peak extra
-memory. The roofline is the time to read the weight once (a float32 sum over the weight's bytes, timed in
-the same rounds); a pass that reads it n times (forward 1, forward+backward 2) is compared with n reads.
-Times are medians of calls interleaved round-robin across the backends.
+For each head (Qwen2-VL-7B-like H=3584, V=152064 and a small H=896, V=32000), dtype and batch size it times
+every available rdfast backend ("cpp", "triton"; "torch" is rdfast's own chunked fallback) and two plain-torch
+formulations an expert would write, on a contiguous 2-D hidden:
+    torch_mm_hw: logits = (hidden @ weight.T).float() [B, V], logsumexp over V, pick the yes/no logits;
+    torch_mm_wh: logits = torch.mm(weight, hidden.T).float() [V, B], the same over dim 0.
+The baseline of each case is the faster of the two (``best_torch``), measured in the same rounds; every row
+says its speedup over it. Forward runs under no_grad (scoring); forward+backward takes the gradient to hidden
+only (a frozen head).
 
-    python bench/head.py                    # full run, appends to bench/results/head.csv
-    python bench/head.py --quick --json /tmp/head.json
+The bounds, measured in the same run: ``read_ms`` is the time to read the weight once (the faster of a float32
+sum over its bytes and a matrix-vector product over them, torch's own streaming kernels), ``gemm_flops_per_s`` the dtype's matrix-multiply rate on a compute-bound square product; a pass that
+reads the weight n times (forward 1, forward+backward 2) and does n [B, H] x [H, V] products cannot beat
+``floor_ms`` = n * max(read_ms, 2*B*V*H / gemm rate), so ``max_speedup_vs_best_torch`` = best torch / floor
+bounds what any kernel can gain over the baseline.
 
-Rows are tagged with the machine (CPU model or GPU name) so results from different machines never mix, and
-with the 1-minute load average: on a shared machine other processes inflate the times.
-Peak extra memory: on CUDA torch.cuda.max_memory_allocated; on CPU the process's peak RSS (VmHWM, reset
-through /proc/self/clear_refs) above the RSS before the call, with glibc's mmap threshold pinned so freed
-buffers really leave. Nothing here asserts timings.
+    python bench/head.py                          # full run, appends to bench/results/head.csv
+    python bench/head.py --threads 1 --clock cpu  # 1-thread CPU-time ratios: robust on a shared machine
+    python bench/head.py --smoke --csv '' --json /tmp/head.json
+
+The JSON is bench/common.py's result schema (``environment()``: machine, threads, load, versions, git commit,
+date) with the rows under "rows"; the CSV gets one line per row with those fields beside it. Times are medians
+of calls interleaved round-robin across the methods. Peak extra memory: on CUDA torch.cuda.max_memory_allocated;
+on CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS before the call, with
+glibc's mmap threshold pinned so freed buffers really leave. Nothing here asserts timings.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
-import datetime
 import gc
-import json
 import os
 import re
 import statistics
@@ -33,17 +39,16 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from common import load_average, machine  # noqa: E402
+from common import append_csv, environment, flat_rows, load_average, write_json  # noqa: E402
 from rdfast import ops  # noqa: E402
 
-HEADS = {"7b": (3584, 152064), "small": (896, 32000)}
+HEADS = {"7b": (3584, 152064), "small": (896, 32000), "smoke": (256, 8000)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "head.csv")
-FIELDS = ["date", "machine", "device", "threads", "loadavg", "torch", "isa", "head", "H", "V", "dtype", "B", "backend", "pass",
-          "repeats", "median_ms", "min_ms", "read_ms", "x_read", "speedup_vs_full", "peak_extra_mb"]
+BASELINES = ("torch_mm_hw", "torch_mm_wh")  # plain torch, [B, V] and [V, B] logits
 
 
 # ----------------------------------------------------------------------------------------------------
-# Inputs and the baseline (also used by bench/test_bench_head.py)
+# Inputs and the baselines (also used by bench/test_bench_head.py)
 
 
 def make_head(H, V, dtype, device="cpu", B=1, seed=0):
@@ -55,26 +60,34 @@ def make_head(H, V, dtype, device="cpu", B=1, seed=0):
     return hidden, weight, ids
 
 
-def full_logits(hidden, weight, ids):
-    """The baseline: [B, V] logits, then log_softmax. Returns (logp [B, K], lse [B]) like token_logprobs."""
-    return torch.log_softmax((hidden @ weight.T).float(), dim=-1)[:, ids], None
+def torch_mm_hw(hidden, weight, ids):
+    """[B, V] logits in the input dtype (as a model's lm_head gives them), logsumexp in fp32: (logp [B, K], lse)."""
+    z = (hidden @ weight.T).float()
+    lse = torch.logsumexp(z, dim=1)
+    return z[:, ids] - lse[:, None], lse
+
+
+def torch_mm_wh(hidden, weight, ids):
+    """The same with [V, B] logits from torch.mm(weight, hidden.T) (the weight as the left operand)."""
+    z = torch.mm(weight, hidden.T).float()
+    lse = torch.logsumexp(z, dim=0)
+    return z[ids].T - lse[:, None], lse
+
+
+def run_head(backend, hidden, weight, ids):
+    if backend in BASELINES:
+        return globals()[backend](hidden, weight, ids)
+    return ops.token_logprobs(hidden, weight, ids, backend=backend)
 
 
 def step(backend, hidden, weight, ids, backward):
-    """One call of a backend ("full" is the baseline); with backward, gradient to hidden only."""
+    """One call of a method; with backward, gradient to hidden only."""
     if not backward:
         with torch.no_grad():
             return run_head(backend, hidden, weight, ids)
     hidden.grad = None
     logp, lse = run_head(backend, hidden, weight, ids)
-    loss = logp.sum() if lse is None else logp.sum() + lse.sum()
-    loss.backward()
-
-
-def run_head(backend, hidden, weight, ids):
-    if backend == "full":
-        return full_logits(hidden, weight, ids)
-    return ops.token_logprobs(hidden, weight, ids, backend=backend)
+    (logp.sum() + lse.sum()).backward()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,21 +130,23 @@ class Memory:
             return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
 
 
-def measure(fns, repeats, device, memory, budget_s=5.0):
+def measure(fns, repeats, device, memory, budget_s=5.0, clock=time.perf_counter, collect=True):
     """{name: (median s, min s, peak extra bytes, n)}. Calls are interleaved round-robin (one warm-up each,
     then one call of every function per round), so a load that changes during the run hits all of them alike.
     A function gets fewer than `repeats` calls when its warm-up says they would take more than budget_s, and a
-    warm-up of a second or more (the slow baselines, nothing left to warm) counts as one of them."""
+    warm-up of a second or more (the slow methods, nothing left to warm) counts as one of them. ``collect``: a full
+    garbage collection before each call, so the peak memory sees only the call's own buffers (~0.1 s each)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n, times, peak = {}, {name: [] for name in fns}, {name: None for name in fns}
 
     def call(name):
-        gc.collect()
+        if collect:
+            gc.collect()
         memory.start()
-        t0 = time.perf_counter()
+        t0 = clock()
         fns[name]()
         sync()
-        times[name].append(time.perf_counter() - t0)
+        times[name].append(clock() - t0)
         p = memory.peak()
         peak[name] = None if p is None else max(peak[name] or 0, p)
 
@@ -154,90 +169,127 @@ def bytes_as_fp32(weight):
     return flat.view(torch.float32) if weight.element_size() == 2 and flat.numel() % 2 == 0 else flat
 
 
+def gemm_rate(dtype, device, clock, n=2048, repeats=5):
+    """FLOP/s of a compute-bound n x n x n matrix product in ``dtype`` (the best of ``repeats``): the rate the
+    FLOP floor uses, measured on this machine with torch's own GEMM path."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first call warms up
+        sync()
+        t0 = clock()
+        torch.mm(a, b)
+        sync()
+        best = min(best, clock() - t0)
+    return 2 * n**3 / best
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="seconds: a 256 x 8000 head, B in {1, 4}, 1 repeat")
     p.add_argument("--quick", action="store_true", help="small head, B in {1, 4}, 2 repeats")
     p.add_argument("--heads", default="7b,small", help="comma list of: " + ",".join(HEADS))
     p.add_argument("--batch", default="1,4,16,64", help="comma list of batch sizes")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--backends", default=None, help="comma list (default: every available backend)")
+    p.add_argument("--backends", default=None, help="comma list of rdfast backends (default: every available one)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case (median reported)")
     p.add_argument("--no-backward", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch and rdfast threads (default: torch's)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: process CPU time (with --threads 1, ratios that load on other cores cannot distort)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--csv", default=RESULTS, help="append rows here ('' to skip)")
-    p.add_argument("--json", default=None, help="also write all rows to this JSON file")
+    p.add_argument("--json", default=None, help="also write the result (environment + rows) to this JSON file")
     a = p.parse_args(argv)
     if a.quick:
         a.heads, a.batch, a.repeats = "small", "1,4", 2
+    if a.smoke:
+        a.heads, a.repeats = "smoke", 1
+        a.batch = a.batch if a.batch != p.get_default("batch") else "1,4"
+    for head in a.heads.split(","):
+        if head not in HEADS:
+            p.error(f"--heads: unknown head {head!r}; expected some of {','.join(HEADS)}")
+    if a.clock == "cpu" and torch.device(a.device).type == "cuda":
+        p.error("--clock cpu measures CPU time; use --clock wall on CUDA")
+    return a
 
+
+def main(argv=None):
+    a = parse(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
     memory = Memory(device)
     cpp = ops._cpp_module()
-    tag = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), machine=machine(device),
-               device=device.type, threads=torch.get_num_threads(), torch=torch.__version__,
-               isa=cpp.isa() if cpp is not None and device.type == "cpu" else "")
-    rows = []
-    for head in a.heads.split(","):
-        H, V = HEADS[head]
-        for dtype in (getattr(torch, d) for d in a.dtypes.split(",")):
-            names = ops.available_backends(device, dtype)
-            if a.backends:
-                names = [n for n in names if n in a.backends.split(",")]
+    result = dict(environment(device), clock=a.clock,
+                  isa=cpp.isa() if cpp is not None and device.type == "cpu" else "", rows=[])
+    rows = result["rows"]
+    for dtype in (getattr(torch, d) for d in a.dtypes.split(",")):
+        rate = gemm_rate(dtype, device, clock, n=256 if a.smoke else 2048)
+        names = ops.available_backends(device, dtype)
+        if a.backends:
+            names = [n for n in names if n in a.backends.split(",")]
+        for head in a.heads.split(","):
+            H, V = HEADS[head]
             _, weight, ids = make_head(H, V, dtype, device)
             flat = bytes_as_fp32(weight)
+            as_matrix = flat[: flat.numel() // 1024 * 1024].view(-1, 1024)  # all but < 1024 elements
+            ones = torch.ones(1024, device=device, dtype=flat.dtype)
             for B in (int(b) for b in a.batch.split(",")):
                 torch.manual_seed(B)
                 hidden = torch.randn(B, H, device=device).to(dtype).requires_grad_()
                 for backward in (False,) if a.no_backward else (False, True):
                     passes = 2 if backward else 1
-                    fns = {"read": flat.sum}  # the roofline, measured beside every case
+                    fns = {"read_sum": flat.sum, "read_mv": lambda m=as_matrix, x=ones: torch.mv(m, x)}  # read floor
                     fns.update({name: (lambda name=name, h=hidden, w=weight, i=ids, b=backward: step(name, h, w, i, b))
-                                for name in ["full"] + names})
-                    results = measure(fns, a.repeats, device, memory)
-                    t_read = results.pop("read")[0]  # medians throughout
+                                for name in list(BASELINES) + names})
+                    res = measure(fns, a.repeats, device, memory, clock=clock, collect=not a.smoke)
+                    t_read = min(res.pop("read_sum")[0], res.pop("read_mv")[0])  # medians throughout
+                    best_name = min(BASELINES, key=lambda n: res[n][0])
+                    best = res[best_name][0]
+                    floor = passes * max(t_read, 2 * B * V * H / rate)
                     load = load_average()
-                    for name, (med, best, peak, n) in results.items():
-                        rows.append(dict(tag, loadavg=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""),
+                    for name, (med, fastest, peak, n) in res.items():
+                        rows.append(dict(load_average=load, head=head, H=H, V=V, dtype=str(dtype).replace("torch.", ""),
                                          B=B, backend=name, **{"pass": "fwd+bwd" if backward else "fwd"},
-                                         repeats=n, median_ms=round(med * 1e3, 3), min_ms=round(best * 1e3, 3),
+                                         repeats=n, median_ms=round(med * 1e3, 3), min_ms=round(fastest * 1e3, 3),
                                          read_ms=round(t_read * 1e3, 3), x_read=round(med / (passes * t_read), 3),
-                                         speedup_vs_full=round(results["full"][0] / med, 3),
+                                         gemm_flops_per_s=round(rate), floor_ms=round(floor * 1e3, 3),
+                                         x_floor=round(med / floor, 3), best_torch=best_name,
+                                         speedup_vs_best_torch=round(best / med, 3),
+                                         max_speedup_vs_best_torch=round(best / floor, 3),
                                          peak_extra_mb=None if peak is None else round(peak / 2**20, 2)))
-                    print_rows(rows[-len(results):])
-            del weight, flat
+                    print_rows(result, rows[-len(res):])
+            del weight, flat, as_matrix
             gc.collect()
-
     if a.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(a.csv)), exist_ok=True)
-        new = not os.path.exists(a.csv)
-        with open(a.csv, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
+        append_csv(a.csv, flat_rows(result, "rows"))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return rows
+        write_json(a.json, result, indent=1)
+    return result
 
 
 _HEADER = False
 
 
-def print_rows(rows):
+def print_rows(result, rows):
     global _HEADER
     if not _HEADER:
-        print(f"# {rows[0]['machine']}, {rows[0]['threads']} threads, torch {rows[0]['torch']}, isa {rows[0]['isa']}")
-        print(f"{'head':>5} {'dtype':>8} {'B':>3} {'pass':>7} {'backend':>7} {'ms':>9} {'x read':>7} "
-              f"{'vs full':>7} {'peak MB':>8}")
+        print(f"# {result['machine']}, {result['threads']} threads, torch {result['versions']['torch']}, "
+              f"isa {result['isa']}, {result['clock']} clock, load {result['load_average']}")
+        print(f"{'head':>5} {'dtype':>8} {'B':>3} {'pass':>7} {'backend':>11} {'ms':>9} {'x read':>7} {'x floor':>7} "
+              f"{'vs best torch':>13} {'bound':>6} {'peak MB':>8}")
         _HEADER = True
     for r in rows:
         peak = "" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
-        print(f"{r['head']:>5} {r['dtype']:>8} {r['B']:>3} {r['pass']:>7} {r['backend']:>7} {r['median_ms']:>9.2f} "
-              f"{r['x_read']:>7.2f} {r['speedup_vs_full']:>6.2f}x {peak:>8}", flush=True)
+        print(f"{r['head']:>5} {r['dtype']:>8} {r['B']:>3} {r['pass']:>7} {r['backend']:>11} {r['median_ms']:>9.2f} "
+              f"{r['x_read']:>7.2f} {r['x_floor']:>7.2f} {r['speedup_vs_best_torch']:>12.2f}x "
+              f"{r['max_speedup_vs_best_torch']:>5.2f}x {peak:>8}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Peak memory of one ReFL step: rdfast's memory-efficient path against the naive path.
+"""Peak memory of one ReFL step: rdfast's memory-efficient path against the naive path and diffusers' own
+gradient checkpointing.
 
-Both paths run the same ReFL step (same pipeline, seed, stop step, K gradient steps, float32, VAE tiling off)
+All paths run the same ReFL step (same pipeline, seed, stop step, K gradient steps, float32, VAE tiling off)
 on a FLUX-shaped pipeline sized so activations dominate (256x256 images, a four-block VAE with 64 channels,
 eight transformer blocks of width 128; rdfast.diffusion.testing "bench"), with the tiny Qwen2-VL reward model
 as the pairwise reward against a Best-of-2 reference:
-    naive:  no activation checkpointing anywhere (denoiser, VAE decode, reward model store everything);
-    rdfast: ReFLTrainer(memory_efficient=True): checkpointed denoiser blocks, VAE decode and reward model.
+    naive:     no activation checkpointing anywhere (denoiser, VAE decode, reward model store everything);
+    diffusers: what a user of diffusers would switch on: ``enable_gradient_checkpointing()`` on the denoiser and
+               on the VAE (per-block checkpoints; Wan's VAE does not support it, recorded as
+               ``vae_checkpointing: false``), the reward model as in naive;
+    rdfast:    ReFLTrainer(memory_efficient=True): checkpointed denoiser blocks, VAE decode (one sample and one
+               resnet at a time) and reward model.
 
 Each path runs in a fresh subprocess (no allocator state shared), which loads everything, builds the
 references and takes one warm-up step (lazy initialisations, oneDNN caches), frees the gradients and then
@@ -21,7 +26,11 @@ measures one step (loss + backward) above that post-load baseline:
   /proc/self/clear_refs), with glibc's mmap threshold pinned at 64 KiB so freed tensors leave RSS. It adds
   allocator and library overheads, so it is a looser upper bound.
 
-The gradients of both paths are saved and compared: ``grad_cosine`` must be ~1 (same step, same maths).
+The gradients of every path are saved and compared with the naive path's: ``grad_cosine`` must be ~1 (same
+step, same maths). Time: wall seconds and process CPU seconds of the measured step (with ``--threads 1`` the CPU
+seconds give ratios that load on other cores cannot distort). The result is bench/common.py's schema
+(``environment()`` merged in, one row per path under "rows", ratios against naive and against diffusers), its rows
+appended to bench/results/refl_memory.csv.
 
 ``--pipeline wan``: the same comparison for video ReFL on a Wan 2.1-shaped pipeline ("bench": 64 px, 17 frames =
 5 latent frames, Wan's VAE channel multipliers at base width 16), where rdfast decodes with one checkpoint per
@@ -29,6 +38,7 @@ latent frame and the reward model judges the videos against a Best-of-2 video re
 
     python bench/refl_memory.py --json bench/results/refl_memory_cpu.json   # default: about 1-2 min on 2 cores
     python bench/refl_memory.py --size tiny --json /tmp/refl.json            # half a minute
+    python bench/refl_memory.py --smoke --csv '' --json /tmp/refl.json       # seconds: 32 px, 4 steps
     python bench/refl_memory.py --size gpu --device cuda --json bench/results/refl_memory_<gpu>.json
     python bench/refl_memory.py --pipeline wan --json bench/results/refl_memory_wan_cpu.json
 """
@@ -47,11 +57,13 @@ import weakref
 
 import torch
 
-from common import machine, write_json
+from common import append_csv, environment, flat_rows, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 PROMPTS = ["a red fox in the snow", "a blue car on a long street"]
+PATHS = ("naive", "diffusers", "rdfast")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "refl_memory.csv")
 
 
 # ---- measuring ------------------------------------------------------------------------------------------
@@ -119,6 +131,16 @@ def child(args):
                           num_steps=args.num_steps, grad_steps=args.grad_steps, late_range=(0.5, 1.0),
                           lora_rank=8, memory_efficient=args.path == "rdfast", tile_vae=False, autocast=None,
                           graphs=False, seed=args.seed, num_frames=DEFAULT_FRAMES.get((args.pipeline, args.size)))
+    vae_checkpointing = args.path == "rdfast"
+    if args.path == "diffusers":  # diffusers' own checkpointing, kept on (trainer.loss would switch it off)
+        model = trainer.wrapper.model
+        model.enable_gradient_checkpointing()
+        trainer.wrapper.set_gradient_checkpointing = lambda enabled: model.enable_gradient_checkpointing()
+        try:
+            trainer.wrapper.vae.enable_gradient_checkpointing()
+            vae_checkpointing = True
+        except ValueError:  # "does not support gradient checkpointing" (Wan's VAE)
+            vae_checkpointing = False
     with torch.random.fork_rng(devices=[]):  # nonzero LoRA B, so every LoRA tensor has a gradient to compare
         torch.manual_seed(args.seed)
         for n, p in trainer.wrapper.model.named_parameters():
@@ -146,10 +168,10 @@ def child(args):
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
         base = _status("VmRSS")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with TensorPeak() as tracked:
         info = step()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     if cuda:
         torch.cuda.synchronize()
         peak, rss = torch.cuda.max_memory_allocated() - base, None
@@ -158,7 +180,8 @@ def child(args):
     grads = torch.cat([p.grad.detach().double().flatten().cpu() for p in trainer.parameters])
     torch.save(grads, args.grads_out)
     out = {"path": args.path, "peak_bytes": int(peak), "tracked_peak_bytes": int(tracked.peak),
-           "rss_peak_bytes": rss, "step_seconds": seconds, "stop_step": info["stop_step"], "reward": info["reward"],
+           "rss_peak_bytes": rss, "step_seconds": seconds, "step_cpu_seconds": cpu_seconds,
+           "vae_checkpointing": vae_checkpointing, "stop_step": info["stop_step"], "reward": info["reward"],
            "params": sum(p.numel() for p in trainer.wrapper.model.parameters()),
            "num_frames": getattr(trainer.wrapper, "num_frames", None),
            "trainable": sum(p.numel() for p in trainer.parameters)}
@@ -173,7 +196,7 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     results, grads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for path in ("naive", "rdfast"):
+        for path in PATHS:
             res, gr = os.path.join(tmp, f"{path}.json"), os.path.join(tmp, f"{path}.pt")
             cmd = [sys.executable, os.path.abspath(__file__), "--child", path, "--pipeline", pipeline,
                    "--size", size, "--batch", str(batch),
@@ -187,15 +210,34 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
                 results[path] = json.load(fh)
             results[path]["process_seconds"] = time.time() - t0
             grads[path] = torch.load(gr)
-    cos = torch.nn.functional.cosine_similarity(grads["naive"], grads["rdfast"], dim=0).item()
-    naive, ours = results["naive"], results["rdfast"]
-    out = {
+    cosine = {p: torch.nn.functional.cosine_similarity(grads["naive"], grads[p], dim=0).item() for p in PATHS}
+    naive, diff, ours = (results[p] for p in PATHS)
+
+    def ratio(a, b, key):
+        return a[key] / b[key] if a[key] is not None and b[key] else None
+
+    rows = [{"path": p, "peak_bytes": r["peak_bytes"], "rss_peak_bytes": r["rss_peak_bytes"],
+             "step_seconds": r["step_seconds"], "step_cpu_seconds": r["step_cpu_seconds"],
+             "vae_checkpointing": r["vae_checkpointing"], "grad_cosine_vs_naive": cosine[p],
+             "peak_ratio_vs_naive": ratio(r, naive, "peak_bytes"), "peak_ratio_vs_diffusers": ratio(r, diff, "peak_bytes"),
+             "cpu_time_ratio_vs_naive": ratio(r, naive, "step_cpu_seconds"),
+             "cpu_time_ratio_vs_diffusers": ratio(r, diff, "step_cpu_seconds"),
+             "wall_time_ratio_vs_naive": ratio(r, naive, "step_seconds")} for p, r in results.items()]
+    out = dict(environment(torch.device(device)))
+    out.update({
         "naive_peak_bytes": naive["peak_bytes"], "rdfast_peak_bytes": ours["peak_bytes"],
-        "peak_ratio": ours["peak_bytes"] / naive["peak_bytes"], "grad_cosine": cos,
+        "diffusers_peak_bytes": diff["peak_bytes"],
+        "peak_ratio": ours["peak_bytes"] / naive["peak_bytes"], "grad_cosine": cosine["rdfast"],
+        "peak_ratio_vs_diffusers": ours["peak_bytes"] / diff["peak_bytes"],
+        "diffusers_peak_ratio": diff["peak_bytes"] / naive["peak_bytes"], "diffusers_grad_cosine": cosine["diffusers"],
         "naive_rss_peak_bytes": naive["rss_peak_bytes"], "rdfast_rss_peak_bytes": ours["rss_peak_bytes"],
-        "rss_peak_ratio": (ours["rss_peak_bytes"] / naive["rss_peak_bytes"]) if naive["rss_peak_bytes"] else None,
+        "diffusers_rss_peak_bytes": diff["rss_peak_bytes"],
+        "rss_peak_ratio": ratio(ours, naive, "rss_peak_bytes"),
         "naive_step_seconds": naive["step_seconds"], "rdfast_step_seconds": ours["step_seconds"],
-        "device": machine(torch.device(device)), "device_type": device, "torch": torch.__version__,
+        "diffusers_step_seconds": diff["step_seconds"],
+        "cpu_time_ratio": ratio(ours, naive, "step_cpu_seconds"),
+        "cpu_time_ratio_vs_diffusers": ratio(ours, diff, "step_cpu_seconds"),
+        "device": out["machine"], "torch": torch.__version__,
         "method": ("cuda max_memory_allocated above the pre-step baseline" if device == "cuda" else
                    "tracked tensor storages (TorchDispatchMode) alive at once during the step, above the post-load "
                    "baseline; RSS VmHWM above the pre-step RSS reported as rss_peak_bytes"),
@@ -205,14 +247,19 @@ def run(size="bench", batch=2, grad_steps=2, num_steps=8, seed=0, device=None, t
                   "vae_tiling": False, "lora_rank": 8, "threads": threads,
                   "reward": "tiny Qwen2-VL pairwise, Best-of-2 reference",
                   "denoiser_params": naive["params"], "trainable_params": naive["trainable"],
-                  "stop_step": [naive["stop_step"], ours["stop_step"]]},
-    }
+                  "stop_step": [r["stop_step"] for r in results.values()]},
+        "rows": rows,
+    })
     mb = 1 / 2**20
-    print(f"{'path':8} {'peak MiB':>10} {'RSS peak MiB':>13} {'step s':>8}", file=log)
-    for name, r in (("naive", naive), ("rdfast", ours)):
+    print(f"{'path':10} {'peak MiB':>10} {'RSS peak MiB':>13} {'step s':>8} {'cpu s':>8} {'peak/naive':>10} "
+          f"{'cpu/naive':>9} {'grad cos':>10}", file=log)
+    for r in rows:
         rss = f"{r['rss_peak_bytes'] * mb:13.1f}" if r["rss_peak_bytes"] is not None else f"{'-':>13}"
-        print(f"{name:8} {r['peak_bytes'] * mb:10.1f} {rss} {r['step_seconds']:8.2f}", file=log)
-    print(f"peak ratio {out['peak_ratio']:.3f}  grad cosine {cos:.8f}  ({out['device']})", file=log)
+        print(f"{r['path']:10} {r['peak_bytes'] * mb:10.1f} {rss} {r['step_seconds']:8.2f} {r['step_cpu_seconds']:8.2f} "
+              f"{r['peak_ratio_vs_naive']:10.3f} {r['cpu_time_ratio_vs_naive']:9.3f} {r['grad_cosine_vs_naive']:10.7f}",
+              file=log)
+    print(f"rdfast / diffusers: peak {out['peak_ratio_vs_diffusers']:.3f}, cpu time "
+          f"{out['cpu_time_ratio_vs_diffusers']:.3f}  ({out['machine']}, load {out['load_average']})", file=log)
     return out
 
 
@@ -225,6 +272,8 @@ def _side(pipeline, size):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--csv", default=RESULTS, help="append one row per path here ('' to skip)")
+    p.add_argument("--smoke", action="store_true", help="seconds: the tiny pipeline at 32 px, 4 steps, batch 1")
     p.add_argument("--size", default="bench", choices=("bench", "tiny", "gpu"),
                    help="bench: 256 px FLUX-like (CPU default); gpu: FLUX-shaped blocks at 512 px (~0.9 B params)")
     p.add_argument("--pipeline", default="flux", choices=("flux", "wan"),
@@ -236,7 +285,7 @@ def main(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per process (1: robust on a shared, busy CPU; memory does not depend on it)")
-    p.add_argument("--child", choices=("naive", "rdfast"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     p.add_argument("--result-out", help=argparse.SUPPRESS)
     p.add_argument("--grads-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -246,10 +295,15 @@ def main(argv=None):
         return child(args)
     if args.pipeline == "wan" and args.size == "gpu":
         p.error("--size gpu exists for --pipeline flux only")
+    if args.smoke:
+        args.size, args.batch, args.num_steps = "tiny", 1, 4
+    torch.set_num_threads(args.threads)  # the children's thread count, so the recorded environment says it
     out = run(args.size, args.batch, args.grad_steps, args.num_steps, args.seed, args.device, args.threads,
               pipeline=args.pipeline)
     if args.json:
         write_json(args.json, out)
+    if args.csv:
+        append_csv(args.csv, flat_rows(out, "rows"))
     return out
 
 

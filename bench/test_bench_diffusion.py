@@ -2,6 +2,7 @@
 few-second smoke). Real numbers come from bench/refl_memory.py and bench/search.py. Nothing here asserts
 timings."""
 import functools
+import json
 
 import pytest
 
@@ -61,6 +62,23 @@ def test_refl_memory_tracker_smoke():
         peaks[me] = tracked.peak
         assert tracked.peak > 0 and tracked.current <= tracked.peak
     assert peaks[True] <= peaks[False]  # at 32 px the peak may sit in text encoding, before any backward
+
+
+def test_refl_memory_smoke(tmp_path):
+    """bench/refl_memory.py --smoke: the naive, diffusers-checkpointing and rdfast paths each in a subprocess, the
+    same gradient from all three, the result schema in the JSON and one CSV row per path (about 15 s)."""
+    csv_path, json_path = tmp_path / "refl.csv", tmp_path / "refl.json"
+    refl_memory.main(["--smoke", "--csv", str(csv_path), "--json", str(json_path)])
+    out = json.loads(json_path.read_text())
+    assert {"machine", "threads", "load_average", "versions", "git_commit", "date"} <= set(out)
+    rows = {r["path"]: r for r in out["rows"]}
+    assert list(rows) == ["naive", "diffusers", "rdfast"]
+    assert rows["diffusers"]["vae_checkpointing"] is True and rows["naive"]["vae_checkpointing"] is False
+    for r in rows.values():
+        assert r["grad_cosine_vs_naive"] > 1 - 1e-6 and r["peak_bytes"] > 0 and r["step_cpu_seconds"] > 0
+    assert out["peak_ratio_vs_diffusers"] == rows["rdfast"]["peak_bytes"] / rows["diffusers"]["peak_bytes"]
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 4 and {"path", "peak_ratio_vs_diffusers", "git_commit"} <= set(lines[0].split(","))
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False], ids=["rdfast", "naive"])

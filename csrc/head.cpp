@@ -4,7 +4,7 @@
 // the tensors alive and contiguous, checks shapes, dtypes and id ranges, and passes torch's thread count
 // so this OpenMP team and torch's do not oversubscribe the cores.
 //
-// Vector code is compiled for AVX-512, AVX2+FMA and a portable baseline (GCC vector extensions, which
+// Vector code is compiled for AMX (bf16 tiles), AVX-512 BF16, AVX-512, AVX2+FMA and a portable baseline (GCC vector extensions, which
 // map to SSE2 or NEON) in one file via `#pragma GCC target`; the best one the CPU supports is picked at
 // run time, so the module builds and runs on any CPU.
 #include <pybind11/pybind11.h>
@@ -28,6 +28,15 @@
 // AVX-512 BF16 needs GCC >= 11 or Clang >= 11 to compile (the CPU check happens at run time).
 #if (defined(__clang__) && __clang_major__ >= 11) || (!defined(__clang__) && __GNUC__ >= 11)
 #define RD_BF16_ISA 1
+#endif
+// AMX (tile registers, bf16 tile products): GCC >= 11 or Clang >= 12, x86-64 Linux (the kernel grants the tile
+// state per process through arch_prctl).
+#if defined(__x86_64__) && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define RD_AMX_ISA 1
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #endif
 
@@ -129,6 +138,20 @@ namespace rd_avx512bf16 {
 }  // namespace rd_avx512bf16
 #pragma GCC pop_options
 #endif
+
+#if RD_AMX_ISA
+// AMX: bf16 logits and dh on tiles (head_amx.h); fp32, and shapes the tiles do not fit, as avx512bf16.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,amx-tile,amx-bf16,avx2,fma")
+namespace rd_amx {
+#include "head_avx512.h"
+#define RD_DPBF16 1
+#include "head_kernel.h"
+#undef RD_DPBF16
+#include "head_amx.h"
+}  // namespace rd_amx
+#pragma GCC pop_options
+#endif
 #pragma GCC diagnostic pop
 
 #pragma GCC push_options
@@ -226,10 +249,29 @@ struct Isa {
             ns::backward_impl<uint16_t, uint16_t>                                                \
     }
 
+#if RD_AMX_ISA
+// AMX-TILE and AMX-BF16 in CPUID (leaf 7, EDX bits 24 and 22), and the tile state granted to this process.
+bool amx_usable() {
+    static const bool ok = [] {
+        unsigned a, b, c, d;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1u) || !((d >> 22) & 1u)) return false;
+        return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }();
+    return ok;
+}
+#endif
+
 std::vector<Isa> supported_isas() {
     std::vector<Isa> out;  // best first
 #if RD_X86
     __builtin_cpu_init();
+#if RD_AMX_ISA
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bf16") && amx_usable())
+        out.push_back(Isa{"amx", rd_amx::forward_impl<float>, rd_amx::amx_forward, rd_amx::backward_impl<float, float>,
+                          rd_amx::amx_backward<uint16_t>});
+#endif
 #if RD_BF16_ISA
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&

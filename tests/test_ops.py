@@ -204,6 +204,42 @@ def test_cpp_every_instruction_set_and_thread_count(isa, dtype, threads):
         close(t.grad, r.grad, TOL[dtype], scale=True)
 
 
+@pytest.mark.skipif(not HAS_CPP or INTERPRET, reason="rdfast._C not built / interpreter child")
+@pytest.mark.parametrize("isa", ops._cpp_module().supported_isas() if HAS_CPP else [])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen_head", "trained_head"])
+@pytest.mark.parametrize("B,H,V", [(40, 96, 2100), (3, 64, 5)], ids=["B40V2100", "B3V5"])
+def test_cpp_bf16_whole_tiles(isa, threads, frozen, B, H, V):
+    """H a multiple of 32, the shapes the AMX kernels take (logits and, for a frozen head, dh on tiles): an odd
+    number of 16-row batch blocks (B=40), a vocabulary ending in a 16-row block and a ragged tail (V=2100) or
+    smaller than one tile (V=5), bias, per-row ids with repeats; fresh random inputs against float64 with the
+    bf16 tolerance."""
+    C = ops._cpp_module()
+    seed = int(torch.randint(0, 2**31 - 1, ()))
+    print(f"seed {seed}")  # shown with a failure, to reproduce it
+    inputs = make_inputs(B, H, V, 3, True, torch.bfloat16, seed=seed)
+    previous_isa, previous_threads = C.isa(), torch.get_num_threads()
+    try:
+        C.set_isa(isa)
+        torch.set_num_threads(threads)
+        hidden = inputs[0].clone().requires_grad_()
+        weight, bias = (inputs[1], inputs[2]) if frozen else (t.clone().requires_grad_() for t in inputs[1:3])
+        logp, lse = ops.token_logprobs(hidden, weight, inputs[3], bias=bias, backend="cpp")
+        (logp.sum() * 0.5 + (lse * torch.linspace(-1, 1, B)).sum()).backward()
+    finally:
+        C.set_isa(previous_isa)
+        torch.set_num_threads(previous_threads)
+    ref = [t.detach().double().requires_grad_() for t in inputs[:3]]
+    ref_logp, ref_lse = reference(*ref[:2], inputs[3], ref[2])
+    (ref_logp.sum() * 0.5 + (ref_lse * torch.linspace(-1, 1, B).double()).sum()).backward()
+    close(logp, ref_logp, TOL[torch.bfloat16])
+    close(lse, ref_lse, TOL[torch.bfloat16])
+    close(hidden.grad, ref[0].grad, TOL[torch.bfloat16], scale=True)
+    if not frozen:
+        close(weight.grad, ref[1].grad, TOL[torch.bfloat16], scale=True)
+        close(bias.grad, ref[2].grad, TOL[torch.bfloat16], scale=True)
+
+
 @_not_in_child
 def test_auto_picks_cpp_on_cpu_and_torch_otherwise():
     f32, f16 = torch.zeros(1, 4), torch.zeros(1, 4, dtype=torch.float16)
