@@ -10,12 +10,15 @@ Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairw
 pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts), video16 (16 candidate clips
 against 1 reference clip per prompt, 4 prompts), checklist (16 images x 12 questions, pointwise: ``rm.ask``;
 also timed end to end, from PIL images, against one ``rm.score`` call per pair: speedup_vs_separate_calls).
-Baselines on the same inputs:
-naive (one sequence at a time with full-sequence logits, as public scorers do; timed on a subset, reported
-per pair) and hf_batched (padded batches of 16 through plain transformers with logits_to_keep=1).
-ideal_ratio = FLOPs of the hf_batched work / FLOPs of the unique work (each distinct image encoded once,
-each distinct token run once): the most any sharing can give. All timings start from preprocessed inputs.
-Prints a table; --json writes the figures; rows are appended to bench/results/throughput.csv with the device.
+Baselines on the same inputs (bench/baselines.py): naive (one sequence at a time with full-sequence logits,
+as public scorers do; timed on a subset, reported per pair), hf_batched (padded batches of 16 through the model's
+forward with logits_to_keep=1) and hf_expert (distinct media encoded once, 2-D head call), timed stock and
+matched (rdfast's GEMM path and thread policy); the headline hf_expert figure is the faster of the two.
+work_ratio: FLOPs each baseline computes (padding included) over rdfast's. fraction_of_roofline: rdfast's FLOPs
+at the peak GEMM rate measured in this run (bench/roofline.py; dtype and rdfast's thread count) over rdfast's
+time. --dtype float32|bfloat16; --contention N runs N busy-loop co-runners throughout (bench/contention.py).
+All timings start from preprocessed inputs. Prints a table; --json writes the figures in bench/common.py's
+schema; rows are appended to bench/results/throughput.csv. --smoke: seconds, for CI.
 """
 from __future__ import annotations
 
@@ -389,7 +392,7 @@ def main(argv=None):
                         help="run N single-threaded busy-loop co-runner processes while measuring (bench/contention.py)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="the scenarios' random images and prompts")
-    parser.add_argument("--smoke", action="store_true", help="seconds, for CI: the first 32 pairs, 1 repeat, a small roofline")
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI: the first 16 pairs, 1 repeat, a small roofline")
     parser.add_argument("--batching", default="length", choices=BATCHING,
                         help="engine batching: equal-length batches (default), varlen attention, or padding")
     parser.add_argument("--json", default=None, help="write the figures here")
@@ -401,7 +404,7 @@ def main(argv=None):
     rm = load_model(args, preset)
     rm.options = replace(rm.options, batching=args.batching)
     expert_model, matched_path = matched_model(rm)
-    limit, repeats = (32, 1) if args.smoke else (None, args.repeats)
+    limit, repeats = (16, 1) if args.smoke else (None, args.repeats)
     rows = []
     with co_runners(args.contention) as pids:
         # the bound under the same conditions: rdfast's dtype and the thread count its policy picks now
@@ -412,7 +415,7 @@ def main(argv=None):
         print(f"{'scenario':9s} {'rdfast/s':>9s} {'expert/s':>9s} {'vs expert':>9s} {'vs hf':>7s} {'vs naive':>9s} "
               f"{'work hf_expert':>14s} {'of roofline':>11s}")
         for name in args.scenarios.split(","):
-            r = measure(rm, name, preset, repeats, 2 if args.smoke else None, roof, expert_model, args.seed, limit)
+            r = measure(rm, name, preset, repeats, 1 if args.smoke else None, roof, expert_model, args.seed, limit)
             rows.append(r)
             roof_text = f"{r['fraction_of_roofline']:11.2f}" if r["fraction_of_roofline"] is not None else f"{'-':>11s}"
             print(f"{name:9s} {r['rdfast_pairs_per_s']:9.1f} {r['hf_expert_pairs_per_s']:9.1f} {r['speedup_vs_hf_expert']:8.2f}x "
