@@ -322,9 +322,10 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     """One scenario, every method timed in alternation. ``roofline``: bench/roofline.py's peak for this run's
     dtype and rdfast's thread count; ``expert_model``: the matched baseline's model (baselines.matched_model)."""
     data = scenario_inputs(name, preset, seed)
+    data.update({k: data[k][:limit] for k in ("images1", "images2", "prompts") if data[k] is not None})  # --smoke
     images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
     t0 = time.perf_counter()
-    items = rm.encode(data["prompts"], images, preset.instruction, kind=data.get("kind", "image"))[:limit]
+    items = rm.encode(data["prompts"], images, preset.instruction, kind=data.get("kind", "image"))
     preprocess_s = time.perf_counter() - t0
     repeats = preset.repeats if repeats is None else repeats
     subset = items[: naive_subset or preset.naive_subset]
