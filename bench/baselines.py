@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,12 @@ def encoder_outputs(items, feats: dict[int, MediaFeatures]) -> dict:
     return out
 
 
+def takes_encoder_outputs(base) -> bool:
+    """Whether this transformers version's forward accepts precomputed ``mm_encoder_outputs`` (5.x releases
+    before it existed encode every image in each batch: hf_expert then keeps only the 2-D head call)."""
+    return "mm_encoder_outputs" in inspect.signature(base.forward).parameters
+
+
 def run_hf_expert(rm, items, model=None, batch: int = 16, threads: bool = False):
     """log P(yes), log P(no) [N, 2] through plain transformers as an expert writes it (module docstring).
     ``model``: the transformers model to run (default rm.model); ``threads``: under rdfast's CPU thread policy."""
@@ -108,12 +115,17 @@ def run_hf_expert(rm, items, model=None, batch: int = 16, threads: bool = False)
     policy = cpu_scoring_threads(rm.device) if threads else contextlib.nullcontext()
     out = []
     with torch.inference_mode(), policy:
-        media = list({id(m): m for it in items for m in it.media}.values())
-        feats = distinct_media_features(model, rm.family, media, rm.dtype, rm.device)
+        feats = None
+        if takes_encoder_outputs(base):
+            media = list({id(m): m for it in items for m in it.media}.values())
+            feats = distinct_media_features(model, rm.family, media, rm.dtype, rm.device)
         for start in range(0, len(items), batch):
             part = items[start : start + batch]
-            inputs = {k: v for k, v in rm.collate(part).items() if k not in PIXEL_KEYS}  # left-padded
-            hidden = base(**inputs, mm_encoder_outputs=encoder_outputs(part, feats), use_cache=False).last_hidden_state
+            inputs = rm.collate(part)  # left-padded
+            if feats is not None:
+                inputs = {k: v for k, v in inputs.items() if k not in PIXEL_KEYS}
+                inputs["mm_encoder_outputs"] = encoder_outputs(part, feats)
+            hidden = base(**inputs, use_cache=False).last_hidden_state
             out.append(answer_logprobs(rm, head(hidden[:, -1].contiguous())))  # [B, H] @ W^T: a 2-D GEMM
     return torch.cat(out)
 

@@ -33,10 +33,10 @@ import torch
 from contention import co_runners
 from roofline import peak
 
-from common import append_csv, environment, flat_rows, load_average, write_json
+from common import append_csv, environment, flat_rows, gpu_peaks, load_average, machine, write_json
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from baselines import matched_model, run_hf_batched, run_hf_expert, run_naive  # noqa: E402
+from baselines import matched_model, run_hf_batched, run_hf_expert, run_naive, takes_encoder_outputs  # noqa: E402
 
 from rdfast.cpu_threads import scoring_threads  # noqa: E402
 from rdfast.engine import BATCHING, prefix_groups, sharing_keys  # noqa: E402
@@ -340,6 +340,8 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     n, t_rd = len(items), t["rdfast"]
     t_expert = min(t["hf_expert_stock"], t["hf_expert_matched"])  # the headline: the faster baseline
     flops, naive_flops = method_flops(rm, items), method_flops(rm, subset)["naive"]
+    if not takes_encoder_outputs(getattr(rm.model, rm.model.base_model_prefix)):
+        flops["hf_expert"] = flops["hf_batched"]  # an older transformers: every image encoded per batch
     per_pair_rd = flops["rdfast"] / n
     separate = {}
     if "checklist" in data:  # end to end from PIL images: one ask call against one score call per pair
@@ -353,6 +355,7 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
                     "speedup_vs_separate_calls": per_pair_separate / per_pair_ask,
                     "max_abs_logp_diff_vs_separate_calls": float((got - outs["separate"].log()).abs().max())}
     peak = roofline["flops_per_s"] if roofline else None
+    gpu_peak = gpu_peaks(machine(rm.device)) if rm.device.type == "cuda" else None
     diff = lambda key: float((out["rdfast"].float() - out[key].float()).abs().max())  # noqa: E731
     return {
         "name": name,
@@ -371,8 +374,9 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
                        "naive": naive_flops / len(subset) / per_pair_rd},
         # the time rdfast's FLOPs take at the peak GEMM rate, over rdfast's time: at most 1
         "fraction_of_roofline": (flops["rdfast"] / peak) / t_rd if peak else None,
-        "rdfast_tflops": flops["rdfast"] / 1e12,
-        "rdfast_tflop_per_s": flops["rdfast"] / t_rd / 1e12,
+        "unique_tflops": flops["rdfast"] / 1e12,  # rdfast's FLOPs (each distinct token and medium once)
+        "unique_tflop_per_s": flops["rdfast"] / t_rd / 1e12,
+        "fraction_of_bf16_peak": (flops["rdfast"] / t_rd / gpu_peak[0]) if gpu_peak else None,  # dense, GPU only
         "rdfast_threads": threads,
         "max_abs_logp_diff_vs_hf_expert": max(diff("hf_expert_stock"), diff("hf_expert_matched")),
         "max_abs_logp_diff_vs_hf": diff("hf_batched"),
@@ -388,7 +392,8 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="a real checkpoint directory (overrides the preset's model)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="the model's dtype (every method)")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="the model's dtype, every method (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--contention", type=int, default=0,
                         help="run N single-threaded busy-loop co-runner processes while measuring (bench/contention.py)")
     parser.add_argument("--repeats", type=int, default=None)
@@ -419,15 +424,17 @@ def main(argv=None):
             r = measure(rm, name, preset, repeats, 1 if args.smoke else None, roof, expert_model, args.seed, limit)
             rows.append(r)
             roof_text = f"{r['fraction_of_roofline']:11.2f}" if r["fraction_of_roofline"] is not None else f"{'-':>11s}"
+            work = r["work_ratio"]["hf_expert"] if isinstance(r["work_ratio"], dict) else r["work_ratio"]  # nan: a dry run
             print(f"{name:9s} {r['rdfast_pairs_per_s']:9.1f} {r['hf_expert_pairs_per_s']:9.1f} {r['speedup_vs_hf_expert']:8.2f}x "
-                  f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['work_ratio']['hf_expert']:13.2f}x {roof_text}")
+                  f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {work:13.2f}x {roof_text}")
             if "speedup_vs_separate_calls" in r:
                 print(f"{'':9s} rm.ask {r['ask_pairs_per_s']:.1f} pairs/s end to end, {r['speedup_vs_separate_calls']:.2f}x "
                       f"one rm.score call per pair ({r['separate_calls_pairs_per_s']:.2f} pairs/s)")
         load = load_average()  # under the co-runners, at the end of the measurement
     result = {**environment(rm.device), "load_average_end": load, "preset": args.preset, "model": args.model,
-              "dtype": args.dtype, "contention": args.contention, "co_runner_pids": pids, "batching": args.batching,
-              "hf_expert_matched_path": matched_path, "roofline": roof, "smoke": args.smoke, "scenarios": rows}
+              "dtype": str(rm.dtype).removeprefix("torch."), "contention": args.contention, "co_runner_pids": pids, "batching": args.batching,
+              "hf_expert_matched_path": matched_path,
+              "hf_expert_distinct_media_once": takes_encoder_outputs(getattr(rm.model, rm.model.base_model_prefix)), "roofline": roof, "smoke": args.smoke, "scenarios": rows}
     if args.json:
         write_json(args.json, result)
     if args.csv:
