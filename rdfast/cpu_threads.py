@@ -83,7 +83,8 @@ def scoring_threads(threads: int | None = None) -> int:
 @contextlib.contextmanager
 def cpu_scoring_threads(device: torch.device, threads: int | None = None):
     """Run the block with ``scoring_threads(threads)`` intra-op threads when ``device`` is a CPU; torch's
-    setting is restored afterwards. Other devices: nothing changes."""
+    setting is restored afterwards (nested blocks restore in order). Other devices: nothing changes. With
+    OpenMP builds the setting is per calling thread, so server workers each follow the policy on their own."""
     if torch.device(device).type != "cpu":
         yield None
         return

@@ -50,6 +50,17 @@ def test_context_sets_and_restores_threads_on_cpu_only(monkeypatch):
         assert n is None and torch.get_num_threads() == before
 
 
+def test_nested_blocks_restore_the_users_setting(monkeypatch):
+    """An inner block (score inside rank, say) must not restore the outer block's count as the user's."""
+    before = torch.get_num_threads()
+    monkeypatch.setenv(C.ENV_VAR, "1")
+    with C.cpu_scoring_threads("cpu"):
+        with C.cpu_scoring_threads("cpu") as inner:
+            assert inner == 1
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
 def test_others_running_counts_a_busy_process():
     """A spinning child process is counted as another runnable task (the live /proc reading)."""
     import multiprocessing as mp
@@ -70,3 +81,4 @@ def test_others_running_counts_a_busy_process():
 def _spin():
     while True:
         pass
+
