@@ -233,7 +233,7 @@ def build(args, preset):
 
 T.load_model = build
 if dry:  # everything but the measurement (a meta model cannot run): flags, options, model and printing resolve
-    T.measure = lambda rm, name, preset, repeats=None, naive_subset=None: collections.defaultdict(
+    T.measure = lambda rm, name, preset, *args, **kwargs: collections.defaultdict(
         lambda: float("nan"), name=name, dry_run=True)
 for scenario in os.environ["TP_SCENARIOS_RUN"].split(","):  # one file per scenario: a timeout keeps the others
     out = os.path.join(parts, f"{scenario}.json")

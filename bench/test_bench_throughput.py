@@ -5,11 +5,16 @@
 CI runs them once with --benchmark-disable (a smoke that also checks rdfast equals plain transformers).
 """
 import argparse
+import csv
 import functools
+import json
+import os
 
 import pytest
 import throughput as T
 import torch
+
+from rdfast.encoding import extended
 
 
 @functools.lru_cache(maxsize=None)
@@ -25,14 +30,82 @@ def workload(scenario):
 
 
 @pytest.mark.parametrize("scenario", T.SCENARIOS)
-@pytest.mark.parametrize("method", ["rdfast", "hf_batched"])
+@pytest.mark.parametrize("method", ["rdfast", "hf_batched", "hf_expert"])
 def test_scenario(benchmark, scenario, method):
     rm, items = workload(scenario)
-    fn = T.run_rdfast if method == "rdfast" else T.run_hf_batched
+    fn = {"rdfast": T.run_rdfast, "hf_batched": T.run_hf_batched, "hf_expert": T.run_hf_expert}[method]
     logp = benchmark(fn, rm, items)
     assert logp.shape == (len(items), 2)
     if method == "rdfast":  # the fast path must score exactly what plain transformers scores
         torch.testing.assert_close(logp.float(), T.run_hf_batched(rm, items).float(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scenario", T.SCENARIOS)
+def test_hf_expert_scores_as_rdfast_on_fresh_inputs(scenario):
+    """The expert baseline (distinct media encoded once and handed to transformers as mm_encoder_outputs, 2-D
+    head) is an independent plain-transformers path: it must give rdfast's log P (fp32: 1e-5), on fresh random
+    images and prompts, under rdfast's thread policy too (the matched variant)."""
+    rm, _ = workload(scenario)
+    preset = T.PRESETS["tiny"]
+    data = T.scenario_inputs(scenario, preset, seed=int(torch.randint(0, 2**30, (1,))))
+    images = [data["images1"][:24]] if data["images2"] is None else [data["images1"][:24], data["images2"][:24]]
+    items = rm.encode(data["prompts"][:24], images, preset.instruction, kind=data.get("kind", "image"))
+    ours = T.run_rdfast(rm, items).float()
+    torch.testing.assert_close(T.run_hf_expert(rm, items).float(), ours, atol=1e-5, rtol=0)
+    torch.testing.assert_close(T.run_hf_expert(rm, items, threads=True).float(), ours, atol=1e-5, rtol=0)
+
+
+def test_smoke_under_one_co_runner_writes_the_schema_and_leaves_no_process(tmp_path):
+    """``--smoke --contention 1``: every method is reported with the new keys, the baselines compute at least
+    rdfast's FLOPs, the roofline fraction is positive, the JSON and CSV are written, and the co-runner is gone."""
+    out, table = tmp_path / "t.json", tmp_path / "t.csv"
+    seed = str(int(torch.randint(0, 2**30, (1,))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CI speed only: two stock threads beside the co-runner on a busy runner crawl
+    try:
+        T.main(["--smoke", "--scenarios", "ref16", "--contention", "1", "--seed", seed, "--json", str(out),
+                "--csv", str(table)])
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads(out.read_text())
+    assert result["contention"] == 1 and result["dtype"] == "float32" and len(result["co_runner_pids"]) == 1
+    for key in ("machine", "threads", "load_average", "versions", "git_commit", "date", "roofline"):
+        assert key in result
+    (row,) = result["scenarios"]
+    for key in ("rdfast_pairs_per_s", "hf_batched_pairs_per_s", "naive_pairs_per_s", "hf_expert_pairs_per_s",
+                "hf_expert_stock_pairs_per_s", "hf_expert_matched_pairs_per_s", "work_ratio", "fraction_of_roofline"):
+        assert key in row
+    assert row["hf_expert_pairs_per_s"] == max(row["hf_expert_stock_pairs_per_s"], row["hf_expert_matched_pairs_per_s"])
+    assert min(row["work_ratio"].values()) >= 1 and row["work_ratio"]["naive"] > row["work_ratio"]["hf_expert"]
+    assert 0 < row["fraction_of_roofline"] <= 1
+    assert row["max_abs_logp_diff_vs_hf_expert"] <= 1e-5
+    with open(table, newline="") as fh:
+        assert [r["name"] for r in csv.DictReader(fh)] == ["ref16"]
+    pid = result["co_runner_pids"][0]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped and reaped
+
+
+def test_co_runners_stop_on_an_exception():
+    from contention import co_runners
+
+    with pytest.raises(KeyboardInterrupt):
+        with co_runners(2) as pids:
+            assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+            raise KeyboardInterrupt
+    for p in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(p, 0)
+
+
+def test_work_ratio_counts_padding():
+    """hf_batched computes padded rows: its FLOPs grow when one item in a batch is longer, rdfast's by that
+    item's own tokens only."""
+    rm, items = workload("point64")
+    base = T.method_flops(rm, items[:4])
+    longer = [items[0], items[1], items[2], extended(items[3], [items[3].input_ids[-1]] * 40)]
+    grown = T.method_flops(rm, longer)
+    assert grown["hf_batched"] - base["hf_batched"] > 3 * (grown["rdfast"] - base["rdfast"]) > 0
 
 
 def test_checklist_end_to_end_equals_separate_calls():

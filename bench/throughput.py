@@ -10,18 +10,19 @@ Scenarios: ref16 (16 candidates against 1 reference per prompt, 8 prompts, pairw
 pairs of 8 candidates per prompt), point64 (64 images pointwise, 8 prompts), video16 (16 candidate clips
 against 1 reference clip per prompt, 4 prompts), checklist (16 images x 12 questions, pointwise: ``rm.ask``;
 also timed end to end, from PIL images, against one ``rm.score`` call per pair: speedup_vs_separate_calls).
-Baselines on the same inputs:
-naive (one sequence at a time with full-sequence logits, as public scorers do; timed on a subset, reported
-per pair) and hf_batched (padded batches of 16 through plain transformers with logits_to_keep=1).
-ideal_ratio = FLOPs of the hf_batched work / FLOPs of the unique work (each distinct image encoded once,
-each distinct token run once): the most any sharing can give. All timings start from preprocessed inputs.
-Prints a table; --json writes the figures; rows are appended to bench/results/throughput.csv with the device.
+Baselines on the same inputs (bench/baselines.py): naive (one sequence at a time with full-sequence logits,
+as public scorers do; timed on a subset, reported per pair), hf_batched (padded batches of 16 through the model's
+forward with logits_to_keep=1) and hf_expert (distinct media encoded once, 2-D head call), timed stock and
+matched (rdfast's GEMM path and thread policy); the headline hf_expert figure is the faster of the two.
+work_ratio: FLOPs each baseline computes (padding included) over rdfast's. fraction_of_roofline: rdfast's FLOPs
+at the peak GEMM rate measured in this run (bench/roofline.py; dtype and rdfast's thread count) over rdfast's
+time. --dtype float32|bfloat16; --contention N runs N busy-loop co-runners throughout (bench/contention.py).
+All timings start from preprocessed inputs. Prints a table; --json writes the figures in bench/common.py's
+schema; rows are appended to bench/results/throughput.csv. --smoke: seconds, for CI.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import sys
@@ -29,10 +30,15 @@ import time
 from dataclasses import dataclass, field, replace
 
 import torch
+from contention import co_runners
+from roofline import peak
 
-from common import gpu_peaks, load_average, machine
+from common import append_csv, environment, flat_rows, gpu_peaks, load_average, machine, write_json
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from baselines import matched_model, run_hf_batched, run_hf_expert, run_naive, takes_encoder_outputs  # noqa: E402
+
+from rdfast.cpu_threads import scoring_threads  # noqa: E402
 from rdfast.engine import BATCHING, prefix_groups, sharing_keys  # noqa: E402
 
 LONG_INSTRUCTION = (
@@ -215,7 +221,8 @@ def _params(module) -> int:
 
 
 def flop_model(rm):
-    """FLOPs of vision encoding per image and of language-model tokens (dense 2*params plus attention)."""
+    """FLOPs of vision encoding per medium and of language-model tokens (dense 2*params plus attention), and of
+    the LM head per position."""
     base = getattr(rm.model, rm.model.base_model_prefix)
     lm = base.language_model
     cfg = rm.model.config.get_text_config()
@@ -237,43 +244,31 @@ def flop_model(rm):
     return image, tokens, 2 * head
 
 
-def ideal_ratio(rm, items) -> float:
+def method_flops(rm, items, batch: int = 16) -> dict:
+    """FLOPs each method computes on ``items``, padding included (rdfast: the engine's own prefix groups,
+    each distinct medium once, equal-length batches, so no padding; hf_expert: distinct media once, padded
+    batches; hf_batched: every medium per item, padded batches; naive: one item at a time, the LM head at
+    every position). The head counts full-vocabulary rows (normalize="vocab" reads the logsumexp)."""
     image, tokens, head = flop_model(rm)
-    hf = sum(image(e) for it in items for e in it.media) + sum(tokens(len(it.input_ids), 0) for it in items)
-    distinct = {id(e): e for it in items for e in it.media}
-    unique = sum(image(e) for e in distinct.values())
+    n = len(items)
+    distinct = sum(image(e) for e in {id(e): e for it in items for e in it.media}.values())
+    every = sum(image(e) for it in items for e in it.media)
+    padded = 0
+    for start in range(0, n, batch):
+        part = items[start : start + batch]
+        padded += len(part) * tokens(max(len(it.input_ids) for it in part), 0)
+    rd = distinct + head * n
     keys = [sharing_keys(it, rm.family.media_token_ids) for it in items]
-    for members, cut in prefix_groups(keys):  # the engine's own grouping: the ideal counts its unique tokens
-        group = [items[i] for i in members]
-        unique += tokens(cut, 0) + sum(tokens(len(it.input_ids) - cut, cut) for it in group)
-    hf += head * len(items)
-    unique += head * len(items)
-    return hf / unique, unique
+    for members, cut in prefix_groups(keys):
+        rd += tokens(cut, 0) + sum(tokens(len(items[i].input_ids) - cut, cut) for i in members)
+    return {"rdfast": rd, "hf_expert": distinct + padded + head * n, "hf_batched": every + padded + head * n,
+            "naive": every + sum(tokens(len(it.input_ids), 0) + head * len(it.input_ids) for it in items)}
 
 
-# ---- the three ways to score ------------------------------------------------------------------------------
+# ---- the ways to score: rdfast here, plain transformers in bench/baselines.py -----------------------------
 def run_rdfast(rm, items):
     with torch.inference_mode():
         return rm.item_logprobs(items)
-
-
-def run_hf_batched(rm, items, batch=16):
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(items), batch):
-            inputs = rm.collate(items[start : start + batch])
-            logits = rm.model(**inputs, logits_to_keep=1).logits[:, -1].float()
-            out.append(logits.log_softmax(-1)[:, [rm.yes_token_id, rm.no_token_id]])
-    return torch.cat(out)
-
-
-def run_naive(rm, items):
-    out = []
-    with torch.inference_mode():
-        for it in items:
-            logits = rm.model(**rm.collate([it])).logits.float()  # full-sequence logits, as public scorers do
-            out.append(logits[:, -1].log_softmax(-1)[:, [rm.yes_token_id, rm.no_token_id]])
-    return torch.cat(out)
 
 
 def run_ask(rm, images, questions, instruction):
@@ -304,6 +299,9 @@ def timed_round_robin(fns: dict, repeats: int) -> tuple[dict, dict]:
     return {name: statistics.median(t) for name, t in times.items()}, results
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 def load_model(args, preset: Preset):
     from rdfast import RewardModel
     from rdfast.testing import tiny_checkpoint
@@ -315,51 +313,75 @@ def load_model(args, preset: Preset):
         raise SystemExit(2)
 
     path = args.model or tiny_checkpoint(preset.family, **preset.overrides)
-    return RewardModel.from_pretrained(path, device=args.device, normalize="vocab", batch_size=16)
+    dtype = DTYPES.get(getattr(args, "dtype", None))
+    return RewardModel.from_pretrained(path, device=args.device, dtype=dtype, normalize="vocab", batch_size=16)
 
 
-def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_subset: int | None = None) -> dict:
-    data = scenario_inputs(name, preset)
+def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_subset: int | None = None,
+            roofline: dict | None = None, expert_model=None, seed: int = 0, limit: int | None = None) -> dict:
+    """One scenario, every method timed in alternation. ``roofline``: bench/roofline.py's peak for this run's
+    dtype and rdfast's thread count; ``expert_model``: the matched baseline's model (baselines.matched_model)."""
+    data = scenario_inputs(name, preset, seed)
+    data.update({k: data[k][:limit] for k in ("images1", "images2", "prompts") if data[k] is not None})  # --smoke
     images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
     t0 = time.perf_counter()
     items = rm.encode(data["prompts"], images, preset.instruction, kind=data.get("kind", "image"))
     preprocess_s = time.perf_counter() - t0
     repeats = preset.repeats if repeats is None else repeats
     subset = items[: naive_subset or preset.naive_subset]
-    t, out = timed_round_robin({"rdfast": lambda: run_rdfast(rm, items), "hf": lambda: run_hf_batched(rm, items),
-                                "naive": lambda: run_naive(rm, subset)}, repeats)
-    (t_rd, t_hf, t_nv), ours, ref = (t["rdfast"], t["hf"], t["naive"]), out["rdfast"], out["hf"]
-    ratio, unique_flops = ideal_ratio(rm, items)
-    n = len(items)
+    threads = scoring_threads() if rm.device.type == "cpu" else None
+    expert_model = rm.model if expert_model is None else expert_model
+    t, out = timed_round_robin({
+        "rdfast": lambda: run_rdfast(rm, items),
+        "hf_expert_stock": lambda: run_hf_expert(rm, items),
+        "hf_expert_matched": lambda: run_hf_expert(rm, items, model=expert_model, threads=True),
+        "hf_batched": lambda: run_hf_batched(rm, items),
+        "naive": lambda: run_naive(rm, subset)}, repeats)
+    n, t_rd = len(items), t["rdfast"]
+    t_expert = min(t["hf_expert_stock"], t["hf_expert_matched"])  # the headline: the faster baseline
+    flops, naive_flops = method_flops(rm, items), method_flops(rm, subset)["naive"]
+    if not takes_encoder_outputs(getattr(rm.model, rm.model.base_model_prefix)):
+        flops["hf_expert"] = flops["hf_batched"]  # an older transformers: every image encoded per batch
+    per_pair_rd = flops["rdfast"] / n
     separate = {}
     if "checklist" in data:  # end to end from PIL images: one ask call against one score call per pair
         images, questions = data["checklist"]
         pairs = [(im, q) for im in images for q in questions][: naive_subset or 2 * preset.naive_subset]
-        t, out = timed_round_robin({"ask": lambda: run_ask(rm, images, questions, preset.instruction),
-                                    "separate": lambda: run_separate_calls(rm, pairs, preset.instruction)}, repeats)
-        per_pair_ask, per_pair_separate = t["ask"] / n, t["separate"] / len(pairs)
-        got = out["ask"].flatten()[: len(pairs)].log()
+        ts, outs = timed_round_robin({"ask": lambda: run_ask(rm, images, questions, preset.instruction),
+                                      "separate": lambda: run_separate_calls(rm, pairs, preset.instruction)}, repeats)
+        per_pair_ask, per_pair_separate = ts["ask"] / len(images) / len(questions), ts["separate"] / len(pairs)
+        got = outs["ask"].flatten()[: len(pairs)].log()
         separate = {"ask_pairs_per_s": 1 / per_pair_ask, "separate_calls_pairs_per_s": 1 / per_pair_separate,
                     "speedup_vs_separate_calls": per_pair_separate / per_pair_ask,
-                    "max_abs_logp_diff_vs_separate_calls": float((got - out["separate"].log()).abs().max())}
-    peaks = gpu_peaks(machine(rm.device)) if rm.device.type == "cuda" else None
-    peak = peaks[0] if peaks else None  # dense bf16 (bench/common.py's GPU_PEAKS)
+                    "max_abs_logp_diff_vs_separate_calls": float((got - outs["separate"].log()).abs().max())}
+    peak = roofline["flops_per_s"] if roofline else None
+    gpu_peak = gpu_peaks(machine(rm.device)) if rm.device.type == "cuda" else None
+    diff = lambda key: float((out["rdfast"].float() - out[key].float()).abs().max())  # noqa: E731
     return {
         "name": name,
         "pairs": n,
         "rdfast_pairs_per_s": n / t_rd,
-        "naive_pairs_per_s": len(subset) / t_nv,
-        "hf_batched_pairs_per_s": n / t_hf,
-        "ideal_ratio": ratio,
-        "speedup_vs_hf_batched": t_hf / t_rd,
-        "speedup_vs_naive": (t_nv / len(subset)) / (t_rd / n),
-        "fraction_of_ideal": (t_hf / t_rd) / ratio,
-        "max_abs_logp_diff_vs_hf": float((ours.float() - ref.float()).abs().max()),
+        "hf_expert_pairs_per_s": n / t_expert,
+        "hf_expert_stock_pairs_per_s": n / t["hf_expert_stock"],
+        "hf_expert_matched_pairs_per_s": n / t["hf_expert_matched"],
+        "hf_batched_pairs_per_s": n / t["hf_batched"],
+        "naive_pairs_per_s": len(subset) / t["naive"],
+        "speedup_vs_hf_expert": t_expert / t_rd,
+        "speedup_vs_hf_batched": t["hf_batched"] / t_rd,
+        "speedup_vs_naive": (t["naive"] / len(subset)) / (t_rd / n),
+        # FLOPs each method computes per pair, padding included, over rdfast's: >= 1 for every baseline
+        "work_ratio": {"hf_expert": flops["hf_expert"] / flops["rdfast"], "hf_batched": flops["hf_batched"] / flops["rdfast"],
+                       "naive": naive_flops / len(subset) / per_pair_rd},
+        # the time rdfast's FLOPs take at the peak GEMM rate, over rdfast's time: at most 1
+        "fraction_of_roofline": (flops["rdfast"] / peak) / t_rd if peak else None,
+        "unique_tflops": flops["rdfast"] / 1e12,  # rdfast's FLOPs (each distinct token and medium once)
+        "unique_tflop_per_s": flops["rdfast"] / t_rd / 1e12,
+        "fraction_of_bf16_peak": (flops["rdfast"] / t_rd / gpu_peak[0]) if gpu_peak else None,  # dense, GPU only
+        "rdfast_threads": threads,
+        "max_abs_logp_diff_vs_hf_expert": max(diff("hf_expert_stock"), diff("hf_expert_matched")),
+        "max_abs_logp_diff_vs_hf": diff("hf_batched"),
         "preprocess_s": preprocess_s,
         "mean_tokens": sum(len(it.input_ids) for it in items) / n,
-        "unique_tflops": unique_flops / 1e12,
-        "unique_tflop_per_s": unique_flops / t_rd / 1e12,
-        "fraction_of_bf16_peak": (unique_flops / t_rd / peak) if peak else None,
         **separate,
     }
 
@@ -370,45 +392,53 @@ def main(argv=None):
     parser.add_argument("--model", default=None, help="a real checkpoint directory (overrides the preset's model)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                        help="the model's dtype, every method (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--contention", type=int, default=0,
+                        help="run N single-threaded busy-loop co-runner processes while measuring (bench/contention.py)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="the scenarios' random images and prompts")
+    parser.add_argument("--smoke", action="store_true", help="seconds, for CI: the first 16 pairs, 1 repeat, a small roofline")
     parser.add_argument("--batching", default="length", choices=BATCHING,
                         help="engine batching: equal-length batches (default), varlen attention, or padding")
     parser.add_argument("--json", default=None, help="write the figures here")
     parser.add_argument("--csv", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "throughput.csv"))
     args = parser.parse_args(argv)
+    if args.contention < 0:
+        parser.error(f"--contention must be 0 or more, got {args.contention}")
     preset = PRESETS[args.preset]
     rm = load_model(args, preset)
     rm.options = replace(rm.options, batching=args.batching)
-    device = machine(rm.device)
+    expert_model, matched_path = matched_model(rm)
+    limit, repeats = (16, 1) if args.smoke else (None, args.repeats)
     rows = []
-    print(f"{'scenario':9s} {'rdfast/s':>10s} {'hf_batched/s':>13s} {'naive/s':>9s} {'vs hf':>7s} {'vs naive':>9s} {'ideal':>7s} {'of ideal':>9s}")
-    for name in args.scenarios.split(","):
-        r = measure(rm, name, preset, args.repeats)
-        rows.append(r)
-        print(f"{name:9s} {r['rdfast_pairs_per_s']:10.1f} {r['hf_batched_pairs_per_s']:13.1f} {r['naive_pairs_per_s']:9.2f} "
-              f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {r['ideal_ratio']:6.2f}x {r['fraction_of_ideal']:9.2f}")
-        if "speedup_vs_separate_calls" in r:
-            print(f"{'':9s} rm.ask {r['ask_pairs_per_s']:.1f} pairs/s end to end, {r['speedup_vs_separate_calls']:.2f}x "
-                  f"one rm.score call per pair ({r['separate_calls_pairs_per_s']:.2f} pairs/s)")
-    result = {"device": device, "preset": args.preset, "model": args.model, "torch": torch.__version__,
-              "load_average": load_average(),
-              "batching": args.batching, "scenarios": rows}
+    with co_runners(args.contention) as pids:
+        # the bound under the same conditions: rdfast's dtype and the thread count its policy picks now
+        threads = scoring_threads() if rm.device.type == "cpu" else None
+        roof = peak(rm.device, rm.dtype, threads, *((256, 0.05) if args.smoke else (2048, 0.5)))
+        print(f"roofline: {roof['flops_per_s'] / 1e9:.0f} GFLOP/s ({roof['path']}, {roof['dtype']}, {roof['threads']} threads)"
+              if roof else "roofline: none for this device and dtype")
+        print(f"{'scenario':9s} {'rdfast/s':>9s} {'expert/s':>9s} {'vs expert':>9s} {'vs hf':>7s} {'vs naive':>9s} "
+              f"{'work hf_expert':>14s} {'of roofline':>11s}")
+        for name in args.scenarios.split(","):
+            r = measure(rm, name, preset, repeats, 1 if args.smoke else None, roof, expert_model, args.seed, limit)
+            rows.append(r)
+            roof_text = f"{r['fraction_of_roofline']:11.2f}" if r["fraction_of_roofline"] is not None else f"{'-':>11s}"
+            work = r["work_ratio"]["hf_expert"] if isinstance(r["work_ratio"], dict) else r["work_ratio"]  # nan: a dry run
+            print(f"{name:9s} {r['rdfast_pairs_per_s']:9.1f} {r['hf_expert_pairs_per_s']:9.1f} {r['speedup_vs_hf_expert']:8.2f}x "
+                  f"{r['speedup_vs_hf_batched']:6.2f}x {r['speedup_vs_naive']:8.1f}x {work:13.2f}x {roof_text}")
+            if "speedup_vs_separate_calls" in r:
+                print(f"{'':9s} rm.ask {r['ask_pairs_per_s']:.1f} pairs/s end to end, {r['speedup_vs_separate_calls']:.2f}x "
+                      f"one rm.score call per pair ({r['separate_calls_pairs_per_s']:.2f} pairs/s)")
+        load = load_average()  # under the co-runners, at the end of the measurement
+    result = {**environment(rm.device), "load_average_end": load, "preset": args.preset, "model": args.model,
+              "dtype": str(rm.dtype).removeprefix("torch."), "contention": args.contention, "co_runner_pids": pids, "batching": args.batching,
+              "hf_expert_matched_path": matched_path,
+              "hf_expert_distinct_media_once": takes_encoder_outputs(getattr(rm.model, rm.model.base_model_prefix)), "roofline": roof, "smoke": args.smoke, "scenarios": rows}
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_json(args.json, result)
     if args.csv:
-        os.makedirs(os.path.dirname(args.csv), exist_ok=True)
-        new = not os.path.exists(args.csv)
-        with open(args.csv, "a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["time", "device", "preset", "scenario", "rdfast_pairs_per_s", "hf_batched_pairs_per_s",
-                                 "naive_pairs_per_s", "ideal_ratio", "speedup_vs_hf_batched", "speedup_vs_naive"])
-            for r in rows:
-                writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S"), device, args.preset, r["name"],
-                                 f"{r['rdfast_pairs_per_s']:.3f}", f"{r['hf_batched_pairs_per_s']:.3f}",
-                                 f"{r['naive_pairs_per_s']:.3f}", f"{r['ideal_ratio']:.3f}",
-                                 f"{r['speedup_vs_hf_batched']:.3f}", f"{r['speedup_vs_naive']:.3f}"])
+        append_csv(args.csv, flat_rows(result, "scenarios"))
     return result
 
 

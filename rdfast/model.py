@@ -28,6 +28,7 @@ import torch
 
 from . import prompts as P
 from .checklist import Checklist, ChecklistPlan
+from .cpu_threads import cpu_scoring_threads
 from .encoding import EncodedItem, Encoder, collate, extended, media_columns
 from .engine import Engine, EngineOptions
 from .errors import InputError
@@ -402,7 +403,7 @@ class RewardModel:
         templates = {it.template for it in items}
         if len(templates) > 1:
             raise ValueError(f"items of one call share a template, got {sorted(t.name for t in templates)}")
-        with self.grad_context(items):
+        with self.grad_context(items), cpu_scoring_threads(self.device):  # rdfast/cpu_threads.py: free cores only
             return self.answer_logprobs(self.last_hidden(items, options, features), self.answers_for(templates.pop()))
 
     def _reasoned(self, items: list[EncodedItem], settings: ReasoningSettings, batch_size, return_rationales):
