@@ -316,7 +316,7 @@ for size, batches, steps in plan:
                    "replays": runs[True][3], "dry_run": dry}
             rows.append(row)
             print(json.dumps(row), flush=True)
-            json.dump(result, open(path, "w"), indent=1)  # after every row: a timeout keeps what finished
+            json.dump(rows, open(path, "w"), indent=1)  # after every row: a timeout keeps what finished
         del ad
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -324,7 +324,7 @@ for size, batches, steps in plan:
         failed += 1
         rows.append({"pipeline": size, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]})
         print("ERROR", size, err, flush=True)
-        json.dump(result, open(path, "w"), indent=1)
+        json.dump(rows, open(path, "w"), indent=1)
 ok = [r for r in rows if "error" not in r]
 summary = (f"max |graph - eager| {max(r['max_abs_diff'] for r in ok):.3g}, eager/graph step time "
            f"{min(r['eager_over_graph'] for r in ok):.2f}-{max(r['eager_over_graph'] for r in ok):.2f}x" if ok else "no rows")
