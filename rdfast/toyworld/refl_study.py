@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..diffusion.pipelines import load_pipeline
 from ..diffusion.refl import ReFLTrainer
 from ..diffusion.reward import PairwiseReward
+from ..train import load_trained
 from .generator import SAMPLE_STEPS, sample
 from .oracle import alignment
 from .world import SIZE, prompts
@@ -105,8 +106,6 @@ class RegressiveReward:
 
 def load_reward_model(path):
     """(model, paradigm) of a trained reward model folder or ``toy:`` name, frozen, float32 on CPU."""
-    from ..train import load_trained  # heavy
-
     model, paradigm = load_trained(path, device="cpu")
     rm = model.rm if paradigm == "regressive" else model
     rm.model.requires_grad_(False)  # rewards need gradients to the images only

@@ -29,6 +29,7 @@ from ..diffusion.search import (
     search_over_paths,
     total_calls,
 )
+from ..model import RewardModel
 from .generator import SAMPLE_STEPS
 from .oracle import is_aligned
 from .world import SIZE, prompts
@@ -45,8 +46,6 @@ def run_search(generator, verifier, budget: dict, progress: bool = True, log=sys
     """Search over Paths vs Best-of-N on the in-domain prompts (``budget["prompts"]`` caps them) x seeds; returns
     plain data (alignments, calls per (prompt, seed) run, K) plus ``images`` / ``prompts``: the best image of each
     method per run, for a picture."""
-    from ..model import RewardModel  # heavy
-
     t0, cpu0 = time.perf_counter(), time.process_time()
     pipe = load_pipeline(generator, device="cpu")
     reward = PointwiseReward(RewardModel.from_pretrained(verifier, device="cpu"))
