@@ -24,6 +24,7 @@ bench/common.py's ``environment()`` fields) and PNG figures next to it (``<stem>
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -136,17 +137,31 @@ def generator_stage(folder, budget, threads, log):
             "curve": [{k: c[k] for k in ("step", "alignment")} for c in result["flow"]["curve"]]}
 
 
-def data_stage(folder, generator, budget_name, log):
-    """The issue's preference data. rdfast.toyworld.preference (generator samples labelled by the oracle, plus
-    renderer pairs) when the package has it; the reward-model stage trains on reward_models.datasets' renderer
-    pairs either way (reward_models.run takes no external pairs), and this stage records which."""
+def data_stage(folder, generator, smoke, log):
+    """The issue's preference data: rdfast.toyworld.preference (generator samples paired by the oracle, plus
+    renderer pairs) built and saved in OUT/preference when the package has it; else renderer pairs only, which
+    reward_models.run then draws itself (recorded either way)."""
     try:
-        from rdfast.toyworld import preference  # written in its own branch; may be absent
+        from rdfast.toyworld import preference  # merged from its own branch (h13-data); may be absent
     except ImportError as err:
-        return {"source": "renderer pairs only (rdfast.toyworld.data.render_pairs)", "preference_module": str(err)}
-    summary = preference.run(os.path.join(folder, "preference"), generator=generator, budget=budget_name, log=log)
-    return {"source": "rdfast.toyworld.preference", "summary": summary,
-            "note": "reward_models.run trains on its own renderer pairs (it takes no external pairs)"}
+        return {"source": "renderer pairs only (reward_models.datasets: rdfast.toyworld.data.render_pairs)",
+                "preference": None, "why": str(err)}
+    path = os.path.join(folder, "preference")
+    data = preference.build(generator, seed=0, log=log, **(preference.SMOKE if smoke else {}))
+    preference.save(data, path)
+    return {"source": "rdfast.toyworld.preference (generator + renderer pairs)", "preference": path,
+            "info": data.info}
+
+
+def rm_stage(folder, rb, preference, workers, log):
+    """reward_models.run, on the preference data when this checkout's run() takes it (h13-data's does)."""
+    extra = {}
+    if "preference" in inspect.signature(trm.run).parameters:  # until the preference branch is merged
+        extra = {"preference": preference, "workers": workers}
+    elif preference is not None:
+        raise RuntimeError("the data stage built preference data, but reward_models.run takes none")
+    return {"rows": trm.run(os.path.join(folder, "rm"), rb["sizes"], rb["stages"], trm.BUDGETS[rb["budget"]],
+                            log=log, **extra), "trained_on": preference or "renderer pairs"}
 
 
 def best(rows, key):
@@ -258,11 +273,9 @@ def main(argv=None) -> dict:
         else:
             gen = stage("generator", lambda: generator_stage(out, budget, 1, log))
         bar.update()
-        data = stage("data", lambda: data_stage(out, gen["path"], name, log))
+        data = stage("data", lambda: data_stage(out, gen["path"], name == "smoke", log))
         bar.update()
-        rb = budget["rm"]
-        rms = stage("rm", lambda: {"rows": trm.run(os.path.join(out, "rm"), rb["sizes"], rb["stages"],
-                                                   trm.BUDGETS[rb["budget"]], log=log)})["rows"]
+        rms = stage("rm", lambda: rm_stage(out, budget["rm"], data["preference"], args.threads, log))["rows"]
         bar.update()
 
         def base():
