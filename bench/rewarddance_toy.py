@@ -72,6 +72,12 @@ def _write(path, obj):
     os.replace(tmp, path)  # a stage killed half-way leaves no result: it runs again
 
 
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (reward-model workers run as child processes)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def group(stage: str) -> str:
     return "refl" if stage == "base" else stage.split("/")[0]
 
@@ -100,10 +106,10 @@ class Stages:
         if not cached:
             print(f"== stage {name} (stage group {group(name)}: {STAGE_MINUTES[group(name)]} min on 2 idle cores)",
                   file=self.log, flush=True)
-            t0, cpu0, load0 = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+            t0, cpu0, load0 = time.perf_counter(), cpu_seconds(), os.getloadavg()[0]
             result = fn()
             result["stage"] = {"seconds": round(time.perf_counter() - t0, 1),
-                               "cpu_seconds": round(time.process_time() - cpu0, 1),
+                               "cpu_seconds": round(cpu_seconds() - cpu0, 1),
                                "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)}
             _write(path, result)
         result = _read(path)
