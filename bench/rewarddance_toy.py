@@ -174,15 +174,25 @@ def best(rows, key):
     return max(rows, key=key) if rows else None
 
 
+def pairwise_merit(r):
+    """What ReFL needs of a pairwise RM: accuracy on generator samples first (measured when the RMs trained on
+    preference data), then on renders in-domain + OOD; smaller wins ties."""
+    return r.get("generator_acc") or 0.0, r["id_acc"] + r["ood_acc"], -r["params"]
+
+
+def verifier_merit(r):
+    return r.get("generator_auc") or 0.0, r.get("in_domain_auc") or 0.0, -r["params"]
+
+
 def refl_runs(rms, budget):
     """(name, rm row, reward kind, reference) of every ReFL run: each size's best pairwise stage (top-2 reference),
     the regressive RM of the best pairwise RM's size, and the best pairwise RM with a bottom-2 reference."""
     pairwise = [r for r in rms if r["paradigm"] == "pairwise"]
     per_size = {}
     for r in pairwise:
-        if r["size"] not in per_size or r["id_acc"] + r["ood_acc"] > per_size[r["size"]]["id_acc"] + per_size[r["size"]]["ood_acc"]:
+        if r["size"] not in per_size or pairwise_merit(r) > pairwise_merit(per_size[r["size"]]):
             per_size[r["size"]] = r
-    top = best(pairwise, lambda r: (r["id_acc"] + r["ood_acc"], -r["params"]))
+    top = best(pairwise, pairwise_merit)
     runs = [(f"pairwise_{size}_top2", r, "pairwise", "top") for size, r in per_size.items()]
     regressive = [r for r in rms if r["paradigm"] == "regressive" and top and r["size"] == top["size"]]
     runs += [(f"regressive_{top['size']}", regressive[0], "regressive", None)] if regressive else []
@@ -312,7 +322,7 @@ def main(argv=None) -> dict:
                          **{k: r[k] for k in ("base_alignment", "aligned_alignment", "reward_std_last", "reward_first",
                                               "reward_last", "steps", "batch", "eval_samples", "grid")}})
         bar.update()
-        verifier = best([r for r in rms if r["paradigm"] == "pointwise"], lambda r: (r.get("in_domain_auc", 0), -r["params"]))
+        verifier = best([r for r in rms if r["paradigm"] == "pointwise"], verifier_merit)
 
         def search():
             s = search_study.run_search(gen["path"], os.path.join(out, "rm", verifier["size"], verifier.get("stage", "pointwise")),
