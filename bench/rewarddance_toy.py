@@ -136,8 +136,9 @@ def generator_stage(folder, budget, threads, log):
     argv += ["--flow-steps", str(b["flow_steps"])] if "flow_steps" in b else []
     for key, value in b["arch"].items():
         argv += ["--" + key.replace("_", "-"), str(value)]
-    result = train_generator.main(argv)
-    torch.set_num_threads(threads)  # train_generator sets its own count
+    study_threads = torch.get_num_threads()
+    result = train_generator.main(argv)  # sets its own thread count: deterministic for a given count
+    torch.set_num_threads(study_threads)
     return {"source": "trained (rdfast.toyworld.train_generator)", "path": os.path.join(folder, "generator"),
             "argv": argv, "final_alignment_8_seeds": result["final_alignment_8_seeds"],
             "curve": [{k: c[k] for k in ("step", "alignment")} for c in result["flow"]["curve"]]}
