@@ -1,14 +1,15 @@
-"""The ``rdfast`` command: score / compare JSONL files or a folder of images, and a demo on the tiny model.
+"""The ``rdfast`` command: score / compare JSONL files or a folder of images, and a demo on the trained toy models.
 
     rdfast score   --model M --input items.jsonl --output scores.jsonl   # {"prompt", "image"}
     rdfast score   --model M --images DIR --prompt "a red fox" --output scores.csv   # every image of DIR
     rdfast compare --model M --input pairs.jsonl --output scores.jsonl   # {"prompt", "image1", "image2"}
-    rdfast demo                                                         # tiny model, no checkpoint needed
+    rdfast demo                                                         # trained toy models, nothing to download
+    rdfast demo --model tiny:qwen2_vl                                   # one reward model on random images
     rdfast train | eval | refl | search ...                             # see rdfast.train, rdfast.diffusion
     rdfast serve   --model M --port 8000                                 # HTTP reward server, see rdfast.serve
     torchrun --nproc_per_node 8 -m rdfast.cli score ...                 # shard over ranks, one merged output
 
-M is a checkpoint directory, tiny:FAMILY or a hub id (rdfast.resolve). Image paths are relative to the input
+M is a checkpoint directory, tiny:FAMILY, toy:NAME or a hub id (rdfast.resolve). Image paths are relative to the input
 file's folder; a line's own "instruction" wins over --instruction. A bad line (or an unreadable image of
 --images) is reported and skipped; the rest are kept. Output rows carry the input fields, what scored them
 (reward_model, template, instruction, answer_words), "line", "input_key" and the score ("score";
@@ -26,7 +27,7 @@ import os
 import sys
 
 from . import __version__
-from .demo import run_demo
+from .demo import run_scoring_demo, run_toy_demo
 from .diffusion import cli as diffusion_cli
 from .errors import InputError, check_device, run_command
 from .image_folders import folder_records
@@ -38,7 +39,7 @@ from .serve import cli as serve_cli
 from .train import cli as train_cli
 
 DTYPES = ("float32", "bfloat16", "float16")
-MODEL_HELP = "a checkpoint directory, tiny:FAMILY or a hub id (org/name[@revision])"
+MODEL_HELP = "a checkpoint directory, tiny:FAMILY, toy:NAME or a hub id (org/name[@revision])"
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -144,8 +145,20 @@ def _cmd_score(args, mode):
         print(summary_text(mode, summary.scores), file=sys.stderr)
 
 
+TOY_DEMO_FLAGS = ("pipeline", "verifier", "reward", "prompt", "samples", "steps", "seed")
+
+
 def _cmd_demo(args):
-    run_demo(args.out, family=args.family)
+    model = args.model or (f"tiny:{args.family}" if args.family else None)
+    given = {k: getattr(args, k) for k in TOY_DEMO_FLAGS if getattr(args, k) is not None}
+    if model is None:  # run_toy_demo's own defaults for the flags not given
+        if "prompt" in given:
+            given["prompts"] = given.pop("prompt")
+        return run_toy_demo(args.out, **given)
+    if given:
+        raise InputError(f"{', '.join('--' + k for k in given)} go with the toy demo (no --model/--family); --model {model} scores "
+                         "random images with that one model")
+    return run_scoring_demo(args.out, model=model)
 
 
 def main(argv=None):
@@ -188,9 +201,21 @@ def main(argv=None):
         if mode == "compare":
             p.add_argument("--debias", action="store_true", help="average both image orders")
         p.set_defaults(func=lambda a, m=mode: _cmd_score(a, m))
-    p = sub.add_parser("demo", help="score, compare and rank on the embedded tiny model")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--family", default="qwen2_vl", choices=("qwen2_vl", "qwen2_5_vl", "internvl"))
+    p = sub.add_parser("demo", help="generate, score, rank and search on the trained toy models (or --model M: "
+                                    "score, compare and rank random images with one model)")
+    p.add_argument("--out", default="out/demo", help="output folder; the demo replaces its own files there, no others")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default=None, help=f"one reward model on random images instead: {MODEL_HELP}")
+    which.add_argument("--family", default=None, choices=("qwen2_vl", "qwen2_5_vl", "internvl"),
+                       help="as --model tiny:FAMILY")
+    p.add_argument("--pipeline", default=None, help="toy demo: the generator (default toy:generator)")
+    p.add_argument("--verifier", default=None, help="toy demo: the pointwise reward model (default toy:verifier)")
+    p.add_argument("--reward", default=None, help="toy demo: the pairwise reward model (default toy:pairwise)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="toy demo: a toy-world prompt such as 'two red circles' (repeatable; default six prompts)")
+    p.add_argument("--samples", type=int, default=None, help="toy demo: images per prompt (default 8)")
+    p.add_argument("--steps", type=int, default=None, help="toy demo: sampling steps (default 16)")
+    p.add_argument("--seed", type=int, default=None, help="toy demo: the first sample's seed (default 0)")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="as rdfast --debug")
     p.set_defaults(func=_cmd_demo)
     # Training (train, eval), generator alignment (refl, search) and serving add their own subcommands.

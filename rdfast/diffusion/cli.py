@@ -5,6 +5,8 @@
 
 ``--pipeline tiny:flux|tiny:sd3|tiny:sd|tiny:sdxl|tiny:wan`` and ``--reward/--verifier tiny:qwen2_vl`` use tiny
 random models built locally (nothing is downloaded): the pipeline is the real one, the pictures are noise.
+``--pipeline toy:generator`` and ``--reward toy:pairwise`` / ``--verifier toy:verifier`` are the trained toy-world
+models shipped with rdfast (rdfast.toyworld; prompts such as "two red circles"), run at their own 64x64.
 Video pipelines (Wan 2.1, ``tiny:wan``) take ``--num-frames``; their rewards judge videos ("t2v" unless
 ``--instruction`` says otherwise), and search saves the best video as an animated GIF and a frame strip PNG.
 Prompt files: one prompt per line (.txt) or JSON lines with a "prompt" field (.jsonl).
@@ -42,7 +44,7 @@ def register(subparsers) -> None:
     """Add the ``refl`` and ``search`` subcommands to rdfast's argparse subparsers."""
     p = subparsers.add_parser("refl", help="ReFL finetuning of a diffusers pipeline against a reward model")
     _common(p)
-    p.add_argument("--reward", required=True, help="reward model directory, or tiny:qwen2_vl")
+    p.add_argument("--reward", required=True, help="reward model directory, tiny:qwen2_vl or toy:pairwise")
     p.add_argument("--steps", type=int, default=100, help="optimizer updates")
     p.add_argument("--batch-size", type=int, default=1, help="prompts per update")
     p.add_argument("--grad-steps", type=int, default=1, help="K: sampling steps taken with gradient")
@@ -66,7 +68,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("search", help="Search over Paths with a pointwise verifier (and Best-of-N)")
     _common(p)
-    p.add_argument("--verifier", required=True, help="pointwise reward model directory, or tiny:qwen2_vl")
+    p.add_argument("--verifier", required=True, help="pointwise reward model directory, tiny:qwen2_vl or toy:verifier")
     p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
     p.add_argument("--n", type=int, default=4, help="survivors N (and starting noises)")
     p.add_argument("--m", type=int, default=4, help="branches per survivor M")
@@ -81,11 +83,13 @@ def register(subparsers) -> None:
 
 def _common(p):
     p.add_argument("--pipeline", required=True,
-                   help="diffusers pipeline directory, or tiny:flux / tiny:sd3 / tiny:sd / tiny:sdxl / tiny:wan")
+                   help="diffusers pipeline directory, tiny:flux / tiny:sd3 / tiny:sd / tiny:sdxl / tiny:wan, or "
+                        "toy:generator")
     p.add_argument("--prompts", default=None, help="prompt file: .txt (one per line) or .jsonl ({'prompt': ...})")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num-inference-steps", type=int, default=20)
-    p.add_argument("--height", type=int, default=None, help="default: 32 for tiny pipelines, else 512")
+    p.add_argument("--height", type=int, default=None, help="default: 32 for tiny pipelines, the trained size for "
+                                                                    "toy: ones (64), else 512")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--num-frames", type=int, default=None,
@@ -146,7 +150,15 @@ def _size(args):
     default = 512
     if args.pipeline.startswith("tiny:"):
         default = DEFAULT_SIDE.get(_tiny_key(args.pipeline), 32)
+    elif args.pipeline.startswith("toy:"):
+        default = _trained_side(resolve_pipeline(args.pipeline))
     return args.height or default, args.width or default
+
+
+def _trained_side(directory: str) -> int:
+    """The image side a toy pipeline was trained at: its autoencoder's ``sample_size`` (toy:generator: 64)."""
+    with open(os.path.join(directory, "vae", "config.json")) as fh:
+        return int(json.load(fh)["sample_size"])
 
 
 def _frames(args):

@@ -20,7 +20,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def register(sub) -> None:
     """Add the ``serve`` subcommand to the ``rdfast`` parser's subparsers ``sub``."""
     p = sub.add_parser("serve", help="serve a reward model over HTTP (JSON and the Flow-GRPO protocol)")
-    p.add_argument("--model", required=True, help="checkpoint directory, tiny:FAMILY or a hub id")
+    p.add_argument("--model", required=True, help="checkpoint directory, tiny:FAMILY, toy:NAME or a hub id")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=64, help="most items per model call")

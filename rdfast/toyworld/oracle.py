@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .world import COLOURS, Prompt
+from .world import COLOURS, COUNT_WORDS, Prompt
 
 #: a pixel is background when all of its channels are at least this bright (the references' darkest channel
 #: is at most 60, so half-blended edges still count as object)
@@ -51,6 +51,17 @@ class Reading:
     def as_tuple(self):
         """(count, colour, shape), or "unreadable"."""
         return (self.count, self.colour, self.shape) if self.readable else "unreadable"
+
+    @property
+    def text(self) -> str:
+        """The reading in the prompts' word form ("two red squares"; "4 red squares" past three), "nothing" for
+        a blank image, "unreadable (N objects)" when the objects disagree or one is unrecognisable."""
+        if self.count == 0:
+            return "nothing"
+        if not self.readable:
+            return f"unreadable ({self.count} object{'s' if self.count > 1 else ''})"
+        noun = self.shape + ("s" if self.count > 1 else "")
+        return f"{COUNT_WORDS.get(self.count, str(self.count))} {self.colour} {noun}"
 
     def attributes_right(self, prompt: "Prompt | str") -> int:
         """How many of the prompt's count, colour and shape this reading matches (0-3)."""

@@ -41,7 +41,7 @@ from .evaluate import evaluate, load_trained
 from .rundir import CHECKPOINTS, check_output_dir, resume_conflicts, saved_config
 from .trainer import Trainer
 
-MODEL_HELP = "a checkpoint directory, tiny:FAMILY or a hub id (org/name[@revision])"
+MODEL_HELP = "a checkpoint directory, tiny:FAMILY, toy:NAME or a hub id (org/name[@revision])"
 
 
 def _none_or(parse):

@@ -85,6 +85,16 @@ def test_oracle_reads_misaligned_renders_as_misaligned():
                 assert tw.read(image).attributes_right(p) == 2
 
 
+def test_a_reading_says_what_it_saw_in_the_prompts_word_form():
+    readings = [(tw.read(tw.render(p, fresh_seeds(1)[0])), p) for p in tw.prompts("all")]
+    assert all(r.text == p.text for r, p in readings if r.matches(p))  # the oracle reads >= 99% of renders exactly
+    assert sum(r.matches(p) for r, p in readings) >= len(readings) - 1
+    assert tw.Reading(4, "red", "square").text == "4 red squares"
+    assert tw.Reading(0, None, None).text == "nothing"
+    assert tw.Reading(2, None, "square").text == "unreadable (2 objects)"
+    assert tw.Reading(1, "red", None).text == "unreadable (1 object)"
+
+
 def test_oracle_tolerates_faint_noise_and_specks_but_not_mixtures():
     rng = np.random.default_rng(fresh_seeds(1)[0])
     p = tw.Prompt(2, "yellow", "triangle")

@@ -1,26 +1,32 @@
-"""The README's main job on the embedded default: a tiny randomly initialised VLM built locally.
+"""``rdfast demo --model M``: one reward model on random images, through the CLI's own scoring job.
 
 Writes a small JSONL of images and prompts, scores it with ``rdfast score`` and ``rdfast compare`` (the
 same code the CLI runs on real checkpoints), ranks candidates Best-of-N, and saves a picture of the result.
-The tiny model is untrained, so its scores are arbitrary; the job shows the pipeline end to end.
+With ``tiny:FAMILY`` (a tiny randomly initialised VLM built locally) the scores are arbitrary; the job shows
+the pipeline end to end. The README's main job, on trained models, is ``rdfast.demo.toy``.
 """
 from __future__ import annotations
 
 import json
 import os
 
-from .model import RewardModel
-from .score_jsonl import score_file
-from .testing import random_images, tiny_checkpoint
+from ..model import RewardModel
+from ..score_jsonl import score_file
+from ..testing import random_images
 
 PROMPTS = ["a red circle on a white background", "two blue squares", "a green triangle"]
 
 
-def run_demo(out_dir: str = "out/demo", family: str = "qwen2_vl") -> dict:
+def run_scoring_demo(out_dir: str = "out/demo", model: str = "tiny:qwen2_vl") -> dict:
+    """Score, compare and rank random images with the reward model ``model`` (any spec RewardModel.from_pretrained
+    takes); writes images, JSONL inputs and outputs and ``scores.png`` to ``out_dir``, replacing its own files.
+
+    Returns:
+        {"scores": the pointwise P(yes) of the six images, "rank": the Best-of-4 order of the first four}.
+    """
     os.makedirs(out_dir, exist_ok=True)
-    path = tiny_checkpoint(family)
-    rm = RewardModel.from_pretrained(path, device="cpu")
-    print(f"model: {family} tiny checkpoint at {path}; yes id {rm.yes_token_id}, no id {rm.no_token_id}")
+    rm = RewardModel.from_pretrained(model, device="cpu")
+    print(f"model: {model}; yes id {rm.yes_token_id}, no id {rm.no_token_id}")
 
     images = random_images(6, seed=0, kind="pil")
     names = []
