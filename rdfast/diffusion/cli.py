@@ -36,7 +36,7 @@ from .pipelines import load_pipeline
 from .pipelines.registry import resolve_pipeline
 from .refl import ReFLTrainer
 from .reward import PairwiseReward, PointwiseReward
-from .search import best_of_n, equal_nfe_k, pipeline_problem, search_over_paths
+from .search import best_of_n, equal_total_calls_k, pipeline_problem, search_over_paths, total_calls
 from .testing import DEFAULT_FRAMES, DEFAULT_SIDE
 
 
@@ -76,7 +76,7 @@ def register(subparsers) -> None:
     p.add_argument("--delta-f", type=int, default=1, help="steps re-noised back per round")
     p.add_argument("--delta-b", type=int, default=2, help="steps denoised forward per round (> delta-f)")
     p.add_argument("--batch-size", type=int, default=None, help="cap on the denoiser/verifier batch")
-    p.add_argument("--baseline", action="store_true", help="also run Best-of-N at equal NFE")
+    p.add_argument("--baseline", action="store_true", help="also run Best-of-N at equal total calls (denoiser + verifier)")
     p.add_argument("--verifier-device", default=None)
     p.set_defaults(func=cmd_search)
 
@@ -314,11 +314,12 @@ def cmd_search(args):
                "verifier_calls_search": res.nfe["verifier"]}
         base = None
         if args.baseline:
-            k = equal_nfe_k(res.nfe["denoiser"], args.num_inference_steps, problem.sampler.evals_per_step)
+            k = equal_total_calls_k(total_calls(res.nfe), args.num_inference_steps, problem.sampler.evals_per_step)
             base = best_of_n(problem, verifier, k, generator=torch.Generator().manual_seed(10_000 + args.seed + i),
                              batch_size=args.batch_size)
             save_png(base.best_image, stem + "_bon.png")
-            row.update(bon_reward=base.best_reward, nfe_bon=base.nfe["denoiser"], bon_k=k)
+            row.update(bon_reward=base.best_reward, nfe_bon=base.nfe["denoiser"], verifier_calls_bon=base.nfe["verifier"],
+                       bon_k=k)
         res.save_figure(stem + "_tree.png", baseline=base)
         summary.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -7,11 +7,17 @@ Search over Paths, for one prompt:
     score the predicted clean image with the pointwise verifier and keep the N best;
   return the best of the last round.
 
-NFE (``search_nfe``): denoiser evaluations per sample, a classifier-free-guidance step counting 2:
-  g * (N * start_step + sum over rounds N * M * steps_in_round); verifier calls (images scored) are counted
-  separately. The verifier scores the x0 predicted by each branch's last evaluation (a deterministic step keeps
-  x0, so this costs no extra evaluation); at the last step it scores the final sample itself.
-Best-of-N (Ma et al.'s random search) at equal NFE: K = NFE // (g * T) full samples, the best by the verifier.
+Compute, counted in one place (here), per sample:
+  denoiser evaluations (``search_nfe``), a classifier-free-guidance step counting 2:
+    g * (N * start_step + sum over rounds N * M * steps_in_round);
+  verifier evaluations (``search_verifier_calls``): one per image scored, N * M per round. The verifier scores the
+    x0 predicted by each branch's last evaluation (a deterministic step keeps x0, so this costs no extra
+    evaluation); at the last step it scores the final sample itself;
+  total calls = denoiser evaluations + verifier evaluations (``total_calls``, ``search_calls``, ``best_of_n_calls``).
+Best-of-N (Ma et al.'s random search) with K full samples costs g * K * T denoiser and K verifier evaluations. Its
+K at equal compute: ``equal_total_calls_k`` (the largest K whose total calls do not exceed search's: the fair
+comparison when the verifier is a VLM as costly as the denoiser), ``equal_verifier_calls_k`` (K = search's verifier
+calls: Best-of-N then gets more denoiser calls) and ``equal_nfe_k`` (denoiser calls only).
 
     problem = pipeline_problem(pipe, "a red fox", num_steps=28, height=1024, width=1024)
     result = search_over_paths(problem, PointwiseReward(verifier_rm), n=4, m=4, start_step=10, delta_f=2, delta_b=4)
@@ -81,6 +87,30 @@ def search_nfe(num_steps: int, n: int, m: int, start_step: int, delta_f: int, de
         total += n * m * (end - back)
         idx = end
     return evals_per_step * total
+
+
+def search_verifier_calls(num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int) -> int:
+    """Verifier evaluations Search over Paths spends: N * M images scored in each round."""
+    return search_rounds(num_steps, start_step, delta_f, delta_b) * n * m
+
+
+def total_calls(calls: dict) -> int:
+    """Denoiser evaluations + verifier evaluations of a ``SearchResult.nfe``-like dict (each per sample)."""
+    return int(calls["denoiser"]) + int(calls["verifier"])
+
+
+def search_calls(num_steps: int, n: int, m: int, start_step: int, delta_f: int, delta_b: int,
+                 evals_per_step: int = 1) -> dict:
+    """{"denoiser", "verifier", "total"} calls of one Search over Paths run (what ``search_over_paths`` counts)."""
+    calls = {"denoiser": search_nfe(num_steps, n, m, start_step, delta_f, delta_b, evals_per_step),
+             "verifier": search_verifier_calls(num_steps, n, m, start_step, delta_f, delta_b)}
+    return {**calls, "total": total_calls(calls)}
+
+
+def best_of_n_calls(k: int, num_steps: int, evals_per_step: int = 1) -> dict:
+    """{"denoiser", "verifier", "total"} calls of Best-of-K (what ``best_of_n`` counts): g * K * T and K."""
+    calls = {"denoiser": evals_per_step * k * num_steps, "verifier": k}
+    return {**calls, "total": total_calls(calls)}
 
 
 def search_rounds(num_steps: int, start_step: int, delta_f: int, delta_b: int) -> int:
@@ -290,3 +320,14 @@ def best_of_n(problem: Problem, verifier, k: int, generator: torch.Generator | N
 def equal_nfe_k(nfe_budget: int, num_steps: int, evals_per_step: int = 1) -> int:
     """The largest Best-of-N K whose NFE (g * K * T) does not exceed ``nfe_budget`` (at least 1)."""
     return max(1, nfe_budget // (evals_per_step * num_steps))
+
+
+def equal_total_calls_k(calls_budget: int, num_steps: int, evals_per_step: int = 1) -> int:
+    """The largest Best-of-N K whose total calls (g * K * T denoiser + K verifier) do not exceed ``calls_budget``
+    (e.g. ``total_calls(search_result.nfe)``); at least 1."""
+    return max(1, int(calls_budget) // (evals_per_step * num_steps + 1))
+
+
+def equal_verifier_calls_k(verifier_budget: int) -> int:
+    """Best-of-N's K with as many verifier calls as ``verifier_budget`` (one per sample); at least 1."""
+    return max(1, int(verifier_budget))

@@ -32,6 +32,9 @@ def test_search_command_writes_tree_and_images(tmp_path):
     assert [r["prompt"] for r in rows] == ["a red fox", "a blue car"]
     for i, row in enumerate(rows):
         assert row["nfe_bon"] <= row["nfe_search"]
+        # the baseline gets equal total calls: denoiser + verifier, never more than search's
+        assert row["nfe_bon"] + row["verifier_calls_bon"] <= row["nfe_search"] + row["verifier_calls_search"]
+        assert row["bon_k"] == (row["nfe_search"] + row["verifier_calls_search"]) // (4 + 1)
         for suffix in ("_best.png", "_bon.png", "_tree.json", "_tree.png"):
             assert (out / f"{i:03d}{suffix}").exists()
         tree = json.loads((out / f"{i:03d}_tree.json").read_text())

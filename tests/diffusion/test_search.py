@@ -121,3 +121,48 @@ def test_search_on_pipeline_with_reward_model_verifier(generator, tmp_path):
     assert bon.nfe["denoiser"] <= res.nfe["denoiser"]
     res.save_figure(tmp_path / "tree.png", baseline=bon)
     assert (tmp_path / "tree.png").exists()
+
+
+# Hand-counted: T=4, N=2, M=2, start 2, delta_f 1, delta_b 2. Warm-up 2 samples x 2 steps = 4; round 1 re-noises
+# step 2 -> 1 and runs 1 -> 3: 4 branches x 2 steps = 8, scores 4; round 2 re-noises 3 -> 2 and runs 2 -> 4: 8 more,
+# scores 4. Denoiser 4 + 8 + 8 = 20, verifier 8, total 28. Best-of-K costs K x (T + 1) = 5K: K = 5 at equal total
+# calls (25 <= 28), K = 8 at equal verifier calls (40 total), K = 5 at equal denoiser calls (20 // 4).
+# With CFG (g = 2): denoiser 40, total 48; Best-of-K costs 9K: K = 5 (45 <= 48).
+@pytest.mark.parametrize("g,denoiser,total,k_total", [(1, 20, 28, 5), (2, 40, 48, 5)])
+def test_call_counts_by_hand(g, denoiser, total, k_total):
+    from rdfast.diffusion.search import (
+        best_of_n_calls,
+        equal_total_calls_k,
+        equal_verifier_calls_k,
+        search_calls,
+        search_verifier_calls,
+        total_calls,
+    )
+
+    calls = search_calls(4, 2, 2, 2, 1, 2, evals_per_step=g)
+    assert calls == {"denoiser": denoiser, "verifier": 8, "total": total}
+    assert search_verifier_calls(4, 2, 2, 2, 1, 2) == 8 and total_calls(calls) == total
+    assert equal_total_calls_k(total, 4, g) == k_total
+    assert best_of_n_calls(k_total, 4, g) == {"denoiser": g * 4 * k_total, "verifier": k_total,
+                                              "total": (g * 4 + 1) * k_total}
+    assert best_of_n_calls(k_total + 1, 4, g)["total"] > total  # the largest K that fits
+    assert equal_verifier_calls_k(8) == 8 and best_of_n_calls(8, 4, g)["verifier"] == 8
+    assert equal_nfe_k(denoiser, 4, g) == 5
+    assert equal_total_calls_k(3, 4, g) == equal_verifier_calls_k(0) == 1  # never fewer than one sample
+
+
+@pytest.mark.parametrize("n,m,start,df,db,T", [(4, 4, 10, 2, 4, 20), (3, 2, 5, 1, 3, 12), (2, 5, 7, 3, 4, 9)])
+def test_counted_calls_match_the_formulas(n, m, start, df, db, T):
+    """What search_over_paths and best_of_n count while running equals search_calls / best_of_n_calls."""
+    from rdfast.diffusion.search import best_of_n_calls, equal_total_calls_k, search_calls, total_calls
+
+    problem, verifier = toy_problem(T)
+    res = search_over_paths(problem, verifier, n=n, m=m, start_step=start, delta_f=df, delta_b=db,
+                            generator=torch.Generator().manual_seed(random_seed()), progress=False)
+    expected = search_calls(T, n, m, start, df, db)
+    assert {**res.nfe, "total": total_calls(res.nfe)} == expected
+    k = equal_total_calls_k(expected["total"], T)
+    problem_b, _ = toy_problem(T)
+    bon = best_of_n(problem_b, verifier, k, generator=torch.Generator().manual_seed(random_seed()), progress=False)
+    assert {**bon.nfe, "total": total_calls(bon.nfe)} == best_of_n_calls(k, T)
+    assert total_calls(bon.nfe) <= expected["total"] < total_calls(bon.nfe) + T + 1
