@@ -30,7 +30,8 @@ import torch
 from ..model import RewardModel
 from ..testing import tiny_checkpoint
 from ..train import TrainConfig, Trainer, evaluate, load_trained
-from . import warmup
+from . import preference as pref
+from . import schedule, warmup
 from .data import INSTRUCTION, both_orders, render_pairs, roc_auc, verifier_items
 
 PARADIGMS = ("pairwise", "pointwise", "regressive")
@@ -61,19 +62,40 @@ BUDGETS = {
     "smoke": dict(train_pairs=16, test_pairs=4, graded=0.25, warmup_steps=2, warmup_batch=4, warmup_lr=1e-3,
                   steps=2, batch=4, lr=1e-4, seed=0),
 }
-_DATA_SEEDS = {"train": 0, "test": 1, "ood": 2}  # added to budget["seed"] * 10: independent layouts per set
+_DATA_SEEDS = {"train": 0, "test": 1, "ood": 2}
+#: the test sets ``measure`` reports (those present): renders in-domain, OOD and graded; held-out generator pairs
+TEST_SETS = ("in_domain", "ood", "in_domain_graded", "generator", "generator_graded")  # added to budget["seed"] * 10: independent layouts per set
 
 
-def datasets(budget: dict) -> dict:
-    """{"train", "in_domain", "in_domain_graded", "ood"}: PreferenceRecords (the test sets in both orders)."""
+def datasets(budget: dict, preference=None) -> dict:
+    """{"train", "in_domain", "in_domain_graded", "ood"}: PreferenceRecords (the test sets in both orders).
+
+    preference: a ``preference.PreferenceData`` (or its folder): training on its pairs (generator + renderer)
+    instead of ``budget["train_pairs"]`` renderer pairs, and adding its held-out generator pairs as the test sets
+    "generator" and "generator_graded". The renderer test sets are the same either way."""
     base = budget["seed"] * 10
     test = render_pairs(budget["test_pairs"], "in_domain", base + _DATA_SEEDS["test"], graded=0.25)
-    return {
-        "train": render_pairs(budget["train_pairs"], "in_domain", base + _DATA_SEEDS["train"], budget["graded"]),
+    sets = {
         "in_domain": both_orders([r for r in test if r.extra["kind"] == "aligned"]),
         "in_domain_graded": both_orders([r for r in test if r.extra["kind"] == "graded"]),
         "ood": both_orders(render_pairs(budget["test_pairs"], "ood", base + _DATA_SEEDS["ood"], graded=0.0)),
     }
+    if preference is None:
+        sets["train"] = render_pairs(budget["train_pairs"], "in_domain", base + _DATA_SEEDS["train"], budget["graded"])
+        return sets
+    if not isinstance(preference, pref.PreferenceData):
+        preference = pref.load(preference)
+    held_out = preference.test_generator
+    sets.update(train=list(preference.train),
+                generator=both_orders([r for r in held_out if r.extra["kind"] == "aligned"]),
+                generator_graded=both_orders([r for r in held_out if r.extra["kind"] == "graded"]))
+    return sets
+
+
+def cached_datasets(out_dir) -> dict:
+    """The sets of the run cached in ``out_dir`` (its budget and, if it had one, its preference data folder)."""
+    spec = _read(os.path.join(out_dir, "data.json"))
+    return datasets(spec["budget"], (spec.get("preference") or {}).get("path"))
 
 
 def parameter_count(path) -> int:
@@ -108,14 +130,14 @@ def measure(path, sets: dict, paradigm: str, log=sys.stderr) -> dict:
         raise ValueError(f"{path} holds a {saved} model, not {paradigm}")
     out = {"paradigm": paradigm, "params": parameter_count(path)}
     with torch.no_grad():
-        for name in ("in_domain", "ood", "in_domain_graded"):
+        for name in TEST_SETS:
             if sets.get(name):
                 result = evaluate(model, sets[name], paradigm=paradigm, debias=False, log=log)
                 out[f"{name}_acc"] = result["accuracy"]
                 out[f"{name}_pairs"] = result["n_pairs"]
         if paradigm == "pointwise":
-            for name in ("in_domain", "ood"):
-                images, texts, labels = verifier_items(sets[name])
+            for name in ("in_domain", "ood", "generator"):
+                images, texts, labels = verifier_items(sets.get(name) or [])
                 if 0 < sum(labels) < len(labels):
                     out[f"{name}_auc"] = roc_auc(model.score(images, texts).tolist(), labels)
     out["id_acc"], out["ood_acc"] = out.get("in_domain_acc"), out.get("ood_acc")
@@ -187,17 +209,116 @@ def read_budget(out_dir) -> dict:
     return _read(os.path.join(out_dir, "data.json"))["budget"]
 
 
-def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = None, log=sys.stderr) -> list[dict]:
-    """Every (size, STAGES name) stage in order, each trained once and cached; returns their metrics."""
+#: seconds of one thread (time.process_time) per step: the warm-up's batch of 16 and each paradigm's 16 pairs,
+#: measured by ``bench/toy_reward_models.py --costs`` (bench/results/toy_rm_step_costs_cpu.json); the plan only
+STEP_SECONDS = {
+    "small": {"warmup": 0.034, "pairwise": 0.060, "pointwise": 0.058, "regressive": 0.060},
+    "medium": {"warmup": 0.051, "pairwise": 0.118, "pointwise": 0.088, "regressive": 0.091},
+    "large": {"warmup": 0.148, "pairwise": 0.298, "pointwise": 0.242, "regressive": 0.240},
+}
+STAGE_OVERHEAD_SECONDS = 15.0  #: per stage: building the sets in its process, loading, evaluating, saving
+
+
+def _tasks(sizes, stages) -> dict:
+    """{(size, stage): the task it waits for}: every stage asked for, the stages they start from, and warm-ups."""
+    deps = {}
+    for size in sizes:
+        if size not in SIZES:
+            raise ValueError(f"size {size!r} is not one of {tuple(SIZES)}")
+        deps[(size, "warmup")] = set()
+        todo = list(stages)
+        while todo:
+            stage = todo.pop()
+            if stage not in STAGES:
+                raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
+            start = STAGES[stage][1]
+            deps[(size, stage)] = {(size, start or "warmup")}
+            if start is not None:
+                todo.append(start)
+    return deps
+
+
+def stage_seconds(size: str, stage: str, budget: dict) -> float:
+    """The planned seconds of one stage on one thread (STEP_SECONDS x steps + STAGE_OVERHEAD_SECONDS)."""
+    costs = STEP_SECONDS[size]
+    if stage == "warmup":
+        return budget["warmup_steps"] * costs["warmup"] * budget["warmup_batch"] / 16 + STAGE_OVERHEAD_SECONDS
+    return budget["steps"] * costs[STAGES[stage][0]] * budget["batch"] / 16 + STAGE_OVERHEAD_SECONDS
+
+
+def estimate(sizes=tuple(SIZES), paradigms=PARADIGMS, budget: dict | None = None, workers: int = 2) -> dict:
+    """The plan of ``run(..., workers=workers)`` from STEP_SECONDS: {"core_seconds", "seconds" (until the last
+    stage ends, one thread per worker, no other load), "stages": {"size/stage": seconds}}."""
     budget = dict(budget or BUDGETS["full"])
+    deps = _tasks(sizes, paradigms)
+    costs = {task: stage_seconds(*task, budget) for task in deps}
+    return {"core_seconds": round(sum(costs.values())), "seconds": round(schedule.makespan(costs, deps, workers)),
+            "workers": workers, "stages": {f"{s}/{t}": round(c) for (s, t), c in costs.items()}}
+
+
+def _done(out_dir, task) -> bool:
+    size, stage = task
+    return os.path.exists(os.path.join(out_dir, size, "warmup.json" if stage == "warmup" else stage + ".json"))
+
+
+def _stage_job(task, out_dir, budget: dict, verbose: bool) -> None:
+    """One stage in a worker process (``schedule.run_parallel``); its result stays in its cache."""
+    size, stage = task
+    log = sys.stderr if verbose else None
+    if stage == "warmup":
+        warmup_stage(size, out_dir, budget, log)
+    else:
+        paradigm_stage(size, stage, out_dir, budget, cached_datasets(out_dir), log)
+
+
+def _preference_spec(out_dir, preference) -> dict | None:
+    """Load (a folder) or save (in-memory data, to out_dir/preference) the preference data; what data.json
+    records of it (its folder, digest and counts)."""
+    if preference is None:
+        return None
+    if isinstance(preference, pref.PreferenceData):
+        data, path = preference, os.path.join(out_dir, "preference")
+        saved = os.path.join(path, "pairs.json")
+        if not os.path.exists(saved) or _read(saved).get("digest") != data.digest():
+            pref.save(data, path)
+    else:
+        path = os.path.abspath(os.fspath(preference))
+        data = pref.load(path)
+    info = {k: data.info.get(k) for k in ("generator_pairs", "renderer_pairs", "test_generator_pairs", "base_alignment")}
+    return {"path": os.path.abspath(path), "digest": data.digest(), **info}
+
+
+def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = None, log=sys.stderr, *,
+        preference=None, workers: int = 1) -> list[dict]:
+    """Every (size, STAGES name) stage, each trained once and cached; returns their metrics in (size, stage) order.
+
+    preference: a ``preference.PreferenceData`` or its saved folder: train on its generator + renderer pairs and
+    report the held-out generator pairs too (``datasets``); None trains on ``budget["train_pairs"]`` renders.
+    workers: stages run in this many processes side by side, one thread each (``schedule``; 1 = in this process,
+    in order). A cached run continues only with the same budget and the same preference data."""
+    budget = dict(budget or BUDGETS["full"])
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be a positive integer")
+    deps = _tasks(sizes, paradigms)
     os.makedirs(out_dir, exist_ok=True)
-    spec = os.path.join(out_dir, "data.json")
-    if os.path.exists(spec) and _read(spec)["budget"] != budget:
-        raise ValueError(f"{out_dir} holds a run with another budget ({_read(spec)['budget']}); use a new folder")
-    sets = datasets(budget)
-    _write(spec, {"budget": budget, "pairs": {k: len(v) for k, v in sets.items()},
-                  "train_kinds": {k: sum(r.extra["kind"] == k for r in sets["train"]) for k in ("aligned", "graded")},
-                  "sources": sorted({r.extra["source"] for v in sets.values() for r in v})})
+    spec_path = os.path.join(out_dir, "data.json")
+    old = _read(spec_path) if os.path.exists(spec_path) else None
+    if old is not None and old["budget"] != budget:
+        raise ValueError(f"{out_dir} holds a run with another budget ({old['budget']}); use a new folder")
+    spec = _preference_spec(out_dir, preference)
+    if old is not None and (old.get("preference") or {}).get("digest") != (spec or {}).get("digest"):
+        raise ValueError(f"{out_dir} holds a run trained on other preference data ({old.get('preference')}); "
+                         "use a new folder")
+    sets = datasets(budget, spec and spec["path"])
+    _write(spec_path, {"budget": budget, "preference": spec, "pairs": {k: len(v) for k, v in sets.items()},
+                       "train_kinds": {k: sum(r.extra["kind"] == k for r in sets["train"]) for k in ("aligned", "graded")},
+                       "train_sources": {s: sum(r.extra["source"] == s for r in sets["train"])
+                                         for s in ("generator", "renderer")}})
+    if workers > 1:
+        todo = {t: d for t, d in deps.items() if not _done(out_dir, t)}
+        schedule.run_parallel(_stage_job, {t: stage_seconds(*t, budget) for t in todo},
+                              {t: {u for u in d if u in todo} for t, d in todo.items()}, workers, out_dir, budget,
+                              log is not None)
     return [paradigm_stage(size, paradigm, out_dir, budget, sets, log) for size in sizes for paradigm in paradigms]
 
 
