@@ -6,7 +6,7 @@ count, colour and shape each image shows, in image order (an unreadable image ha
 
 The builder the study's data stage calls::
 
-    build(pipe_or_name="toy:generator", n_generator_pairs=3000, n_renderer_pairs=3000, seed=0, log=sys.stderr, *,
+    build(pipe_or_name="toy:generator", n_generator_pairs=4000, n_renderer_pairs=4000, seed=0, log=sys.stderr, *,
           samples_per_prompt=64, test_samples_per_prompt=16, n_test_pairs=200, graded=0.25,
           steps=generator.SAMPLE_STEPS, batch=32) -> PreferenceData
     save(data, folder)   # folder/images.safetensors (uint8 generator samples) + folder/pairs.json (metadata)
@@ -19,7 +19,9 @@ The builder the study's data stage calls::
 Only in-domain prompts are sampled or rendered, and a sample the oracle reads as a held-out (OOD) colour-shape
 combination is dropped, so no training pair shows an OOD combination. The same (pipe, arguments, thread count)
 give the same data: noise seeds come from ``numpy.random.default_rng([seed, ...])`` and batches are fixed.
-Sampling costs about 0.05 s of one core per image (16 Euler steps, measured with ``time.process_time``).
+The defaults sample 27 x (64 + 16) = 2160 images: the study's 5-minute data stage on one thread, with room
+(``info["sample_cpu_seconds_per_image"]`` reports the cost; ``bench/results/toy_preference_cpu.json``).
+``SMOKE`` is a plumbing-only size (seconds).
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ from .render import render
 from .world import OOD_COMBOS, Prompt, prompts
 
 FORMAT = 1  #: pairs.json's format version
+#: build() keyword arguments for a run that checks plumbing only (81 images of 2 Euler steps: a few pairs or none)
+SMOKE = dict(n_generator_pairs=16, n_renderer_pairs=16, samples_per_prompt=2, test_samples_per_prompt=1,
+             n_test_pairs=4, steps=2)
 _STREAMS = {"train": 0, "test": 1, "pairs": 2, "test_pairs": 3}  # independent rng streams per use
 
 
@@ -137,7 +142,7 @@ def _reading_json(reading: Reading):
     return [reading.count, reading.colour, reading.shape]
 
 
-def build(pipe_or_name="toy:generator", n_generator_pairs: int = 3000, n_renderer_pairs: int = 3000, seed: int = 0,
+def build(pipe_or_name="toy:generator", n_generator_pairs: int = 4000, n_renderer_pairs: int = 4000, seed: int = 0,
           log=sys.stderr, *, samples_per_prompt: int = 64, test_samples_per_prompt: int = 16, n_test_pairs: int = 200,
           graded: float = 0.25, steps: int | None = None, batch: int = 32) -> PreferenceData:
     """The study's preference data (see the module docstring). ``pipe_or_name``: a toy FluxPipeline or a name for

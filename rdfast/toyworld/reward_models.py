@@ -4,7 +4,8 @@ regressive Bradley-Terry baseline, on the same pairs with the same budget; evalu
 
 Stages are cached in an output folder, so an interrupted run continues where it stopped::
 
-    out/data.json                    the pair specifications and counts (records are re-rendered from seeds)
+    out/data.json                    the budget, the preference data's folder and digest, the set sizes
+    out/preference/                  preference data given in memory (``preference.save``); a folder is used as is
     out/<size>/base/                 the random tiny checkpoint (rdfast.testing.tiny_checkpoint, config SIZES)
     out/<size>/warmup/ + warmup.json the shared warm-up (``warmup.py``)
     out/<size>/<paradigm>/           the trained reward model (rdfast.train's directory; resumes from its
@@ -12,10 +13,18 @@ Stages are cached in an output folder, so an interrupted run continues where it 
 
     from rdfast.toyworld import reward_models as trm
     results = trm.run("out/rm", sizes=("small", "medium"), budget=trm.BUDGETS["full"])
+    results = trm.run("out/rm", trm.SIZES, trm.PARADIGMS, trm.BUDGETS["full"], preference="out/pref", workers=2)
+    trm.estimate(trm.SIZES, trm.PARADIGMS, trm.BUDGETS["full"], workers=2)   # the plan from STEP_SECONDS
+
+Training data: renderer pairs only (``budget["train_pairs"]``), or with ``preference=`` the pairs of a
+``preference.PreferenceData`` (generator samples labelled by the oracle, plus renderer pairs). ``workers=2`` runs
+stages in two one-thread processes side by side (``schedule.py``), each stage once its warm-up is done.
 
 Metrics (issue 13's "Done when"): pairwise accuracy = P(image 2 better) > 0.5 exactly when image 2 is the
-aligned one, every pair counted in both image orders, ``debias=False``, in-domain and OOD apart; the pointwise
-verifier's ROC-AUC of P(yes) on aligned against misaligned renders (single images).
+aligned one, every pair counted in both image orders, ``debias=False``, on fresh renders in-domain
+(``id_acc``) and OOD (``ood_acc``), graded render pairs, and held-out generator pairs (``generator_acc``,
+``generator_graded_acc``, with preference data only); the pointwise verifier's ROC-AUC of P(yes) on aligned
+against misaligned single images (``in_domain_auc``, ``ood_auc``, ``generator_auc``).
 """
 from __future__ import annotations
 
@@ -92,9 +101,14 @@ def datasets(budget: dict, preference=None) -> dict:
     return sets
 
 
+def cached_spec(out_dir) -> dict:
+    """What the run cached in ``out_dir`` was made from: its budget, preference data (or None) and set sizes."""
+    return _read(os.path.join(out_dir, "data.json"))
+
+
 def cached_datasets(out_dir) -> dict:
     """The sets of the run cached in ``out_dir`` (its budget and, if it had one, its preference data folder)."""
-    spec = _read(os.path.join(out_dir, "data.json"))
+    spec = cached_spec(out_dir)
     return datasets(spec["budget"], (spec.get("preference") or {}).get("path"))
 
 
@@ -212,9 +226,9 @@ def read_budget(out_dir) -> dict:
 #: seconds of one thread (time.process_time) per step: the warm-up's batch of 16 and each paradigm's 16 pairs,
 #: measured by ``bench/toy_reward_models.py --costs`` (bench/results/toy_rm_step_costs_cpu.json); the plan only
 STEP_SECONDS = {
-    "small": {"warmup": 0.034, "pairwise": 0.060, "pointwise": 0.058, "regressive": 0.060},
-    "medium": {"warmup": 0.051, "pairwise": 0.118, "pointwise": 0.088, "regressive": 0.091},
-    "large": {"warmup": 0.148, "pairwise": 0.298, "pointwise": 0.242, "regressive": 0.240},
+    "small": {"warmup": 0.039, "pairwise": 0.069, "pointwise": 0.062, "regressive": 0.058},
+    "medium": {"warmup": 0.054, "pairwise": 0.128, "pointwise": 0.096, "regressive": 0.084},
+    "large": {"warmup": 0.154, "pairwise": 0.292, "pointwise": 0.230, "regressive": 0.226},
 }
 STAGE_OVERHEAD_SECONDS = 15.0  #: per stage: building the sets in its process, loading, evaluating, saving
 
@@ -238,20 +252,22 @@ def _tasks(sizes, stages) -> dict:
     return deps
 
 
-def stage_seconds(size: str, stage: str, budget: dict) -> float:
-    """The planned seconds of one stage on one thread (STEP_SECONDS x steps + STAGE_OVERHEAD_SECONDS)."""
-    costs = STEP_SECONDS[size]
+def stage_seconds(size: str, stage: str, budget: dict, step_seconds: dict | None = None) -> float:
+    """The planned seconds of one stage on one thread (``step_seconds``, default STEP_SECONDS, x steps +
+    STAGE_OVERHEAD_SECONDS)."""
+    costs = (step_seconds or STEP_SECONDS)[size]
     if stage == "warmup":
         return budget["warmup_steps"] * costs["warmup"] * budget["warmup_batch"] / 16 + STAGE_OVERHEAD_SECONDS
     return budget["steps"] * costs[STAGES[stage][0]] * budget["batch"] / 16 + STAGE_OVERHEAD_SECONDS
 
 
-def estimate(sizes=tuple(SIZES), paradigms=PARADIGMS, budget: dict | None = None, workers: int = 2) -> dict:
+def estimate(sizes=tuple(SIZES), paradigms=PARADIGMS, budget: dict | None = None, workers: int = 2,
+             step_seconds: dict | None = None) -> dict:
     """The plan of ``run(..., workers=workers)`` from STEP_SECONDS: {"core_seconds", "seconds" (until the last
     stage ends, one thread per worker, no other load), "stages": {"size/stage": seconds}}."""
     budget = dict(budget or BUDGETS["full"])
     deps = _tasks(sizes, paradigms)
-    costs = {task: stage_seconds(*task, budget) for task in deps}
+    costs = {task: stage_seconds(*task, budget, step_seconds) for task in deps}
     return {"core_seconds": round(sum(costs.values())), "seconds": round(schedule.makespan(costs, deps, workers)),
             "workers": workers, "stages": {f"{s}/{t}": round(c) for (s, t), c in costs.items()}}
 
