@@ -20,7 +20,8 @@ Only in-domain prompts are sampled or rendered, and a sample the oracle reads as
 combination is dropped, so no training pair shows an OOD combination. The same (pipe, arguments, thread count)
 give the same data: noise seeds come from ``numpy.random.default_rng([seed, ...])`` and batches are fixed.
 The defaults sample 27 x (64 + 16) = 2160 images: the study's 5-minute data stage on one thread, with room
-(``info["sample_cpu_seconds_per_image"]`` reports the cost; ``bench/results/toy_preference_cpu.json``).
+(``info["sample_cpu_seconds_per_image"]`` reports the cost; ``bench/toy_reward_models.py --preference`` records
+``info`` in its report).
 ``SMOKE`` is a plumbing-only size (seconds).
 """
 from __future__ import annotations

@@ -287,11 +287,11 @@ def _stage_job(task, out_dir, budget: dict, verbose: bool) -> None:
         paradigm_stage(size, stage, out_dir, budget, cached_datasets(out_dir), log)
 
 
-def _preference_spec(out_dir, preference) -> dict | None:
-    """Load (a folder) or save (in-memory data, to out_dir/preference) the preference data; what data.json
-    records of it (its folder, digest and counts)."""
+def _preference_spec(out_dir, preference) -> tuple[dict | None, object]:
+    """Load (a folder) or save (in-memory data, to out_dir/preference) the preference data: (what data.json
+    records of it: its folder, digest and info; the PreferenceData)."""
     if preference is None:
-        return None
+        return None, None
     if isinstance(preference, pref.PreferenceData):
         data, path = preference, os.path.join(out_dir, "preference")
         saved = os.path.join(path, "pairs.json")
@@ -300,8 +300,7 @@ def _preference_spec(out_dir, preference) -> dict | None:
     else:
         path = os.path.abspath(os.fspath(preference))
         data = pref.load(path)
-    info = {k: data.info.get(k) for k in ("generator_pairs", "renderer_pairs", "test_generator_pairs", "base_alignment")}
-    return {"path": os.path.abspath(path), "digest": data.digest(), **info}
+    return {"path": os.path.abspath(path), "digest": data.digest(), "info": data.info}, data
 
 
 def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = None, log=sys.stderr, *,
@@ -321,11 +320,11 @@ def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = N
     old = _read(spec_path) if os.path.exists(spec_path) else None
     if old is not None and old["budget"] != budget:
         raise ValueError(f"{out_dir} holds a run with another budget ({old['budget']}); use a new folder")
-    spec = _preference_spec(out_dir, preference)
+    spec, data = _preference_spec(out_dir, preference)
     if old is not None and (old.get("preference") or {}).get("digest") != (spec or {}).get("digest"):
         raise ValueError(f"{out_dir} holds a run trained on other preference data ({old.get('preference')}); "
                          "use a new folder")
-    sets = datasets(budget, spec and spec["path"])
+    sets = datasets(budget, data)
     _write(spec_path, {"budget": budget, "preference": spec, "pairs": {k: len(v) for k, v in sets.items()},
                        "train_kinds": {k: sum(r.extra["kind"] == k for r in sets["train"]) for k in ("aligned", "graded")},
                        "train_sources": {s: sum(r.extra["source"] == s for r in sets["train"])
