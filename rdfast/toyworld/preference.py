@@ -7,19 +7,21 @@ count, colour and shape each image shows, in image order (an unreadable image ha
 The builder the study's data stage calls::
 
     build(pipe_or_name="toy:generator", n_generator_pairs=4000, n_renderer_pairs=4000, seed=0, log=sys.stderr, *,
-          samples_per_prompt=64, test_samples_per_prompt=16, n_test_pairs=200, graded=0.25,
+          samples_per_prompt=64, test_samples_per_prompt=16, ood_samples_per_prompt=16, n_test_pairs=200, graded=0.25,
           steps=generator.SAMPLE_STEPS, batch=32) -> PreferenceData
     save(data, folder)   # folder/images.safetensors (uint8 generator samples) + folder/pairs.json (metadata)
     load(folder) -> PreferenceData        # renderer pairs are re-rendered from their recorded prompts and seeds
 
     data.train            # PreferenceRecords: generator pairs, then renderer pairs (the Trainer shuffles)
     data.test_generator   # held-out generator pairs: other samples (disjoint seeds) of the in-domain prompts
+    data.test_generator_ood  # generator pairs on the held-out (OOD) prompts: test only, never in ``train``
     data.info             # counts, base alignment of the samples, attribute histogram, seconds
 
-Only in-domain prompts are sampled or rendered, and a sample the oracle reads as a held-out (OOD) colour-shape
-combination is dropped, so no training pair shows an OOD combination. The same (pipe, arguments, thread count)
+Training pairs come from in-domain prompts only, and a sample the oracle reads as a held-out (OOD) colour-shape
+combination is dropped from them, so no training pair shows an OOD combination; OOD prompts are sampled for
+``test_generator_ood`` alone. The same (pipe, arguments, thread count)
 give the same data: noise seeds come from ``numpy.random.default_rng([seed, ...])`` and batches are fixed.
-The defaults sample 27 x (64 + 16) = 2160 images: the study's 5-minute data stage on one thread, with room
+The defaults sample 27 x (64 + 16) + 9 x 16 = 2304 images: the study's 5-minute data stage on one thread, with room
 (``info["sample_cpu_seconds_per_image"]`` reports the cost; ``bench/toy_reward_models.py --preference`` records
 ``info`` in its report).
 ``SMOKE`` is a plumbing-only size (seconds).
@@ -47,10 +49,10 @@ from .render import render
 from .world import OOD_COMBOS, Prompt, prompts
 
 FORMAT = 1  #: pairs.json's format version
-#: build() keyword arguments for a run that checks plumbing only (81 images of 2 Euler steps: a few pairs or none)
+#: build() keyword arguments for a run that checks plumbing only (99 images of 2 Euler steps: a few pairs or none)
 SMOKE = dict(n_generator_pairs=16, n_renderer_pairs=16, samples_per_prompt=2, test_samples_per_prompt=1,
-             n_test_pairs=4, steps=2)
-_STREAMS = {"train": 0, "test": 1, "pairs": 2, "test_pairs": 3}  # independent rng streams per use
+             ood_samples_per_prompt=2, n_test_pairs=4, steps=2)
+_STREAMS = {"train": 0, "test": 1, "pairs": 2, "test_pairs": 3, "ood": 4, "ood_pairs": 5}  # independent rng streams per use
 
 
 @dataclasses.dataclass
@@ -59,10 +61,11 @@ class PreferenceData:
     test_generator: list  #: held-out generator PreferenceRecords (one order each; ``data.both_orders`` mirrors)
     info: dict  #: what was sampled and how it was labelled
     images: np.ndarray = dataclasses.field(default=None, repr=False)  #: the samples generator pairs index (uint8)
+    test_generator_ood: list = dataclasses.field(default_factory=list)  #: generator pairs on OOD prompts (test)
 
     def digest(self) -> str:
         """A short fingerprint of the pairs (prompts, labels, metadata), for caches built on this data."""
-        text = json.dumps([_meta(r) for r in self.train + self.test_generator], sort_keys=True)
+        text = json.dumps([_meta(r) for r in self.train + self.test_generator + self.test_generator_ood], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -115,27 +118,30 @@ def _sample(pipe, texts: list[str], seeds: list[int], steps: int, batch: int, lo
     return np.stack(out) if out else np.zeros((0, 64, 64, 3), np.uint8)
 
 
-def _generator_records(images: np.ndarray, image_index: list[int], pool: list[Prompt], seeds: list[int],
-                       readings: list[Reading], n: int, graded: float, rng: np.random.Generator) -> list:
-    """``n`` generator pairs among the kept samples (``image_index``: their rows in ``images``), per prompt."""
-    per_prompt = [[k for k in image_index if k % len(pool) == g] for g in range(len(pool))]  # row k shows prompt k % 27
-    right = {k: attributes_right(readings[k], pool[k % len(pool)]) for k in image_index}
+def _generator_records(images: np.ndarray, image_index: list[int], pool: list[Prompt], prompt_of: list[Prompt],
+                       seeds: list[int], readings: list[Reading], n: int, graded: float,
+                       rng: np.random.Generator) -> list:
+    """``n`` generator pairs among the samples at rows ``image_index`` of ``images`` (row k shows prompt_of[k]),
+    pairs within each prompt of ``pool``."""
+    per_prompt = [[k for k in image_index if prompt_of[k] == p] for p in pool]
+    right = {k: attributes_right(readings[k], prompt_of[k]) for k in image_index}
     picks = pick_pairs([candidate_pairs([right[k] for k in ks]) for ks in per_prompt], n, graded, rng)
     records = []
     for g, kind, win, lose in picks:
         good, bad = per_prompt[g][win], per_prompt[g][lose]
         candidate_wins = bool(rng.random() < 0.5)  # which side the preferred image takes
         first, second = (bad, good) if candidate_wins else (good, bad)
-        records.append(_generator_record(pool[g].text, images, first, second, 2 if candidate_wins else 1, kind,
+        records.append(_generator_record(pool[g], images, first, second, 2 if candidate_wins else 1, kind,
                                          [right[first], right[second]], [seeds[first], seeds[second]],
                                          [readings[first], readings[second]]))
     return records
 
 
-def _generator_record(prompt: str, images: np.ndarray, first: int, second: int, label: int, kind: str, right,
+def _generator_record(prompt: Prompt, images: np.ndarray, first: int, second: int, label: int, kind: str, right,
                       seeds, readings, instruction: str = INSTRUCTION) -> PreferenceRecord:
-    return PreferenceRecord(prompt, pil(images[first]), pil(images[second]), label, instruction=instruction, extra={
-        "source": "generator", "kind": kind, "split": "in_domain", "right": list(right), "images": [first, second],
+    return PreferenceRecord(prompt.text, pil(images[first]), pil(images[second]), label, instruction=instruction, extra={
+        "source": "generator", "kind": kind, "split": "ood" if prompt.ood else "in_domain", "right": list(right),
+        "images": [first, second],
         "seeds": list(seeds), "readings": [_reading_json(r) for r in readings]})
 
 
@@ -143,15 +149,29 @@ def _reading_json(reading: Reading):
     return [reading.count, reading.colour, reading.shape]
 
 
+def _fresh_seeds(rng: np.random.Generator, n: int, taken: set) -> list[int]:
+    """``n`` distinct noise seeds from ``rng``, none in ``taken`` (which grows by them)."""
+    out = []
+    while len(out) < n:
+        for value in rng.integers(0, 2**31, size=n - len(out)).tolist():
+            if value not in taken:
+                taken.add(value)
+                out.append(value)
+    return out
+
+
 def build(pipe_or_name="toy:generator", n_generator_pairs: int = 4000, n_renderer_pairs: int = 4000, seed: int = 0,
-          log=sys.stderr, *, samples_per_prompt: int = 64, test_samples_per_prompt: int = 16, n_test_pairs: int = 200,
-          graded: float = 0.25, steps: int | None = None, batch: int = 32) -> PreferenceData:
+          log=sys.stderr, *, samples_per_prompt: int = 64, test_samples_per_prompt: int = 16,
+          ood_samples_per_prompt: int = 16, n_test_pairs: int = 200, graded: float = 0.25, steps: int | None = None,
+          batch: int = 32) -> PreferenceData:
     """The study's preference data (see the module docstring). ``pipe_or_name``: a toy FluxPipeline or a name for
     ``rdfast.diffusion.pipelines.load_pipeline`` (loaded on the CPU). Fewer generator pairs than asked come back
-    when the samples hold fewer distinct untied pairs (``info["generator_pairs"]`` says how many)."""
+    when the samples hold fewer distinct untied pairs (``info`` says how many). ``n_test_pairs`` applies to the
+    in-domain and the OOD held-out generator pairs each."""
     for name, value in (("n_generator_pairs", n_generator_pairs), ("n_renderer_pairs", n_renderer_pairs),
                         ("samples_per_prompt", samples_per_prompt), ("test_samples_per_prompt", test_samples_per_prompt),
-                        ("n_test_pairs", n_test_pairs), ("batch", batch)):
+                        ("ood_samples_per_prompt", ood_samples_per_prompt), ("n_test_pairs", n_test_pairs),
+                        ("batch", batch)):
         if not isinstance(value, int) or value < (1 if name == "batch" else 0):
             raise ValueError(f"{name}={value!r} must be a non-negative integer (batch: positive)")
     if not 0.0 <= graded <= 1.0:
@@ -160,49 +180,54 @@ def build(pipe_or_name="toy:generator", n_generator_pairs: int = 4000, n_rendere
         pipe_or_name = load_pipeline(os.fspath(pipe_or_name), device="cpu")
     steps = steps or SAMPLE_STEPS
     wall, cpu = time.perf_counter(), time.process_time()
-    pool = prompts("in_domain")
     seed = int(seed) & 0xFFFFFFFF
-    train_seeds = [int(s) for s in np.random.default_rng([seed, 13, _STREAMS["train"]]).integers(
-        0, 2**31, size=len(pool) * samples_per_prompt)]
-    taken = set(train_seeds)
-    test_seeds = [int(s) for s in np.random.default_rng([seed, 13, _STREAMS["test"]]).integers(
-        0, 2**31, size=2 * len(pool) * test_samples_per_prompt + 8) if int(s) not in taken]
-    test_seeds = list(dict.fromkeys(test_seeds))[: len(pool) * test_samples_per_prompt]  # disjoint from training
-    texts = lambda n: [pool[k % len(pool)].text for k in range(n)]  # noqa: E731  (prompt k % 27: each in turn)
-    seeds = train_seeds + test_seeds
-    n_train = len(train_seeds)
-    images = _sample(pipe_or_name, texts(n_train) + texts(len(test_seeds)), seeds, steps, batch, log,
-                     "generator samples")
+    pools = {"train": prompts("in_domain"), "test": prompts("in_domain"), "ood": prompts("ood")}
+    per_prompt = {"train": samples_per_prompt, "test": test_samples_per_prompt, "ood": ood_samples_per_prompt}
+    taken, rows, prompt_of, seeds = set(), {}, [], []
+    for part, pool in pools.items():  # each prompt in turn; seeds disjoint across parts
+        n = len(pool) * per_prompt[part]
+        rows[part] = range(len(seeds), len(seeds) + n)
+        prompt_of += [pool[k % len(pool)] for k in range(n)]
+        seeds += _fresh_seeds(np.random.default_rng([seed, 13, _STREAMS[part]]), n, taken)
+    images = _sample(pipe_or_name, [p.text for p in prompt_of], seeds, steps, batch, log, "generator samples")
     sample_seconds = time.process_time() - cpu
     readings = [read(im) for im in images]
-    prompt_of = [pool[k % len(pool)] for k in range(n_train)] + [pool[k % len(pool)] for k in range(len(test_seeds))]
-    kept = [k for k in range(len(images)) if not shows_ood(readings[k])]
-    # rows of both halves show prompt row % 27 (n_train is a multiple of 27)
-    train = _generator_records(images, [k for k in kept if k < n_train], pool, seeds, readings, n_generator_pairs,
-                               graded, np.random.default_rng([seed, 13, _STREAMS["pairs"]]))
-    test = _generator_records(images, [k for k in kept if k >= n_train], pool, seeds, readings, n_test_pairs,
-                              graded, np.random.default_rng([seed, 13, _STREAMS["test_pairs"]]))
-    renders = render_pairs(n_renderer_pairs, "in_domain", seed * 10 + 5, graded)
     right = [attributes_right(r, p) for r, p in zip(readings, prompt_of)]
+
+    def pairs(part, n, stream, keep=lambda k: True):
+        index = [k for k in rows[part] if keep(k)]
+        return _generator_records(images, index, pools[part], prompt_of, seeds, readings, n, graded,
+                                  np.random.default_rng([seed, 13, _STREAMS[stream]]))
+
+    in_domain = lambda k: not shows_ood(readings[k])  # noqa: E731  (no OOD combination in training or ID tests)
+    train = pairs("train", n_generator_pairs, "pairs", in_domain)
+    test = pairs("test", n_test_pairs, "test_pairs", in_domain)
+    test_ood = pairs("ood", n_test_pairs, "ood_pairs")
+    renders = render_pairs(n_renderer_pairs, "in_domain", seed * 10 + 5, graded)
+    aligned = {part: round(float(np.mean([right[k] == 3 for k in r])), 4) if len(r) else None for part, r in rows.items()}
     info = {
         "seed": seed, "steps": steps, "batch": batch, "samples_per_prompt": samples_per_prompt,
-        "test_samples_per_prompt": test_samples_per_prompt, "graded": graded, "instruction": INSTRUCTION,
-        "generator_samples": len(images), "dropped_ood_readings": len(images) - len(kept),
-        "base_alignment": round(float(np.mean([r == 3 for r in right[:n_train]])), 4) if n_train else None,
-        "test_alignment": round(float(np.mean([r == 3 for r in right[n_train:]])), 4) if len(right) > n_train else None,
-        "attributes_right_histogram": [right.count(v) for v in range(4)],
+        "test_samples_per_prompt": test_samples_per_prompt, "ood_samples_per_prompt": ood_samples_per_prompt,
+        "graded": graded, "instruction": INSTRUCTION, "generator_samples": len(images),
+        "dropped_ood_readings": sum(shows_ood(readings[k]) for part in ("train", "test") for k in rows[part]),
+        "base_alignment": aligned["train"], "test_alignment": aligned["test"], "ood_alignment": aligned["ood"],
+        "attributes_right_histogram": {part: [[right[k] for k in r].count(v) for v in range(4)]
+                                       for part, r in rows.items()},
         "unreadable": sum(not r.readable for r in readings),
         "generator_pairs": len(train), "renderer_pairs": len(renders), "test_generator_pairs": len(test),
+        "test_generator_ood_pairs": len(test_ood),
         "kinds": {src: {k: sum(r.extra["kind"] == k for r in recs) for k in ("aligned", "graded")}
-                  for src, recs in (("generator", train), ("renderer", renders), ("test_generator", test))},
+                  for src, recs in (("generator", train), ("renderer", renders), ("test_generator", test),
+                                    ("test_generator_ood", test_ood))},
         "sample_cpu_seconds_per_image": round(sample_seconds / max(1, len(images)), 4),
         "cpu_seconds": round(time.process_time() - cpu, 1), "seconds": round(time.perf_counter() - wall, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    data = PreferenceData(train + renders, test, info, images)
+    data = PreferenceData(train + renders, test, info, images, test_ood)
     if log is not None:
-        print(f"preference data: {len(train)} generator + {len(renders)} renderer pairs, {len(test)} held-out "
-              f"generator pairs; base alignment {info['base_alignment']} ({info['seconds']} s)", file=log, flush=True)
+        print(f"preference data: {len(train)} generator + {len(renders)} renderer pairs, {len(test)} + {len(test_ood)} "
+              f"held-out generator pairs (in-domain + OOD prompts); base alignment {info['base_alignment']} "
+              f"({info['seconds']} s)", file=log, flush=True)
     return data
 
 
@@ -217,7 +242,8 @@ def save(data: PreferenceData, folder) -> str:
 
     folder = os.fspath(folder)
     images = data.images if data.images is not None else np.zeros((0, 64, 64, 3), np.uint8)
-    if any(r.extra["source"] == "generator" for r in data.train + data.test_generator) and not len(images):
+    if any(r.extra["source"] == "generator" for r in data.train + data.test_generator + data.test_generator_ood) \
+            and not len(images):
         raise ValueError("save() needs the generator samples the pairs index (data.images)")
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -225,7 +251,8 @@ def save(data: PreferenceData, folder) -> str:
     save_file({"generator": torch.from_numpy(np.ascontiguousarray(images))}, os.path.join(tmp, "images.safetensors"))
     with open(os.path.join(tmp, "pairs.json"), "w", encoding="utf-8") as fh:
         json.dump({"format": FORMAT, "info": data.info, "digest": data.digest(),
-                   "train": [_meta(r) for r in data.train], "test_generator": [_meta(r) for r in data.test_generator]},
+                   "train": [_meta(r) for r in data.train], "test_generator": [_meta(r) for r in data.test_generator],
+                   "test_generator_ood": [_meta(r) for r in data.test_generator_ood]},
                   fh, indent=0)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -259,4 +286,5 @@ def load(folder) -> PreferenceData:
         raise ValueError(f"{path} has format {saved.get('format')!r}; this rdfast reads format {FORMAT}")
     images = load_file(os.path.join(folder, "images.safetensors"))["generator"].numpy()
     return PreferenceData([_record(m, images) for m in saved["train"]],
-                          [_record(m, images) for m in saved["test_generator"]], saved["info"], images)
+                          [_record(m, images) for m in saved["test_generator"]], saved["info"], images,
+                          [_record(m, images) for m in saved.get("test_generator_ood", [])])

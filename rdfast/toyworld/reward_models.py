@@ -22,9 +22,10 @@ stages in two one-thread processes side by side (``schedule.py``), each stage on
 
 Metrics (issue 13's "Done when"): pairwise accuracy = P(image 2 better) > 0.5 exactly when image 2 is the
 aligned one, every pair counted in both image orders, ``debias=False``, on fresh renders in-domain
-(``id_acc``) and OOD (``ood_acc``), graded render pairs, and held-out generator pairs (``generator_acc``,
-``generator_graded_acc``, with preference data only); the pointwise verifier's ROC-AUC of P(yes) on aligned
-against misaligned single images (``in_domain_auc``, ``ood_auc``, ``generator_auc``).
+(``id_acc``) and OOD (``ood_acc``), graded render pairs, and held-out generator pairs on in-domain and OOD
+prompts (``generator_acc``, ``generator_ood_acc`` and their ``_graded_acc``, with preference data only); the
+pointwise verifier's ROC-AUC of P(yes) on aligned against misaligned single images (``in_domain_auc``,
+``ood_auc``, ``generator_auc``, ``generator_ood_auc``).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ BUDGETS = {
 }
 _DATA_SEEDS = {"train": 0, "test": 1, "ood": 2}
 #: the test sets ``measure`` reports (those present): renders in-domain, OOD and graded; held-out generator pairs
-TEST_SETS = ("in_domain", "ood", "in_domain_graded", "generator", "generator_graded")  # added to budget["seed"] * 10: independent layouts per set
+TEST_SETS = ("in_domain", "ood", "in_domain_graded", "generator", "generator_graded", "generator_ood",
+             "generator_ood_graded")  # added to budget["seed"] * 10: independent layouts per set
 
 
 def datasets(budget: dict, preference=None) -> dict:
@@ -81,7 +83,8 @@ def datasets(budget: dict, preference=None) -> dict:
 
     preference: a ``preference.PreferenceData`` (or its folder): training on its pairs (generator + renderer)
     instead of ``budget["train_pairs"]`` renderer pairs, and adding its held-out generator pairs as the test sets
-    "generator" and "generator_graded". The renderer test sets are the same either way."""
+    "generator" and "generator_graded", and those on OOD prompts as "generator_ood" and "generator_ood_graded".
+    The renderer test sets are the same either way."""
     base = budget["seed"] * 10
     test = render_pairs(budget["test_pairs"], "in_domain", base + _DATA_SEEDS["test"], graded=0.25)
     sets = {
@@ -94,10 +97,10 @@ def datasets(budget: dict, preference=None) -> dict:
         return sets
     if not isinstance(preference, pref.PreferenceData):
         preference = pref.load(preference)
-    held_out = preference.test_generator
-    sets.update(train=list(preference.train),
-                generator=both_orders([r for r in held_out if r.extra["kind"] == "aligned"]),
-                generator_graded=both_orders([r for r in held_out if r.extra["kind"] == "graded"]))
+    sets["train"] = list(preference.train)
+    for name, held_out in (("generator", preference.test_generator), ("generator_ood", preference.test_generator_ood)):
+        sets[name] = both_orders([r for r in held_out if r.extra["kind"] == "aligned"])
+        sets[name + "_graded"] = both_orders([r for r in held_out if r.extra["kind"] == "graded"])
     return sets
 
 
@@ -150,7 +153,7 @@ def measure(path, sets: dict, paradigm: str, log=sys.stderr) -> dict:
                 out[f"{name}_acc"] = result["accuracy"]
                 out[f"{name}_pairs"] = result["n_pairs"]
         if paradigm == "pointwise":
-            for name in ("in_domain", "ood", "generator"):
+            for name in ("in_domain", "ood", "generator", "generator_ood"):
                 images, texts, labels = verifier_items(sets.get(name) or [])
                 if 0 < sum(labels) < len(labels):
                     out[f"{name}_auc"] = roc_auc(model.score(images, texts).tolist(), labels)

@@ -62,7 +62,7 @@ def fake_sample(pipe, texts, seeds, steps, batch, log, desc):
 def fake_data(monkeypatch):
     monkeypatch.setattr(pref, "_sample", fake_sample)
     return pref.build(object(), 120, 30, seed=5, log=None, samples_per_prompt=6, test_samples_per_prompt=4,
-                      n_test_pairs=24)
+                      ood_samples_per_prompt=4, n_test_pairs=24)
 
 
 def test_pairs_follow_the_oracle_and_record_their_source(fake_data):
@@ -71,20 +71,22 @@ def test_pairs_follow_the_oracle_and_record_their_source(fake_data):
     assert data.info["dropped_ood_readings"] > 0
     sources = [r.extra["source"] for r in data.train]
     assert sources.count("generator") == 120 and sources.count("renderer") == 30
-    assert {r.extra["source"] for r in data.test_generator} == {"generator"}
-    for rec in data.train + data.test_generator:
+    assert {r.extra["source"] for r in data.test_generator + data.test_generator_ood} == {"generator"}
+    assert data.test_generator_ood and all(tw.Prompt.parse(r.prompt).ood for r in data.test_generator_ood)
+    for rec in data.train + data.test_generator + data.test_generator_ood:
         prompt = tw.Prompt.parse(rec.prompt)
-        assert not prompt.ood
         right = [oracle_right(rec.image1, prompt), oracle_right(rec.image2, prompt)]
         assert rec.extra["right"] == right, rec.extra
         won, lost = (right[1], right[0]) if rec.label == 2 else (right[0], right[1])
         assert won > lost  # aligned beats misaligned, more right beats fewer, never a tie
         assert rec.extra["kind"] == ("aligned" if won == 3 else "graded")
-        for image in (rec.image1, rec.image2):  # no OOD combination shown in any pair
-            assert not pref.shows_ood(tw.read(np.asarray(image)))
+        assert rec.extra["split"] == ("ood" if prompt.ood else "in_domain")
+        if not prompt.ood:  # no OOD prompt or OOD combination shown in training or in-domain test pairs
+            assert not any(pref.shows_ood(tw.read(np.asarray(image))) for image in (rec.image1, rec.image2))
     assert {r.extra["kind"] for r in data.train if r.extra["source"] == "generator"} == {"aligned", "graded"}
     train_seeds = {s for r in data.train if r.extra["source"] == "generator" for s in r.extra["seeds"]}
-    assert train_seeds and not train_seeds & {s for r in data.test_generator for s in r.extra["seeds"]}
+    test_seeds = {s for r in data.test_generator + data.test_generator_ood for s in r.extra["seeds"]}
+    assert train_seeds and test_seeds and not train_seeds & test_seeds
 
 
 def test_save_load_round_trip(fake_data, tmp_path):
@@ -92,7 +94,9 @@ def test_save_load_round_trip(fake_data, tmp_path):
     assert sorted(os.listdir(folder)) == ["images.safetensors", "pairs.json"]
     back = pref.load(folder)
     assert back.info == fake_data.info and back.digest() == fake_data.digest()
-    for a, b in zip(fake_data.train + fake_data.test_generator, back.train + back.test_generator):
+    assert len(back.test_generator_ood) == len(fake_data.test_generator_ood) > 0
+    for a, b in zip(fake_data.train + fake_data.test_generator + fake_data.test_generator_ood,
+                    back.train + back.test_generator + back.test_generator_ood):
         assert (a.prompt, a.label, a.instruction, a.extra) == (b.prompt, b.label, b.instruction, b.extra)
         assert np.array_equal(np.asarray(a.image1), np.asarray(b.image1))
         assert np.array_equal(np.asarray(a.image2), np.asarray(b.image2))
@@ -111,10 +115,11 @@ def test_the_generator_data_is_fixed_by_its_seed():
     from rdfast.diffusion.pipelines import load_pipeline
 
     pipe = load_pipeline("toy:generator", device="cpu")
-    kwargs = dict(log=None, samples_per_prompt=2, test_samples_per_prompt=1, n_test_pairs=4, steps=1)
+    kwargs = dict(log=None, samples_per_prompt=2, test_samples_per_prompt=1, ood_samples_per_prompt=1, n_test_pairs=4,
+                  steps=1)
     first, again, other = (pref.build(pipe, 10, 2, seed=s, **kwargs) for s in (3, 3, 4))
     assert np.array_equal(first.images, again.images) and first.digest() == again.digest()
-    assert first.images.shape == (81, 64, 64, 3) and not np.array_equal(first.images, other.images)
+    assert first.images.shape == (27 * 3 + 9, 64, 64, 3) and not np.array_equal(first.images, other.images)
 
 
 def test_reward_model_stages_train_on_preference_data(fake_data, tmp_path):
@@ -123,8 +128,9 @@ def test_reward_model_stages_train_on_preference_data(fake_data, tmp_path):
     results = trm.run(out, ["small"], ["pairwise", "pointwise"], budget, log=None, preference=fake_data)
     assert [r["paradigm"] for r in results] == ["pairwise", "pointwise"]
     for r in results:  # renders in-domain and OOD, held-out generator pairs: each reported apart
-        assert {"id_acc", "ood_acc", "generator_acc"} <= set(r) and 0.0 <= r["generator_acc"] <= 1.0
-    assert "generator_auc" in results[1]
+        assert {"id_acc", "ood_acc", "generator_acc", "generator_ood_acc"} <= set(r)
+        assert 0.0 <= r["generator_acc"] <= 1.0 and 0.0 <= r["generator_ood_acc"] <= 1.0
+    assert {"generator_auc", "generator_ood_auc"} <= set(results[1])
     spec = json.loads((out / "data.json").read_text())
     assert spec["train_sources"] == {"generator": 120, "renderer": 30}
     assert spec["preference"]["digest"] == fake_data.digest()
