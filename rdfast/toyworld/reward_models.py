@@ -62,8 +62,10 @@ SIZES = {
                   vision_config=dict(embed_dim=128, hidden_size=128, num_heads=8, depth=2)),
 }
 BUDGETS = {
-    # train_synthetic's recipe (0.935 / 0.85 in-domain / OOD pairwise accuracy with the medium size there): about
-    # 11 minutes per size on 2 idle cores; its yes/no VQA probe left chance only after about 3600 warm-up steps
+    # train_synthetic's recipe (0.935 / 0.85 in-domain / OOD pairwise accuracy with the medium size there); its
+    # yes/no VQA probe left chance only after about 3600 warm-up steps. All 3 sizes x 3 paradigms are planned
+    # within the study's 45 minutes on two one-thread workers: ``estimate()`` (the large size's warm-up is the
+    # longest stage; ``test_schedule.py`` keeps the plan under 45 minutes)
     "full": dict(train_pairs=8000, test_pairs=200, graded=0.25, warmup_steps=6000, warmup_batch=16, warmup_lr=1e-3,
                  steps=1200, batch=16, lr=3e-4, seed=0),
     # a third of the warm-up and half the steps: what a heavily loaded machine allowed (every model at chance)
