@@ -26,6 +26,8 @@ MIN_COMPONENT_AREA, COLOUR_TOLERANCE, MIN/MAX_OBJECT_SIDE, MIN_FILL and the shap
 | render.py | ``render``, ``render_misaligned``, ``misaligned_prompt``, ``layout``, ``to_tensor`` |
 | oracle.py | ``read`` -> ``Reading``, ``is_aligned``, ``alignment`` |
 | data.py   | preference pairs from renders (``render_pairs``, ``both_orders``), ``roc_auc`` |
+| preference.py | preference data from generator samples read by the oracle, plus renderer pairs; save/load |
+| schedule.py | cached stages with dependencies run side by side in worker processes, and their plan |
 | warmup.py | the reward models' shared warm-up (captions, one-attribute VQA, reading the reward layouts) |
 | reward_models.py | sizes x paradigms, cached stages, ``measure``, ``ship``; the shipped models in ``models/`` |
 | refl_study.py | ReFL of the generator per reward model (Best-of-N top-2 / bottom-2 reference, regressive scalar) |

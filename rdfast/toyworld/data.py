@@ -2,9 +2,10 @@
 attributes right beats fewer.
 
 Every record is an ``rdfast.train.PreferenceRecord`` whose ``extra`` says where it came from and why its label
-holds: ``source`` ("render" here; generator samples labelled by the oracle use "generator"), ``kind``
-("aligned": an aligned image against a misaligned one; "graded": one attribute wrong against two wrong),
-``chosen`` and ``rejected`` (the prompts the two images show) and ``seeds`` (their render seeds, chosen first).
+holds: ``source`` ("renderer" here; generator samples labelled by the oracle, ``preference.py``, use "generator"),
+``kind`` ("aligned": an aligned image against a misaligned one; "graded": one attribute wrong against two wrong),
+``chosen`` and ``rejected`` (the prompts the two images show), ``seeds`` (their render seeds, chosen first) and
+``right`` (how many of the prompt's attributes each image shows, in image order).
 Image 1 is the pairwise reward model's reference, image 2 the candidate: label 2 means the candidate wins.
 
     train = render_pairs(4000, "in_domain", seed=0)              # in-domain prompts only, never an OOD combination
@@ -63,10 +64,11 @@ def render_pairs(n: int, split: str = "in_domain", seed: int = 0, graded: float 
         candidate_wins = bool(rng.random() < 0.5)
         good, bad = pil(render(chosen, s1)), pil(render(rejected, s2))
         image1, image2 = (bad, good) if candidate_wins else (good, bad)
+        right = [sum(getattr(shown, a) == getattr(prompt, a) for a in ATTRIBUTES) for shown in (chosen, rejected)]
         out.append(PreferenceRecord(
             prompt.text, image1, image2, 2 if candidate_wins else 1, instruction=instruction,
-            extra={"source": "render", "kind": kind, "split": split, "chosen": chosen.text,
-                   "rejected": rejected.text, "seeds": [s1, s2]}))
+            extra={"source": "renderer", "kind": kind, "split": split, "chosen": chosen.text,
+                   "rejected": rejected.text, "seeds": [s1, s2], "right": right[::-1] if candidate_wins else right}))
     return out
 
 
@@ -83,11 +85,15 @@ def both_orders(records: list[PreferenceRecord]) -> list[PreferenceRecord]:
 def verifier_items(records: list[PreferenceRecord]) -> tuple[list, list[str], list[int]]:
     """(images, prompts, labels 1 = aligned / 0 = not) from "aligned" pairs, each image once: the verifier's
     ROC-AUC set."""
-    images, texts, labels = [], [], []
+    images, texts, labels, seen = [], [], [], set()
     for rec in records:
         if rec.extra.get("kind") != "aligned" or rec.extra.get("mirrored"):
             continue
         for k, image in enumerate((rec.image1, rec.image2)):
+            key = ("sample", rec.extra["images"][k]) if "images" in rec.extra else id(image)
+            if key in seen:  # generator pairs share samples: each counts once
+                continue
+            seen.add(key)
             images.append(image)
             texts.append(rec.prompt)
             labels.append(int(k + 1 == rec.label))

@@ -4,7 +4,8 @@ regressive Bradley-Terry baseline, on the same pairs with the same budget; evalu
 
 Stages are cached in an output folder, so an interrupted run continues where it stopped::
 
-    out/data.json                    the pair specifications and counts (records are re-rendered from seeds)
+    out/data.json                    the budget, the preference data's folder and digest, the set sizes
+    out/preference/                  preference data given in memory (``preference.save``); a folder is used as is
     out/<size>/base/                 the random tiny checkpoint (rdfast.testing.tiny_checkpoint, config SIZES)
     out/<size>/warmup/ + warmup.json the shared warm-up (``warmup.py``)
     out/<size>/<paradigm>/           the trained reward model (rdfast.train's directory; resumes from its
@@ -12,10 +13,19 @@ Stages are cached in an output folder, so an interrupted run continues where it 
 
     from rdfast.toyworld import reward_models as trm
     results = trm.run("out/rm", sizes=("small", "medium"), budget=trm.BUDGETS["full"])
+    results = trm.run("out/rm", trm.SIZES, trm.PARADIGMS, trm.BUDGETS["full"], preference="out/pref", workers=2)
+    trm.estimate(trm.SIZES, trm.PARADIGMS, trm.BUDGETS["full"], workers=2)   # the plan from STEP_SECONDS
+
+Training data: renderer pairs only (``budget["train_pairs"]``), or with ``preference=`` the pairs of a
+``preference.PreferenceData`` (generator samples labelled by the oracle, plus renderer pairs). ``workers=2`` runs
+stages in two one-thread processes side by side (``schedule.py``), each stage once its warm-up is done.
 
 Metrics (issue 13's "Done when"): pairwise accuracy = P(image 2 better) > 0.5 exactly when image 2 is the
-aligned one, every pair counted in both image orders, ``debias=False``, in-domain and OOD apart; the pointwise
-verifier's ROC-AUC of P(yes) on aligned against misaligned renders (single images).
+aligned one, every pair counted in both image orders, ``debias=False``, on fresh renders in-domain
+(``id_acc``) and OOD (``ood_acc``), graded render pairs, and held-out generator pairs on in-domain and OOD
+prompts (``generator_acc``, ``generator_ood_acc`` and their ``_graded_acc``, with preference data only); the
+pointwise verifier's ROC-AUC of P(yes) on aligned against misaligned single images (``in_domain_auc``,
+``ood_auc``, ``generator_auc``, ``generator_ood_auc``).
 """
 from __future__ import annotations
 
@@ -30,7 +40,8 @@ import torch
 from ..model import RewardModel
 from ..testing import tiny_checkpoint
 from ..train import TrainConfig, Trainer, evaluate, load_trained
-from . import warmup
+from . import preference as pref
+from . import schedule, warmup
 from .data import INSTRUCTION, both_orders, render_pairs, roc_auc, verifier_items
 
 PARADIGMS = ("pairwise", "pointwise", "regressive")
@@ -51,8 +62,10 @@ SIZES = {
                   vision_config=dict(embed_dim=128, hidden_size=128, num_heads=8, depth=2)),
 }
 BUDGETS = {
-    # train_synthetic's recipe (0.935 / 0.85 in-domain / OOD pairwise accuracy with the medium size there): about
-    # 11 minutes per size on 2 idle cores; its yes/no VQA probe left chance only after about 3600 warm-up steps
+    # train_synthetic's recipe (0.935 / 0.85 in-domain / OOD pairwise accuracy with the medium size there); its
+    # yes/no VQA probe left chance only after about 3600 warm-up steps. All 3 sizes x 3 paradigms are planned
+    # within the study's 45 minutes on two one-thread workers: ``estimate()`` (the large size's warm-up is the
+    # longest stage; ``test_schedule.py`` keeps the plan under 45 minutes)
     "full": dict(train_pairs=8000, test_pairs=200, graded=0.25, warmup_steps=6000, warmup_batch=16, warmup_lr=1e-3,
                  steps=1200, batch=16, lr=3e-4, seed=0),
     # a third of the warm-up and half the steps: what a heavily loaded machine allowed (every model at chance)
@@ -61,19 +74,47 @@ BUDGETS = {
     "smoke": dict(train_pairs=16, test_pairs=4, graded=0.25, warmup_steps=2, warmup_batch=4, warmup_lr=1e-3,
                   steps=2, batch=4, lr=1e-4, seed=0),
 }
-_DATA_SEEDS = {"train": 0, "test": 1, "ood": 2}  # added to budget["seed"] * 10: independent layouts per set
+_DATA_SEEDS = {"train": 0, "test": 1, "ood": 2}
+#: the test sets ``measure`` reports (those present): renders in-domain, OOD and graded; held-out generator pairs
+TEST_SETS = ("in_domain", "ood", "in_domain_graded", "generator", "generator_graded", "generator_ood",
+             "generator_ood_graded")  # added to budget["seed"] * 10: independent layouts per set
 
 
-def datasets(budget: dict) -> dict:
-    """{"train", "in_domain", "in_domain_graded", "ood"}: PreferenceRecords (the test sets in both orders)."""
+def datasets(budget: dict, preference=None) -> dict:
+    """{"train", "in_domain", "in_domain_graded", "ood"}: PreferenceRecords (the test sets in both orders).
+
+    preference: a ``preference.PreferenceData`` (or its folder): training on its pairs (generator + renderer)
+    instead of ``budget["train_pairs"]`` renderer pairs, and adding its held-out generator pairs as the test sets
+    "generator" and "generator_graded", and those on OOD prompts as "generator_ood" and "generator_ood_graded".
+    The renderer test sets are the same either way."""
     base = budget["seed"] * 10
     test = render_pairs(budget["test_pairs"], "in_domain", base + _DATA_SEEDS["test"], graded=0.25)
-    return {
-        "train": render_pairs(budget["train_pairs"], "in_domain", base + _DATA_SEEDS["train"], budget["graded"]),
+    sets = {
         "in_domain": both_orders([r for r in test if r.extra["kind"] == "aligned"]),
         "in_domain_graded": both_orders([r for r in test if r.extra["kind"] == "graded"]),
         "ood": both_orders(render_pairs(budget["test_pairs"], "ood", base + _DATA_SEEDS["ood"], graded=0.0)),
     }
+    if preference is None:
+        sets["train"] = render_pairs(budget["train_pairs"], "in_domain", base + _DATA_SEEDS["train"], budget["graded"])
+        return sets
+    if not isinstance(preference, pref.PreferenceData):
+        preference = pref.load(preference)
+    sets["train"] = list(preference.train)
+    for name, held_out in (("generator", preference.test_generator), ("generator_ood", preference.test_generator_ood)):
+        sets[name] = both_orders([r for r in held_out if r.extra["kind"] == "aligned"])
+        sets[name + "_graded"] = both_orders([r for r in held_out if r.extra["kind"] == "graded"])
+    return sets
+
+
+def cached_spec(out_dir) -> dict:
+    """What the run cached in ``out_dir`` was made from: its budget, preference data (or None) and set sizes."""
+    return _read(os.path.join(out_dir, "data.json"))
+
+
+def cached_datasets(out_dir) -> dict:
+    """The sets of the run cached in ``out_dir`` (its budget and, if it had one, its preference data folder)."""
+    spec = cached_spec(out_dir)
+    return datasets(spec["budget"], (spec.get("preference") or {}).get("path"))
 
 
 def parameter_count(path) -> int:
@@ -108,14 +149,14 @@ def measure(path, sets: dict, paradigm: str, log=sys.stderr) -> dict:
         raise ValueError(f"{path} holds a {saved} model, not {paradigm}")
     out = {"paradigm": paradigm, "params": parameter_count(path)}
     with torch.no_grad():
-        for name in ("in_domain", "ood", "in_domain_graded"):
+        for name in TEST_SETS:
             if sets.get(name):
                 result = evaluate(model, sets[name], paradigm=paradigm, debias=False, log=log)
                 out[f"{name}_acc"] = result["accuracy"]
                 out[f"{name}_pairs"] = result["n_pairs"]
         if paradigm == "pointwise":
-            for name in ("in_domain", "ood"):
-                images, texts, labels = verifier_items(sets[name])
+            for name in ("in_domain", "ood", "generator", "generator_ood"):
+                images, texts, labels = verifier_items(sets.get(name) or [])
                 if 0 < sum(labels) < len(labels):
                     out[f"{name}_auc"] = roc_auc(model.score(images, texts).tolist(), labels)
     out["id_acc"], out["ood_acc"] = out.get("in_domain_acc"), out.get("ood_acc")
@@ -187,17 +228,117 @@ def read_budget(out_dir) -> dict:
     return _read(os.path.join(out_dir, "data.json"))["budget"]
 
 
-def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = None, log=sys.stderr) -> list[dict]:
-    """Every (size, STAGES name) stage in order, each trained once and cached; returns their metrics."""
+#: seconds of one thread (time.process_time) per step: the warm-up's batch of 16 and each paradigm's 16 pairs,
+#: measured by ``bench/toy_reward_models.py --costs`` (bench/results/toy_rm_step_costs_cpu.json); the plan only
+STEP_SECONDS = {
+    "small": {"warmup": 0.039, "pairwise": 0.069, "pointwise": 0.062, "regressive": 0.058},
+    "medium": {"warmup": 0.054, "pairwise": 0.128, "pointwise": 0.096, "regressive": 0.084},
+    "large": {"warmup": 0.154, "pairwise": 0.292, "pointwise": 0.230, "regressive": 0.226},
+}
+STAGE_OVERHEAD_SECONDS = 15.0  #: per stage: building the sets in its process, loading, evaluating, saving
+
+
+def _tasks(sizes, stages) -> dict:
+    """{(size, stage): the task it waits for}: every stage asked for, the stages they start from, and warm-ups."""
+    deps = {}
+    for size in sizes:
+        if size not in SIZES:
+            raise ValueError(f"size {size!r} is not one of {tuple(SIZES)}")
+        deps[(size, "warmup")] = set()
+        todo = list(stages)
+        while todo:
+            stage = todo.pop()
+            if stage not in STAGES:
+                raise ValueError(f"stage {stage!r} is not one of {tuple(STAGES)}")
+            start = STAGES[stage][1]
+            deps[(size, stage)] = {(size, start or "warmup")}
+            if start is not None:
+                todo.append(start)
+    return deps
+
+
+def stage_seconds(size: str, stage: str, budget: dict, step_seconds: dict | None = None) -> float:
+    """The planned seconds of one stage on one thread (``step_seconds``, default STEP_SECONDS, x steps +
+    STAGE_OVERHEAD_SECONDS)."""
+    costs = (step_seconds or STEP_SECONDS)[size]
+    if stage == "warmup":
+        return budget["warmup_steps"] * costs["warmup"] * budget["warmup_batch"] / 16 + STAGE_OVERHEAD_SECONDS
+    return budget["steps"] * costs[STAGES[stage][0]] * budget["batch"] / 16 + STAGE_OVERHEAD_SECONDS
+
+
+def estimate(sizes=tuple(SIZES), paradigms=PARADIGMS, budget: dict | None = None, workers: int = 2,
+             step_seconds: dict | None = None) -> dict:
+    """The plan of ``run(..., workers=workers)`` from STEP_SECONDS: {"core_seconds", "seconds" (until the last
+    stage ends, one thread per worker, no other load), "stages": {"size/stage": seconds}}."""
     budget = dict(budget or BUDGETS["full"])
+    deps = _tasks(sizes, paradigms)
+    costs = {task: stage_seconds(*task, budget, step_seconds) for task in deps}
+    return {"core_seconds": round(sum(costs.values())), "seconds": round(schedule.makespan(costs, deps, workers)),
+            "workers": workers, "stages": {f"{s}/{t}": round(c) for (s, t), c in costs.items()}}
+
+
+def _done(out_dir, task) -> bool:
+    size, stage = task
+    return os.path.exists(os.path.join(out_dir, size, "warmup.json" if stage == "warmup" else stage + ".json"))
+
+
+def _stage_job(task, out_dir, budget: dict, verbose: bool) -> None:
+    """One stage in a worker process (``schedule.run_parallel``); its result stays in its cache."""
+    size, stage = task
+    log = sys.stderr if verbose else None
+    if stage == "warmup":
+        warmup_stage(size, out_dir, budget, log)
+    else:
+        paradigm_stage(size, stage, out_dir, budget, cached_datasets(out_dir), log)
+
+
+def _preference_spec(out_dir, preference) -> tuple[dict | None, object]:
+    """Load (a folder) or save (in-memory data, to out_dir/preference) the preference data: (what data.json
+    records of it: its folder, digest and info; the PreferenceData)."""
+    if preference is None:
+        return None, None
+    if isinstance(preference, pref.PreferenceData):
+        data, path = preference, os.path.join(out_dir, "preference")
+        saved = os.path.join(path, "pairs.json")
+        if not os.path.exists(saved) or _read(saved).get("digest") != data.digest():
+            pref.save(data, path)
+    else:
+        path = os.path.abspath(os.fspath(preference))
+        data = pref.load(path)
+    return {"path": os.path.abspath(path), "digest": data.digest(), "info": data.info}, data
+
+
+def run(out_dir, sizes=("medium",), paradigms=PARADIGMS, budget: dict | None = None, log=sys.stderr, *,
+        preference=None, workers: int = 1) -> list[dict]:
+    """Every (size, STAGES name) stage, each trained once and cached; returns their metrics in (size, stage) order.
+
+    preference: a ``preference.PreferenceData`` or its saved folder: train on its generator + renderer pairs and
+    report the held-out generator pairs too (``datasets``); None trains on ``budget["train_pairs"]`` renders.
+    workers: stages run in this many processes side by side, one thread each (``schedule``; 1 = in this process,
+    in order). A cached run continues only with the same budget and the same preference data."""
+    budget = dict(budget or BUDGETS["full"])
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be a positive integer")
+    deps = _tasks(sizes, paradigms)
     os.makedirs(out_dir, exist_ok=True)
-    spec = os.path.join(out_dir, "data.json")
-    if os.path.exists(spec) and _read(spec)["budget"] != budget:
-        raise ValueError(f"{out_dir} holds a run with another budget ({_read(spec)['budget']}); use a new folder")
-    sets = datasets(budget)
-    _write(spec, {"budget": budget, "pairs": {k: len(v) for k, v in sets.items()},
-                  "train_kinds": {k: sum(r.extra["kind"] == k for r in sets["train"]) for k in ("aligned", "graded")},
-                  "sources": sorted({r.extra["source"] for v in sets.values() for r in v})})
+    spec_path = os.path.join(out_dir, "data.json")
+    old = _read(spec_path) if os.path.exists(spec_path) else None
+    if old is not None and old["budget"] != budget:
+        raise ValueError(f"{out_dir} holds a run with another budget ({old['budget']}); use a new folder")
+    spec, data = _preference_spec(out_dir, preference)
+    if old is not None and (old.get("preference") or {}).get("digest") != (spec or {}).get("digest"):
+        raise ValueError(f"{out_dir} holds a run trained on other preference data ({old.get('preference')}); "
+                         "use a new folder")
+    sets = datasets(budget, data)
+    _write(spec_path, {"budget": budget, "preference": spec, "pairs": {k: len(v) for k, v in sets.items()},
+                       "train_kinds": {k: sum(r.extra["kind"] == k for r in sets["train"]) for k in ("aligned", "graded")},
+                       "train_sources": {s: sum(r.extra["source"] == s for r in sets["train"])
+                                         for s in ("generator", "renderer")}})
+    if workers > 1:
+        todo = {t: d for t, d in deps.items() if not _done(out_dir, t)}
+        schedule.run_parallel(_stage_job, {t: stage_seconds(*t, budget) for t in todo},
+                              {t: {u for u in d if u in todo} for t, d in todo.items()}, workers, out_dir, budget,
+                              log is not None)
     return [paradigm_stage(size, paradigm, out_dir, budget, sets, log) for size in sizes for paradigm in paradigms]
 
 

@@ -54,7 +54,7 @@ def test_pairs_follow_the_oracle():
     seed = fresh_seed()
     for split in ("in_domain", "ood"):
         records = both_orders(render_pairs(24, split, seed, graded=0.5))
-        assert {r.extra["source"] for r in records} == {"render"}
+        assert {r.extra["source"] for r in records} == {"renderer"}
         assert {r.extra["kind"] for r in records} == {"aligned", "graded"}
         for rec in records:
             prompt = tw.Prompt.parse(rec.prompt)
