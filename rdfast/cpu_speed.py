@@ -9,8 +9,8 @@
   per forward (``repack`` forces a rebuild). The packed copy costs as much memory as the weight itself; tensor
   subclasses (FSDP2's DTensor shards) keep ``F.linear``.
 - ``patch_convs_as_matmul``: a patch-embedding convolution whose kernel equals its stride (Qwen2/2.5/3-VL's and
-  Qwen3.5's Conv3d, InternVL's Conv2d) is a matrix multiply on flattened patches; torch's CPU convolution computes
-  it several times slower.
+  Qwen3.5's Conv3d, InternVL's Conv2d) is a matrix multiply on flattened patches (through oneDNN too); torch's CPU
+  convolution computes it several times slower.
 - ``speed_up_cpu``: both, as ``rdfast.loading`` applies them to every CPU model (float32 or bfloat16) unless
   ``RDFAST_CPU_FAST=0``; ``restore`` undoes them.
 
@@ -73,33 +73,40 @@ class _PackedLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+def _packed_weight(owner: nn.Module, weight: torch.Tensor, reorder) -> torch.Tensor:
+    """``weight`` packed for oneDNN, cached on ``owner`` and rebuilt when the weight changed."""
+    data = weight.detach()
+    key = (data.data_ptr(), weight._version, data.dtype, data.shape)
+    flat = data.reshape(-1)
+    step = max(1, flat.numel() // _SAMPLES)
+    cached = owner.__dict__.get("_rdfast_packed")
+    # the sample catches in-place edits through .data (peft's default merge), which bypass the version counter
+    if cached is None or cached[0] != key or not torch.equal(cached[1], flat[::step]):
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
+            cached = (key, flat[::step].clone(), reorder(data, None))
+        owner.__dict__["_rdfast_packed"] = cached
+    return cached[2]
+
+
+def packed_linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` through oneDNN with ``weight`` packed once per change (cached on ``owner``);
+    plain ``F.linear`` where the ops, the dtype or the device do not allow it."""
+    ops = _mkldnn_ops()
+    if ops is None or x.dtype != weight.dtype or not _packable(weight) or x.device != weight.device:
+        return F.linear(x, weight, bias)
+    reorder, linear = ops
+    packed = _packed_weight(owner, weight, reorder)
+    tracked = (weight, x) if bias is None else (weight, x, bias)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
+        return _PackedLinear.apply(x, weight, bias, packed, linear)
+    return linear(x, packed, bias, "none", [], "")
+
+
 class FastLinear(nn.Linear):
     """An ``nn.Linear`` whose CPU forward runs through oneDNN with a cached packed weight (see module docstring)."""
 
-    def packed_weight(self, reorder) -> torch.Tensor:
-        weight = self.weight.detach()
-        key = (weight.data_ptr(), self.weight._version, weight.dtype, weight.shape)
-        flat = weight.reshape(-1)
-        step = max(1, flat.numel() // _SAMPLES)
-        cached = self.__dict__.get("_rdfast_packed")
-        # the sample catches in-place edits through .data (peft's default merge), which bypass the version counter
-        if cached is None or cached[0] != key or not torch.equal(cached[1], flat[::step]):
-            with torch.inference_mode(False), torch.no_grad():  # normal tensors, usable outside inference mode
-                cached = (key, flat[::step].clone(), reorder(weight, None))
-            self.__dict__["_rdfast_packed"] = cached
-        return cached[2]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = _mkldnn_ops()
-        weight = self.weight
-        if ops is None or x.dtype != weight.dtype or not _packable(weight) or x.device != weight.device:
-            return F.linear(x, weight, self.bias)
-        reorder, linear = ops
-        packed = self.packed_weight(reorder)
-        tracked = (weight, x) if self.bias is None else (weight, x, self.bias)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tracked):
-            return _PackedLinear.apply(x, weight, self.bias, packed, linear)
-        return linear(x, packed, self.bias, "none", [], "")
+        return packed_linear(self, x, self.weight, self.bias)
 
 
 def repack(module: nn.Module) -> None:
@@ -141,7 +148,7 @@ def _patches_as_matmul(conv, x: torch.Tensor) -> torch.Tensor:
     patches = x.reshape(x.shape[0], x.shape[1], *split)
     order = [0, *range(2, 2 + 2 * dims, 2), 1, *range(3, 3 + 2 * dims, 2)]
     patches = patches.permute(order).reshape(-1, conv.weight[0].numel())
-    out = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    out = packed_linear(conv, patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
     out = out.reshape(x.shape[0], *counts, conv.out_channels)
     return out.permute(0, dims + 1, *range(1, dims + 1))
 
