@@ -206,7 +206,8 @@ def enabled() -> bool:
 def speed_up_cpu(model: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:
     """The CPU fast path for a loaded model (``rdfast.loading``): linears through oneDNN, patch convolutions as
     matrix multiplies. Nothing happens for a model off the CPU, one with a parameter outside float32/bfloat16, or
-    when ``RDFAST_CPU_FAST=0``.
+    when ``RDFAST_CPU_FAST=0``. The linears stay stock when their packed copies would take more than a quarter of
+    the memory free now (a large model would otherwise run out of memory).
 
     Returns:
         How many modules were switched.
@@ -214,4 +215,16 @@ def speed_up_cpu(model: nn.Module, skip: tuple[nn.Module, ...] = ()) -> int:
     params = list(model.parameters())
     if not enabled() or not params or any(p.device.type != "cpu" or p.dtype not in _PACKABLE for p in params):
         return 0  # float64 reference runs and GPU models stay stock
-    return fast_cpu_linears(model, skip) + patch_convs_as_matmul(model)
+    skipped = {id(m) for m in skip}
+    packed_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                       if type(m) is nn.Linear and id(m) not in skipped)
+    linears = fast_cpu_linears(model, skip) if packed_bytes <= free_memory_bytes() / 4 else 0
+    return linears + patch_convs_as_matmul(model)
+
+
+def free_memory_bytes() -> float:
+    """Memory free now (physical pages), or infinity where the platform does not say."""
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")

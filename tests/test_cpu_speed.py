@@ -58,6 +58,12 @@ def test_opt_out_by_environment(monkeypatch):
     assert sum(switched(rm.model).values()) == 0
 
 
+def test_linears_stay_stock_when_packed_copies_would_not_fit(monkeypatch):
+    monkeypatch.setattr(cpu_speed, "free_memory_bytes", lambda: 1e3)
+    rm = fresh_rm("qwen2_vl")
+    assert switched(rm.model) == {"FastLinear": 0, "PatchConv2d": 0, "PatchConv3d": 1}
+
+
 @pytest.mark.parametrize("family", ["qwen2_vl", "internvl"])
 def test_gradients_to_pixels_and_lora_weights_match_stock(family, gen):
     from peft import LoraConfig, get_peft_model
