@@ -102,7 +102,17 @@ def packed_linear(owner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias)
     return linear(x, packed, bias, "none", [], "")
 
 
-class FastLinear(nn.Linear):
+class _PackedCache:
+    """Copies and pickles (deepcopy, torch.save of a whole model) leave out the packed weight: oneDNN's opaque
+    tensors have no storage to copy, and the copy repacks on its first forward."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_rdfast_packed", None)
+        return state
+
+
+class FastLinear(_PackedCache, nn.Linear):
     """An ``nn.Linear`` whose CPU forward runs through oneDNN with a cached packed weight (see module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,14 +163,14 @@ def _patches_as_matmul(conv, x: torch.Tensor) -> torch.Tensor:
     return out.permute(0, dims + 1, *range(1, dims + 1))
 
 
-class PatchConv2d(nn.Conv2d):
+class PatchConv2d(_PackedCache, nn.Conv2d):
     """A patch-embedding ``nn.Conv2d`` (kernel == stride) computed as one matrix multiply."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _patches_as_matmul(self, x)
 
 
-class PatchConv3d(nn.Conv3d):
+class PatchConv3d(_PackedCache, nn.Conv3d):
     """A patch-embedding ``nn.Conv3d`` (kernel == stride) computed as one matrix multiply."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
 """rdfast.cpu_speed against the stock forwards: scores, gradients, the fallback without oneDNN, stale weights, bf16."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,6 +121,21 @@ def test_packed_weight_follows_optimizer_steps_and_data_edits(gen):
     lin.weight = nn.Parameter(torch.randn(24, 32, generator=gen))  # replaced outright
     with torch.no_grad():
         torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=FP32, rtol=FP32)
+
+
+def test_switched_modules_deepcopy_and_save_whole(gen, tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8), nn.Conv2d(3, 4, 2, stride=2))
+    fast_cpu_linears(model)
+    patch_convs_as_matmul(model)
+    x, image = torch.randn(3, 16, generator=gen), torch.randn(1, 3, 4, 4, generator=gen)
+    with torch.no_grad():
+        want = model[0](x), model[1](image)  # packs both weights
+        copied = copy.deepcopy(model)
+        torch.save(model, tmp_path / "whole.pt")
+        loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+        for other in (copied, loaded):
+            assert type(other[0]) is FastLinear and type(other[1]) is PatchConv2d
+            assert torch.equal(other[0](x), want[0]) and torch.equal(other[1](image), want[1])
 
 
 def test_without_the_onednn_ops_linears_stay_plain(monkeypatch, gen):
