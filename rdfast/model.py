@@ -101,7 +101,9 @@ class RewardModel:
                         cache_dir=None, local_files_only=None) -> RewardModel:
         """Load a reward model from a local directory, ``tiny:FAMILY`` or a hub id (rdfast.resolve).
 
-        dtype defaults to float32 on CPU and bfloat16 on CUDA; attn_implementation to transformers' choice
+        dtype defaults to float32 on CPU and bfloat16 on CUDA (bfloat16 on CPU is supported: log P within 1e-2 of
+        float32, README "CPU speed"); a CPU model gets rdfast.cpu_speed's faster forwards unless RDFAST_CPU_FAST=0;
+        attn_implementation to transformers' choice
         ("sdpa"); "flash_attention_2" needs flash-attn installed. normalize defaults to "vocab" and
         answer_words to ("yes", "no"), unless the directory was written by ``rdfast.train`` (its
         ``rdfast_config.json`` then supplies them, the instruction, and the base model of a LoRA adapter).

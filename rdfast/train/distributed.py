@@ -14,6 +14,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..cpu_speed import restore
+
 
 def process_group():
     """``torch.distributed`` when a process group is initialised, else None."""
@@ -73,6 +75,7 @@ def wrap(module: nn.Module, strategy: str, world: int, device: torch.device,
         from torch.distributed.device_mesh import init_device_mesh  # optional
         from torch.distributed.fsdp import fully_shard
 
+        restore(module)  # packed oneDNN weights (rdfast.cpu_speed) would keep every unsharded weight in memory
         mesh = init_device_mesh(device.type, (world,))
         for layer in layers:
             fully_shard(layer, mesh=mesh)
