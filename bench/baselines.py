@@ -29,20 +29,22 @@ def answer_logprobs(rm, logits: torch.Tensor) -> torch.Tensor:
     return logits.float().log_softmax(-1)[:, [rm.yes_token_id, rm.no_token_id]]
 
 
-def run_hf_batched(rm, items, batch=16):
+def run_hf_batched(rm, items, batch=16, model=None):
+    model = rm.model if model is None else model
     out = []
     with torch.inference_mode():
         for start in range(0, len(items), batch):
             inputs = rm.collate(items[start : start + batch])
-            out.append(answer_logprobs(rm, rm.model(**inputs, logits_to_keep=1).logits[:, -1]))
+            out.append(answer_logprobs(rm, model(**inputs, logits_to_keep=1).logits[:, -1]))
     return torch.cat(out)
 
 
-def run_naive(rm, items):
+def run_naive(rm, items, model=None):
+    model = rm.model if model is None else model
     out = []
     with torch.inference_mode():
         for it in items:
-            logits = rm.model(**rm.collate([it])).logits  # full-sequence logits, as public scorers do
+            logits = model(**rm.collate([it])).logits  # full-sequence logits, as public scorers do
             out.append(answer_logprobs(rm, logits[:, -1]))
     return torch.cat(out)
 
@@ -130,14 +132,18 @@ def run_hf_expert(rm, items, model=None, batch: int = 16, threads: bool = False)
     return torch.cat(out)
 
 
-def matched_model(rm) -> tuple[torch.nn.Module, str]:
-    """A copy of rm.model on rdfast's GEMM path (rdfast.cpu_speed.fast_cpu_linears, CPU only) and which path."""
+def baseline_models(rm) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    """(stock, matched, which path): the models the baselines run. rdfast loads CPU models onto its fast path
+    (rdfast.cpu_speed.speed_up_cpu), so the stock baselines run a copy with that undone (what plain transformers
+    gives a user), and the matched one a copy of that with only rdfast's GEMM library path (fast_cpu_linears)."""
     if rm.device.type != "cpu":
-        return rm.model, "stock (GPU: no CPU GEMM path to match)"
+        return rm.model, rm.model, "stock (GPU: no CPU GEMM path to match)"
     try:
-        from rdfast.cpu_speed import fast_cpu_linears
+        from rdfast.cpu_speed import fast_cpu_linears, restore
     except ImportError:
-        return rm.model, "stock (rdfast.cpu_speed absent): thread policy only"
-    model = copy.deepcopy(rm.model)
-    n = fast_cpu_linears(model)
-    return model, f"rdfast.cpu_speed.fast_cpu_linears ({n} linears) + thread policy"
+        return rm.model, rm.model, "stock (rdfast.cpu_speed absent): thread policy only"
+    stock = copy.deepcopy(rm.model)
+    restore(stock)
+    matched = copy.deepcopy(stock)
+    n = fast_cpu_linears(matched)
+    return stock, matched, f"rdfast.cpu_speed.fast_cpu_linears ({n} linears) + thread policy"

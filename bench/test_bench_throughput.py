@@ -13,6 +13,7 @@ import os
 import pytest
 import throughput as T
 import torch
+from baselines import baseline_models
 
 from rdfast.encoding import extended
 
@@ -51,8 +52,24 @@ def test_hf_expert_scores_as_rdfast_on_fresh_inputs(scenario):
     images = [data["images1"][:24]] if data["images2"] is None else [data["images1"][:24], data["images2"][:24]]
     items = rm.encode(data["prompts"][:24], images, preset.instruction, kind=data.get("kind", "image"))
     ours = T.run_rdfast(rm, items).float()
-    torch.testing.assert_close(T.run_hf_expert(rm, items).float(), ours, atol=1e-5, rtol=0)
-    torch.testing.assert_close(T.run_hf_expert(rm, items, threads=True).float(), ours, atol=1e-5, rtol=0)
+    stock, matched, _ = baseline_models(rm)
+    torch.testing.assert_close(T.run_hf_expert(rm, items, model=stock).float(), ours, atol=1e-5, rtol=0)
+    torch.testing.assert_close(T.run_hf_expert(rm, items, model=matched, threads=True).float(), ours, atol=1e-5, rtol=0)
+
+
+def test_stock_baselines_run_without_rdfast_cpu_fast_path():
+    """rdfast loads CPU models onto its fast path; the stock baselines must not inherit it (they stand for plain
+    transformers), and the matched one takes only the GEMM library path (packed linears, no patch-conv rewrite)."""
+    from rdfast import cpu_speed
+
+    rm, _ = workload("ref16")
+    fast_classes = (cpu_speed.FastLinear, cpu_speed.PatchConv2d, cpu_speed.PatchConv3d)
+    assert any(isinstance(m, fast_classes) for m in rm.model.modules())  # what rdfast itself runs
+    stock, matched, path = baseline_models(rm)
+    assert not any(isinstance(m, fast_classes) for m in stock.modules())
+    assert any(isinstance(m, cpu_speed.FastLinear) for m in matched.modules()), path
+    assert not any(isinstance(m, (cpu_speed.PatchConv2d, cpu_speed.PatchConv3d)) for m in matched.modules())
+    assert any(isinstance(m, fast_classes) for m in rm.model.modules())  # rdfast's own model left as it was
 
 
 def test_smoke_under_one_co_runner_writes_the_schema_and_leaves_no_process(tmp_path):

@@ -36,7 +36,7 @@ from roofline import peak
 from common import append_csv, environment, flat_rows, gpu_peaks, load_average, machine, write_json
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from baselines import matched_model, run_hf_batched, run_hf_expert, run_naive, takes_encoder_outputs  # noqa: E402
+from baselines import baseline_models, run_hf_batched, run_hf_expert, run_naive, takes_encoder_outputs  # noqa: E402
 
 from rdfast.cpu_threads import scoring_threads  # noqa: E402
 from rdfast.engine import BATCHING, prefix_groups, sharing_keys  # noqa: E402
@@ -318,9 +318,11 @@ def load_model(args, preset: Preset):
 
 
 def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_subset: int | None = None,
-            roofline: dict | None = None, expert_model=None, seed: int = 0, limit: int | None = None) -> dict:
+            roofline: dict | None = None, expert_model=None, seed: int = 0, limit: int | None = None,
+            stock_model=None) -> dict:
     """One scenario, every method timed in alternation. ``roofline``: bench/roofline.py's peak for this run's
-    dtype and rdfast's thread count; ``expert_model``: the matched baseline's model (baselines.matched_model)."""
+    dtype and rdfast's thread count; ``stock_model`` / ``expert_model``: the stock and matched baselines' models
+    (baselines.baseline_models; default rm.model)."""
     data = scenario_inputs(name, preset, seed)
     data.update({k: data[k][:limit] for k in ("images1", "images2", "prompts") if data[k] is not None})  # --smoke
     images = [data["images1"]] if data["images2"] is None else [data["images1"], data["images2"]]
@@ -331,12 +333,13 @@ def measure(rm, name: str, preset: Preset, repeats: int | None = None, naive_sub
     subset = items[: naive_subset or preset.naive_subset]
     threads = scoring_threads() if rm.device.type == "cpu" else None
     expert_model = rm.model if expert_model is None else expert_model
+    stock_model = rm.model if stock_model is None else stock_model
     t, out = timed_round_robin({
         "rdfast": lambda: run_rdfast(rm, items),
-        "hf_expert_stock": lambda: run_hf_expert(rm, items),
+        "hf_expert_stock": lambda: run_hf_expert(rm, items, model=stock_model),
         "hf_expert_matched": lambda: run_hf_expert(rm, items, model=expert_model, threads=True),
-        "hf_batched": lambda: run_hf_batched(rm, items),
-        "naive": lambda: run_naive(rm, subset)}, repeats)
+        "hf_batched": lambda: run_hf_batched(rm, items, model=stock_model),
+        "naive": lambda: run_naive(rm, subset, model=stock_model)}, repeats)
     n, t_rd = len(items), t["rdfast"]
     t_expert = min(t["hf_expert_stock"], t["hf_expert_matched"])  # the headline: the faster baseline
     flops, naive_flops = method_flops(rm, items), method_flops(rm, subset)["naive"]
@@ -409,7 +412,7 @@ def main(argv=None):
     preset = PRESETS[args.preset]
     rm = load_model(args, preset)
     rm.options = replace(rm.options, batching=args.batching)
-    expert_model, matched_path = matched_model(rm)
+    stock_model, expert_model, matched_path = baseline_models(rm)
     limit, repeats = (16, 1) if args.smoke else (None, args.repeats)
     rows = []
     with co_runners(args.contention) as pids:
@@ -421,7 +424,8 @@ def main(argv=None):
         print(f"{'scenario':9s} {'rdfast/s':>9s} {'expert/s':>9s} {'vs expert':>9s} {'vs hf':>7s} {'vs naive':>9s} "
               f"{'work hf_expert':>14s} {'of roofline':>11s}")
         for name in args.scenarios.split(","):
-            r = measure(rm, name, preset, repeats, 1 if args.smoke else None, roof, expert_model, args.seed, limit)
+            r = measure(rm, name, preset, repeats, 1 if args.smoke else None, roof, expert_model, args.seed, limit,
+                        stock_model=stock_model)
             rows.append(r)
             roof_text = f"{r['fraction_of_roofline']:11.2f}" if r["fraction_of_roofline"] is not None else f"{'-':>11s}"
             work = r["work_ratio"]["hf_expert"] if isinstance(r["work_ratio"], dict) else r["work_ratio"]  # nan: a dry run
