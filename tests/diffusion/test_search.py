@@ -24,10 +24,13 @@ from .common import random_seed  # noqa: E402
 
 
 def test_search_beats_best_of_n_at_equal_nfe():
-    """Mean best reward over 8 seeds (paired: same seed family), equal denoiser NFE."""
-    T, base = 20, random_seed()
+    """Mean best reward over 64 seeds (paired: same seed family), equal denoiser NFE. Search wins about 87% of
+    seeds (42 of 48 measured); with 8 seeds and 5 wins required the test failed about once in 20 runs, so it takes
+    64 seeds (0.5 s) and requires 44 wins: 4.6 standard deviations below the expected 56, while a search no better
+    than Best-of-N (half the seeds) would get 32."""
+    T, base, seeds = 20, random_seed(), 64
     wins, s_rewards, b_rewards = 0, [], []
-    for seed in range(8):
+    for seed in range(seeds):
         problem, verifier = toy_problem(T)
         res = search_over_paths(problem, verifier, n=4, m=4, start_step=10, delta_f=2, delta_b=4,
                                 generator=torch.Generator().manual_seed(base + seed), progress=False)
@@ -39,9 +42,9 @@ def test_search_beats_best_of_n_at_equal_nfe():
         s_rewards.append(res.best_reward)
         b_rewards.append(bon.best_reward)
         wins += res.best_reward > bon.best_reward
-    s_mean, b_mean = sum(s_rewards) / 8, sum(b_rewards) / 8
+    s_mean, b_mean = sum(s_rewards) / seeds, sum(b_rewards) / seeds
     assert s_mean > b_mean, (s_rewards, b_rewards)
-    assert wins >= 5, (s_rewards, b_rewards)  # seen: 14-16 of 16
+    assert wins >= 44, (wins, s_rewards, b_rewards)
 
 
 @pytest.mark.parametrize("n,m,start,df,db,T", [(4, 4, 10, 2, 4, 20), (3, 2, 5, 1, 3, 12), (2, 5, 7, 3, 4, 9),
