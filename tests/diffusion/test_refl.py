@@ -67,11 +67,11 @@ def test_toy_reward_goes_up():
     prompts = ["a red fox", "a cat on a chair"]
     eval_seed = random_seed()
     before = trainer.evaluate(prompts * 2, seed=eval_seed).mean().item()
-    for _ in range(6):
+    for _ in range(10):  # 6 steps gained 0.007-0.019 over 12 seeds and once only 0.003 in a full run: too close
         info = trainer.step(prompts)
         assert info["loss"] == pytest.approx(-info["reward"], abs=1e-6)
     after = trainer.evaluate(prompts * 2, seed=eval_seed).mean().item()
-    assert after > before + 0.005, (before, after)  # seen: +0.016 to +0.022 after 8 steps
+    assert after > before + 0.005, (before, after)  # seen after 10 steps: +0.016 to +0.030 over 16 seeds
 
 
 def test_one_step_end_to_end_with_pairwise_reward_model(tmp_path):
