@@ -210,6 +210,13 @@ def figures(report, stem):
     import matplotlib.pyplot as plt  # heavy
 
     paths = {}
+
+    def save(fig, name):
+        fig.tight_layout()
+        paths[name] = f"{stem}_{name}.png"
+        fig.savefig(paths[name], dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for i, paradigm in enumerate(trm.PARADIGMS):
         rows = sorted((r for r in report["rm"] if r["paradigm"] == paradigm and r.get("stage", paradigm) == paradigm),
@@ -223,10 +230,7 @@ def figures(report, stem):
     ax.set_ylabel("pairwise accuracy")
     ax.axhline(0.5, color="0.7", lw=0.8)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    paths["rm_accuracy"] = f"{stem}_rm_accuracy.png"
-    fig.savefig(paths["rm_accuracy"], dpi=110)
-    plt.close(fig)
+    save(fig, "rm_accuracy")
 
     rows = report["refl"]
     fig, ax = plt.subplots(figsize=(6, 3.4))
@@ -237,10 +241,7 @@ def figures(report, stem):
     ax.set_ylabel("oracle alignment (in-domain)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths["refl"] = f"{stem}_refl.png"
-    fig.savefig(paths["refl"], dpi=110)
-    plt.close(fig)
+    save(fig, "refl")
 
     s = report["search"]
     fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -254,10 +255,7 @@ def figures(report, stem):
     ax.set_ylabel("oracle alignment of the best sample")
     ax.set_title("denoiser + verifier calls per run; Best-of-N: equal total, equal verifier calls", fontsize=7)
     ax.set_ylim(0, 1)
-    fig.tight_layout()
-    paths["search"] = f"{stem}_search.png"
-    fig.savefig(paths["search"], dpi=110)
-    plt.close(fig)
+    save(fig, "search")
     return paths
 
 
