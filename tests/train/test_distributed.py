@@ -36,9 +36,9 @@ def write_data(folder, n, seed):
     return os.path.join(folder, "train.jsonl")
 
 
-def run(args, nproc=1, check=True):
+def run(args, nproc=1, check=True, env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(29500 + int.from_bytes(os.urandom(2), "little") % 2000), __file__, *args]
@@ -102,7 +102,9 @@ def test_fsdp2_two_processes_equal_one_and_resume(tmp_path, paradigm, finetune):
     val = write_data(tmp_path / "val", 6, seed + 1)
     common = ["--data", data, "--val", val, "--paradigm", paradigm, "--finetune", finetune, "--steps", "4",
               "--batch", "4", "--micro", "1", "--seed", str(seed)]
-    run([*common, "--out", str(tmp_path / "one")])
+    # FSDP runs the stock linears (rdfast.train.distributed undoes rdfast.cpu_speed before sharding): so does the
+    # reference, so that the two differ by the sharding alone (fast vs stock kernels: tests/test_cpu_speed.py)
+    run([*common, "--out", str(tmp_path / "one")], env={"RDFAST_CPU_FAST": "0"})
     run([*common, "--out", str(tmp_path / "fsdp"), "--strategy", "fsdp", "--save-every", "2"], nproc=2)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "fsdp")
     assert a.keys() == b.keys() and len(a) > 0
@@ -198,7 +200,11 @@ def driver(argv):
             return real_replace(src, dst)
 
         checkpoints.os.replace = replace
-    config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4,
+    # AdamW moves a weight by lr * g / (|g| + eps): a rounding difference d in g (another summation order across
+    # processes, another GEMM kernel) moves it by up to lr * d / eps. At the default eps 1e-8 that turns fp32
+    # rounding into differences of 1e-6..1e-5 on weights whose gradient is near zero; eps 1e-6 bounds it 100x
+    # lower while a wrong gradient (missing rank, double count) still moves weights by about lr.
+    config = TrainConfig(paradigm=args.paradigm, finetune=args.finetune, learning_rate=2e-3, lora_r=4, adam_eps=1e-6,
                          batch_size=args.batch, micro_batch_size=args.micro, max_steps=args.steps, seed=args.seed,
                          save_every=args.save_every, progress=False, lr_schedule="cosine", warmup_steps=1,
                          strategy=args.strategy, eval_every=2 if args.val else 0,
