@@ -139,11 +139,12 @@ def baseline_models(rm) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     if rm.device.type != "cpu":
         return rm.model, rm.model, "stock (GPU: no CPU GEMM path to match)"
     try:
-        from rdfast.cpu_speed import fast_cpu_linears, restore
+        from rdfast.cpu_packed import fast_cpu_linears
+        from rdfast.cpu_speed import restore
     except ImportError:
         return rm.model, rm.model, "stock (rdfast.cpu_speed absent): thread policy only"
     stock = copy.deepcopy(rm.model)
     restore(stock)
     matched = copy.deepcopy(stock)
     n = fast_cpu_linears(matched)
-    return stock, matched, f"rdfast.cpu_speed.fast_cpu_linears ({n} linears) + thread policy"
+    return stock, matched, f"rdfast.cpu_packed.fast_cpu_linears ({n} linears) + thread policy"

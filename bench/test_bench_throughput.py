@@ -59,17 +59,24 @@ def test_hf_expert_scores_as_rdfast_on_fresh_inputs(scenario):
 
 def test_stock_baselines_run_without_rdfast_cpu_fast_path():
     """rdfast loads CPU models onto its fast path; the stock baselines must not inherit it (they stand for plain
-    transformers), and the matched one takes only the GEMM library path (packed linears, no patch-conv rewrite)."""
+    transformers), and the matched one takes only the GEMM library path (packed linears; no fused MLP activations,
+    no patch-conv rewrite)."""
     from rdfast import cpu_speed
+    from rdfast.cpu_fused_mlp import FusedMLPForward
+    from rdfast.cpu_packed import FastLinear
+
+    def fused(model):
+        return any(isinstance(m.__dict__.get("forward"), FusedMLPForward) for m in model.modules())
 
     rm, _ = workload("ref16")
-    fast_classes = (cpu_speed.FastLinear, cpu_speed.PatchConv2d, cpu_speed.PatchConv3d)
-    assert any(isinstance(m, fast_classes) for m in rm.model.modules())  # what rdfast itself runs
+    fast_classes = (FastLinear, cpu_speed.PatchConv2d, cpu_speed.PatchConv3d)
+    assert any(isinstance(m, fast_classes) for m in rm.model.modules()) and fused(rm.model)  # what rdfast runs
     stock, matched, path = baseline_models(rm)
-    assert not any(isinstance(m, fast_classes) for m in stock.modules())
-    assert any(isinstance(m, cpu_speed.FastLinear) for m in matched.modules()), path
+    assert not any(isinstance(m, fast_classes) for m in stock.modules()) and not fused(stock)
+    assert any(isinstance(m, FastLinear) for m in matched.modules()), path
     assert not any(isinstance(m, (cpu_speed.PatchConv2d, cpu_speed.PatchConv3d)) for m in matched.modules())
-    assert any(isinstance(m, fast_classes) for m in rm.model.modules())  # rdfast's own model left as it was
+    assert not fused(matched)
+    assert any(isinstance(m, fast_classes) for m in rm.model.modules()) and fused(rm.model)  # rdfast's model as it was
 
 
 def test_smoke_under_one_co_runner_writes_the_schema_and_leaves_no_process(tmp_path):

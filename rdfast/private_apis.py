@@ -122,10 +122,12 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "switched on in the frozen reward model's layers for one backward (activation_checkpointing)"),
     PrivateAPI("transformers.modeling_layers", "GradientCheckpointingLayer._gradient_checkpointing_func",
                "the checkpoint function those layers call; set and restored by activation_checkpointing"),
-    # ---- torch: oneDNN linears on CPU (rdfast/cpu_speed.py; plain F.linear where they are absent) ------------------
-    PrivateAPI("torch", "ops.mkldnn._reorder_linear_weight", "packs a linear's weight for oneDNN (cpu_speed.py)"),
-    PrivateAPI("torch", "ops.mkldnn._linear_pointwise", "the oneDNN linear on a packed weight (cpu_speed.py)"),
-    PrivateAPI("torch", "ops.mkldnn._is_mkldnn_bf16_supported", "whether bf16 weights can be packed (cpu_speed.py)"),
+    # ---- torch: oneDNN linears on CPU (rdfast/cpu_packed.py; plain F.linear where they are absent) -----------------
+    PrivateAPI("torch", "ops.mkldnn._reorder_linear_weight", "packs a linear's weight for oneDNN (cpu_packed.py)"),
+    PrivateAPI("torch", "ops.mkldnn._linear_pointwise", "the oneDNN linear on a packed weight (cpu_packed.py)"),
+    PrivateAPI("torch", "ops.mkldnn._linear_pointwise.binary",
+               "the oneDNN linear times another tensor, a gated MLP's product (cpu_fused_mlp.py; stock forward if absent)"),
+    PrivateAPI("torch", "ops.mkldnn._is_mkldnn_bf16_supported", "whether bf16 weights can be packed (cpu_packed.py)"),
     # ---- torch, used by bench/refl_memory.py ------------------------------------------------------------------------
     PrivateAPI("torch.utils._python_dispatch", "TorchDispatchMode",
                "TensorPeak counts live tensor bytes on any device"),

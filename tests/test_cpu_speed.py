@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdfast import cpu_speed
-from rdfast.cpu_speed import FastLinear, PatchConv2d, PatchConv3d, fast_cpu_linears, patch_convs_as_matmul
+from rdfast import cpu_packed, cpu_speed
+from rdfast.cpu_packed import FastLinear, fast_cpu_linears
+from rdfast.cpu_speed import PatchConv2d, PatchConv3d, patch_convs_as_matmul
 from rdfast.testing import random_images, tiny_checkpoint
 
 PROMPTS = ["a red circle", "two blue squares on a table", "a green triangle above a cat"]
@@ -141,8 +142,8 @@ def test_switched_modules_deepcopy_and_save_whole(gen, tmp_path):
 def test_without_the_onednn_ops_linears_stay_plain(monkeypatch, gen):
     lin = nn.Linear(16, 8)
     fast_cpu_linears(lin)  # switched while the ops exist, then they vanish (another torch build)
-    monkeypatch.setattr(cpu_speed, "_MKLDNN_OPS", ("_no_such_reorder", "_no_such_linear"))
-    assert cpu_speed._mkldnn_ops() is None
+    monkeypatch.setattr(cpu_packed, "_MKLDNN_OPS", ("_no_such_reorder", "_no_such_linear"))
+    assert cpu_packed._mkldnn_ops() is None
     x = torch.randn(4, 16, generator=gen)
     assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
     other = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
