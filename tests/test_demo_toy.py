@@ -116,8 +116,7 @@ def test_bad_demo_input_is_one_line_before_anything_is_written(tmp_path, capsys,
 
 
 def test_grid_frames_each_tile_by_its_verdict_and_keeps_long_labels_whole(tmp_path):
-    from rdfast.demo.grid import Tile, titled_grid
-    from rdfast.toyworld.figures import ALIGNED, MISALIGNED
+    from rdfast.toyworld.figures import ALIGNED, MISALIGNED, Tile, titled_grid
 
     image = tw.render("two red circles", seed=int(np.random.default_rng().integers(1 << 30)))
     label = "a row label much wider than its two tiles " * 3

@@ -4,7 +4,6 @@
 |---|---|
 | toy.py     | ``run_toy_demo``: the trained toy-world models generate, score, rank and search, checked by the oracle |
 | scoring.py | ``run_scoring_demo``: one reward model (e.g. an untrained ``tiny:`` one) on random images |
-| grid.py    | ``titled_grid``: the picture of framed, titled images |
 """
 from .scoring import run_scoring_demo
 from .toy import run_toy_demo

@@ -38,10 +38,10 @@ from ..model import RewardModel
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from ..toyworld.data import roc_auc
+from ..toyworld.figures import Tile, titled_grid
 from ..toyworld.generator import SAMPLE_STEPS, sample
 from ..toyworld.oracle import as_uint8, read
 from ..toyworld.world import SIZE, Prompt
-from .grid import Tile, titled_grid
 
 #: in-domain prompts covering every count, colour and shape, where the base generator is right about half the
 #: time, and one held-out (OOD) combination

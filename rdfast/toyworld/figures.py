@@ -1,14 +1,74 @@
-"""Pictures of toy-world images with the oracle's verdict on each (to check the oracle and a generator by eye)."""
+"""Pictures of toy-world images framed by the oracle's verdict (to check the oracle and a generator by eye, and the
+demo's picture): ``titled_grid`` draws any rows of framed, titled tiles; ``verdict_grid`` reads each image itself."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .oracle import as_uint8, read
 from .world import Prompt
 
 ALIGNED, MISALIGNED = (40, 160, 60), (210, 40, 40)  #: frame colours
-_LABEL = 22  # pixels under each tile for its two lines of text
+FONT_SIZE = 11
+_LINE = FONT_SIZE + 3  # pixels per line of text
+_PAD = 4
+
+
+@dataclass
+class Tile:
+    """One image of the grid: uint8 [H, W, 3], its title lines (top to bottom) and the oracle's verdict."""
+
+    image: np.ndarray
+    lines: list[str]
+    aligned: bool
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)  # scalable when Pillow has FreeType
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def titled_grid(rows: list[tuple[str, list[Tile]]], path: str, scale: int = 2, cell_width: int = 150) -> str:
+    """Save a PNG: per row, a label line (e.g. the prompt) above its tiles; each tile enlarged ``scale`` times
+    (nearest neighbour, so the pixels the oracle read stay visible), framed by its verdict, its lines under it.
+
+    Args:
+        rows: (label, tiles) per row; rows may have different numbers of tiles; no label line when all are "".
+        path: where to write the PNG (replaced if it exists).
+    Returns:
+        ``path``.
+    """
+    if not rows or not any(tiles for _, tiles in rows):
+        raise ValueError("titled_grid needs at least one row with one tile")
+    font = _font()
+    label_h = _LINE if any(label for label, _ in rows) else 0  # no label line when no row has a label
+    side = max(t.image.shape[0] for _, tiles in rows for t in tiles) * scale
+    lines = max(len(t.lines) for _, tiles in rows for t in tiles)
+    cell_w = max(cell_width, side + 2 * _PAD)
+    cell_h = side + 2 * _PAD + lines * _LINE + _PAD
+    row_h = label_h + cell_h
+    columns = max(len(tiles) for _, tiles in rows)
+    width = max([columns * cell_w] + [int(font.getlength(label)) + 2 * _PAD for label, _ in rows])  # labels whole
+    canvas = Image.new("RGB", (width, len(rows) * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, tiles) in enumerate(rows):
+        y0 = r * row_h
+        draw.text((_PAD, y0 + 1), label, fill=(0, 0, 0), font=font)
+        for c, tile in enumerate(tiles):
+            x, y = c * cell_w, y0 + label_h
+            draw.rectangle([x + 1, y + 1, x + side + 2 * _PAD - 2, y + side + 2 * _PAD - 2],
+                           fill=ALIGNED if tile.aligned else MISALIGNED)
+            big = np.kron(tile.image, np.ones((scale, scale, 1), dtype=np.uint8))
+            canvas.paste(Image.fromarray(big), (x + _PAD, y + _PAD))
+            for k, text in enumerate(tile.lines):
+                draw.text((x + 2, y + side + 2 * _PAD + k * _LINE), text, fill=(0, 0, 0) if k == 0 else (70, 70, 70),
+                          font=font)
+    canvas.save(path)
+    return path
 
 
 def verdict_grid(images, prompts, path: str, columns: int = 8, scale: int = 2) -> str:
@@ -17,21 +77,13 @@ def verdict_grid(images, prompts, path: str, columns: int = 8, scale: int = 2) -
     images, prompts = list(images), [Prompt.parse(p) for p in prompts]
     if len(images) != len(prompts) or not images:
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts (need the same number, at least one)")
-    tiles = [as_uint8(i) for i in images]
-    side = tiles[0].shape[0] * scale
-    cell_w, cell_h = side + 8, side + 8 + _LABEL
-    rows = -(-len(tiles) // columns)
-    canvas = Image.new("RGB", (min(columns, len(tiles)) * cell_w, rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for k, (tile, prompt) in enumerate(zip(tiles, prompts)):
-        x, y = (k % columns) * cell_w, (k // columns) * cell_h
+    tiles = []
+    for image, prompt in zip(images, prompts):
+        tile = as_uint8(image)
         reading = read(tile)
-        draw.rectangle([x + 1, y + 1, x + side + 6, y + side + 6], fill=ALIGNED if reading.matches(prompt)
-                       else MISALIGNED)
-        canvas.paste(Image.fromarray(np.kron(tile, np.ones((scale, scale, 1), dtype=np.uint8))), (x + 4, y + 4))
         seen = reading.as_tuple()
         seen = seen if isinstance(seen, str) else f"{seen[0]} {seen[1]} {seen[2]}"
-        draw.text((x + 2, y + side + 8), prompt.text[:22], fill=(0, 0, 0))
-        draw.text((x + 2, y + side + 18), ("= " + seen)[:22], fill=(90, 90, 90))
-    canvas.save(path)
-    return path
+        chars = 11 * scale  # what fits under a tile
+        tiles.append(Tile(tile, [prompt.text[:chars], ("= " + seen)[:chars]], reading.matches(prompt)))
+    rows = [("", tiles[k:k + columns]) for k in range(0, len(tiles), columns)]
+    return titled_grid(rows, path, scale=scale, cell_width=0)
