@@ -39,6 +39,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import roofline  # noqa: E402
+
 from common import append_csv, environment, flat_rows, load_average, write_json  # noqa: E402
 from rdfast import ops  # noqa: E402
 
@@ -169,22 +171,6 @@ def bytes_as_fp32(weight):
     return flat.view(torch.float32) if weight.element_size() == 2 and flat.numel() % 2 == 0 else flat
 
 
-def gemm_rate(dtype, device, clock, n=2048, repeats=5):
-    """FLOP/s of a compute-bound n x n x n matrix product in ``dtype`` (the best of ``repeats``): the rate the
-    FLOP floor uses, measured on this machine with torch's own GEMM path."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first call warms up
-        sync()
-        t0 = clock()
-        torch.mm(a, b)
-        sync()
-        best = min(best, clock() - t0)
-    return 2 * n**3 / best
-
-
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -230,7 +216,9 @@ def main(argv=None):
                   isa=cpp.isa() if cpp is not None and device.type == "cpu" else "", rows=[])
     rows = result["rows"]
     for dtype in (getattr(torch, d) for d in a.dtypes.split(",")):
-        rate = gemm_rate(dtype, device, clock, n=256 if a.smoke else 2048)
+        # the FLOP floor's rate: bench/roofline.py's peak, timed with this run's clock
+        rate = roofline.peak(device, dtype, size=256 if a.smoke else 2048, seconds=0.1 if a.smoke else 0.5, clock=clock,
+                    measure_gpu=True)["flops_per_s"]
         names = ops.available_backends(device, dtype)
         if a.backends:
             names = [n for n in names if n in a.backends.split(",")]

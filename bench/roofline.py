@@ -6,7 +6,8 @@
 CPU: large square matmuls through torch.mm (MKL or oneDNN, as torch's build picks) and through oneDNN's
 packed-weight linear (torch.ops.mkldnn._linear_pointwise on a weight from _reorder_linear_weight, private
 ops: absent on some builds, then skipped); the peak is the faster. GPU: bench/common.py's dense figure
-(GPU_PEAKS) for bf16/fp16, none for fp32. bench/throughput.py divides rdfast's FLOPs by this peak.
+(GPU_PEAKS) for bf16/fp16; otherwise none, or torch.mm measured when asked (``measure_gpu``, the head bench's
+FLOP floor). bench/throughput.py divides rdfast's FLOPs by this peak.
 """
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ import torch
 from common import gpu_peaks, machine
 
 
-def _rate(fn, flops: float, seconds: float) -> float:
-    """Best FLOP/s of ``fn`` over a few timed calls (wall time, after one warm-up call)."""
+def _rate(fn, flops: float, seconds: float, clock=time.perf_counter, sync=lambda: None) -> float:
+    """Best FLOP/s of ``fn`` over a few timed calls (``clock``: wall time, or CPU time for 1-thread CPU-time
+    benches), after one warm-up call; ``sync`` waits for a GPU."""
     fn()
     best, spent = 0.0, 0.0
     while spent < seconds:
-        t0 = time.perf_counter()
+        sync()
+        t0 = clock()
         fn()
-        dt = time.perf_counter() - t0
+        sync()
+        dt = max(clock() - t0, 1e-9)
         spent += dt
         best = max(best, flops / dt)
     return best
@@ -41,7 +45,8 @@ def _onednn_linear(a: torch.Tensor, w: torch.Tensor):
     return lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
 
 
-def cpu_peak(dtype: torch.dtype, threads: int | None = None, size: int = 2048, seconds: float = 0.5) -> dict:
+def cpu_peak(dtype: torch.dtype, threads: int | None = None, size: int = 2048, seconds: float = 0.5,
+             clock=time.perf_counter) -> dict:
     """{"flops_per_s": the best path's rate, "path": its name, "paths": {name: rate}} for size^3 matmuls
     in ``dtype`` on ``threads`` intra-op threads (default: torch's setting, restored afterwards)."""
     before = torch.get_num_threads()
@@ -52,10 +57,10 @@ def cpu_peak(dtype: torch.dtype, threads: int | None = None, size: int = 2048, s
         a = torch.randn(size, size, generator=g).to(dtype)
         w = torch.randn(size, size, generator=g).to(dtype)
         flops = 2.0 * size**3
-        paths = {"torch.mm": _rate(lambda: torch.mm(a, w.t()), flops, seconds)}
+        paths = {"torch.mm": _rate(lambda: torch.mm(a, w.t()), flops, seconds, clock)}
         onednn = _onednn_linear(a, w) if torch.backends.mkldnn.is_available() else None
         if onednn is not None:
-            paths["onednn_linear"] = _rate(onednn, flops, seconds)
+            paths["onednn_linear"] = _rate(onednn, flops, seconds, clock)
         threads_used = torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
@@ -65,15 +70,22 @@ def cpu_peak(dtype: torch.dtype, threads: int | None = None, size: int = 2048, s
 
 
 def peak(device: torch.device, dtype: torch.dtype, threads: int | None = None, size: int = 2048,
-         seconds: float = 0.5) -> dict | None:
-    """The roofline for ``device``: measured on CPU, the dense table figure on a known GPU (bf16/fp16 only)."""
+         seconds: float = 0.5, clock=time.perf_counter, measure_gpu: bool = False) -> dict | None:
+    """The roofline for ``device``: measured on CPU, the dense table figure on a known GPU (bf16/fp16); otherwise
+    torch.mm measured when ``measure_gpu``, else None."""
     if device.type == "cpu":
-        return cpu_peak(dtype, threads, size, seconds)
+        return cpu_peak(dtype, threads, size, seconds, clock)
     peaks = gpu_peaks(machine(device))
-    if peaks is None or dtype not in (torch.bfloat16, torch.float16):
+    if peaks is not None and dtype in (torch.bfloat16, torch.float16):
+        return {"flops_per_s": peaks[0], "path": "GPU_PEAKS (dense)", "paths": {}, "threads": None, "size": None,
+                "dtype": str(dtype).removeprefix("torch.")}
+    if not measure_gpu:
         return None
-    return {"flops_per_s": peaks[0], "path": "GPU_PEAKS (dense)", "paths": {}, "threads": None, "size": None,
-            "dtype": str(dtype).removeprefix("torch.")}
+    g = torch.Generator(device=device).manual_seed(0)
+    a, w = (torch.randn(size, size, generator=g, device=device).to(dtype) for _ in range(2))
+    rate = _rate(lambda: torch.mm(a, w.t()), 2.0 * size**3, seconds, clock, torch.cuda.synchronize)
+    return {"flops_per_s": rate, "path": "torch.mm (measured)", "paths": {"torch.mm": rate}, "threads": None,
+            "size": size, "dtype": str(dtype).removeprefix("torch.")}
 
 
 def main(argv=None):
