@@ -6,7 +6,7 @@ back, never redone), each with its progress bar and its budget (minutes on 2 idl
 preference data 5, reward models 45, ReFL 20, search 5; the seconds each stage took are recorded beside it):
 
     generator   rdfast.toyworld.train_generator (or ``--generator toy:generator|DIR``: taken as the result, recorded)
-    data        rdfast.toyworld.preference when it is importable, else renderer pairs only (recorded)
+    data        rdfast.toyworld.preference: generator samples paired by the oracle, plus renderer pairs
     rm          rdfast.toyworld.reward_models.run (sizes x paradigms; its own cache in OUT/rm)
     base        the generator's oracle alignment: in-domain prompts x fixed seeds
     refl        per size, the pairwise RM with a Best-of-N top-2 reference; the regressive RM (size of the best
@@ -24,7 +24,6 @@ bench/common.py's ``environment()`` fields) and PNG figures next to it (``<stem>
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import shutil
@@ -146,14 +145,10 @@ def generator_stage(folder, budget, threads, log):
 
 
 def data_stage(folder, generator, smoke, log):
-    """The issue's preference data: rdfast.toyworld.preference (generator samples paired by the oracle, plus
-    renderer pairs) built and saved in OUT/preference when the package has it; else renderer pairs only, which
-    reward_models.run then draws itself (recorded either way)."""
-    try:
-        from rdfast.toyworld import preference  # merged from its own branch (h13-data); may be absent
-    except ImportError as err:
-        return {"source": "renderer pairs only (reward_models.datasets: rdfast.toyworld.data.render_pairs)",
-                "preference": None, "why": str(err)}
+    """The issue's preference data (rdfast.toyworld.preference: generator samples paired by the oracle, plus
+    renderer pairs), built and saved in OUT/preference."""
+    from rdfast.toyworld import preference  # heavy
+
     path = os.path.join(folder, "preference")
     data = preference.build(generator, seed=0, log=log, **(preference.SMOKE if smoke else {}))
     preference.save(data, path)
@@ -162,14 +157,9 @@ def data_stage(folder, generator, smoke, log):
 
 
 def rm_stage(folder, rb, preference, workers, log):
-    """reward_models.run, on the preference data when this checkout's run() takes it (h13-data's does)."""
-    extra = {}
-    if "preference" in inspect.signature(trm.run).parameters:  # until the preference branch is merged
-        extra = {"preference": preference, "workers": workers}
-    elif preference is not None:
-        raise RuntimeError("the data stage built preference data, but reward_models.run takes none")
+    """reward_models.run on the preference data (sizes x stages, ``workers`` one-thread processes)."""
     return {"rows": trm.run(os.path.join(folder, "rm"), rb["sizes"], rb["stages"], trm.BUDGETS[rb["budget"]],
-                            log=log, **extra), "trained_on": preference or "renderer pairs"}
+                            log=log, preference=preference, workers=workers), "trained_on": preference}
 
 
 def best(rows, key):

@@ -123,19 +123,25 @@ def rank_pairwise(rm, candidates: torch.Tensor, prompt: str, top_k: int = 1, ins
                    batch_size=batch_size)
 
 
+REFERENCES = ("top", "bottom")  #: which Best-of-N candidates PairwiseReward keeps
+
+
 class PairwiseReward:
     """reward(images, prompts) = mean over the prompt's top-k references of P(image better than reference).
 
     References: per prompt, ``n`` candidates from the base generator ranked Best-of-N by pairwise wins
     (``rm.rank``; ``rank_pairwise`` for videos); the ``top_k`` best are cached (CPU float tensors [3, H, W], or
-    [T, 3, H, W] for videos) and reused for every later call. ``checkpoint=True``: the reward model's layers are
+    [T, 3, H, W] for videos) and reused for every later call; ``reference="bottom"`` keeps the worst ``top_k``
+    instead (the paper's reference ablation). ``checkpoint=True``: the reward model's layers are
     recomputed in backward instead of stored. The reward model may live on another device than the images;
     rewards come back on the images' device. Videos: ``instruction`` None means "t2v"; ``num_frames`` caps the
     frames the reward model sees per video (evenly spread; None: all).
     """
 
     def __init__(self, rm, n: int = 16, top_k: int = 2, instruction=None, debias: bool = False,
-                 checkpoint: bool = True, num_frames: int | None = None):
+                 checkpoint: bool = True, num_frames: int | None = None, reference: str = "top"):
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
         if n < 2:
             raise ValueError(f"n (Best-of-N candidates) must be >= 2, got {n}")
         if not 1 <= top_k <= n:
@@ -146,6 +152,7 @@ class PairwiseReward:
         self.debias = debias
         self.checkpoint = checkpoint
         self.num_frames = num_frames
+        self.which = reference
         self.references: dict[str, torch.Tensor] = {}  # prompt -> [top_k, 3, H, W] or [top_k, T, 3, H, W], best first
         self.reference_wins: dict[str, list[int]] = {}
 
@@ -155,19 +162,19 @@ class PairwiseReward:
     @torch.no_grad()
     def reference(self, prompt: str, candidates: torch.Tensor) -> torch.Tensor:
         """Rank ``candidates`` [n, 3, H, W] (or videos [n, T, 3, H, W]) by pairwise wins, cache and return the
-        top_k [top_k, ...], best first."""
+        top_k [top_k, ...] best (``reference="bottom"``: worst), best first."""
         kind = media_kind(candidates)
         if candidates.shape[0] < 2:
             raise ValueError(f"need at least 2 Best-of-N candidates for {prompt!r}, got {candidates.shape[0]}")
         k = min(self.top_k, candidates.shape[0])
+        ranked_k = k if self.which == "top" else candidates.shape[0]  # the worst need the whole order
         if kind == IMAGE:
-            ranked = self.rm.rank(candidates=list(candidates.float().cpu()), prompt=prompt, top_k=k,
+            ranked = self.rm.rank(candidates=list(candidates.float().cpu()), prompt=prompt, top_k=ranked_k,
                                   instruction=self.instruction)
-            top_idx = ranked.top
         else:
-            ranked = rank_pairwise(self.rm, candidates.float().to(self.rm.device), prompt, k, self.instruction,
-                                   self.num_frames)
-            top_idx = ranked.top
+            ranked = rank_pairwise(self.rm, candidates.float().to(self.rm.device), prompt, ranked_k,
+                                   self.instruction, self.num_frames)
+        top_idx = ranked.top if self.which == "top" else ranked.order[-k:]
         top = candidates[top_idx].float().cpu()
         self.references[prompt] = top
         self.reference_wins[prompt] = [int(ranked.wins[j]) for j in top_idx]

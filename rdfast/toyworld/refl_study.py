@@ -51,7 +51,6 @@ REFL_BUDGETS = {
     "smoke": dict(steps=2, batch=2, lr=1e-4, n=2, top_k=1, eval_seeds=1, last=2, late_range=(0.25, 1.0),
                   grad_steps=1, pretrain_weight=1.0, prompts=2, seed=0),
 }
-REFERENCES = ("top", "bottom")
 
 
 def study_prompts(budget: dict) -> list[str]:
@@ -67,26 +66,12 @@ def oracle_alignment(pipe, texts: list[str], eval_seeds: int) -> tuple[float, to
 
 
 class StudyPairwiseReward(PairwiseReward):
-    """``PairwiseReward`` whose Best-of-N references are the best (``reference="top"``) or the worst
-    (``"bottom"``) ``top_k`` of ``n``; every call's per-sample rewards are kept in ``history`` (lists of floats)."""
+    """``PairwiseReward`` (top or bottom Best-of-N references) that keeps every call's per-sample rewards in
+    ``history`` (lists of floats)."""
 
     def __init__(self, rm, n: int, top_k: int, reference: str = "top"):
-        if reference not in REFERENCES:
-            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
-        super().__init__(rm, n=n, top_k=top_k)
-        self.which = reference
+        super().__init__(rm, n=n, top_k=top_k, reference=reference)
         self.history: list[list[float]] = []
-
-    @torch.no_grad()
-    def reference(self, prompt: str, candidates: torch.Tensor) -> torch.Tensor:
-        if self.which == "top":
-            return super().reference(prompt, candidates)
-        ranked = self.rm.rank(candidates=list(candidates.float().cpu()), prompt=prompt, top_k=candidates.shape[0],
-                              instruction=self.instruction)
-        worst = ranked.order[-min(self.top_k, candidates.shape[0]):]  # still best first among the chosen
-        self.references[prompt] = candidates[worst].float().cpu()
-        self.reference_wins[prompt] = [int(ranked.wins[j]) for j in worst]
-        return self.references[prompt]
 
     def __call__(self, images, prompts_):
         r = super().__call__(images, prompts_)

@@ -225,7 +225,7 @@ def paradigm_stage(size: str, stage: str, out_dir, budget: dict, sets: dict, log
 
 def read_budget(out_dir) -> dict:
     """The budget of the run cached in ``out_dir``."""
-    return _read(os.path.join(out_dir, "data.json"))["budget"]
+    return cached_spec(out_dir)["budget"]
 
 
 #: seconds of one thread (time.process_time) per step: the warm-up's batch of 16 and each paradigm's 16 pairs,
