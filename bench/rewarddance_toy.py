@@ -48,7 +48,7 @@ STAGE_MINUTES = {"generator": 20, "data": 5, "rm": 45, "refl": 20, "search": 5}
 BUDGETS = {
     "full": {"generator": dict(ae_seconds=240, flow_seconds=660, data=1024, batch=32, eval_every=220, eval_seeds=2,
                                arch={}),
-             "rm": dict(budget="full", sizes=("small", "medium", "large"),
+             "rm": dict(budget="full", sizes=trm.STUDY_SIZES,
                    stages=trm.PARADIGMS + ("pairwise_from_verifier",)),  # the pairwise RM warm-started from the verifier: 0.90 vs 0.80 ID earlier
              "refl": refl_study.REFL_BUDGETS["full"], "search": search_study.SEARCH_BUDGETS["full"]},
     "smoke": {"generator": dict(ae_seconds=60, ae_steps=2, flow_seconds=60, flow_steps=2, data=8, batch=4,

@@ -10,6 +10,9 @@ pairwise RM and the best verifier to rdfast/toyworld/models/ (float32, or bfloat
     python bench/toy_reward_models.py --out /tmp/toy-rm --json bench/results/toy_reward_models_cpu.json --ship
     python bench/toy_reward_models.py --smoke --json /tmp/smoke.json      # seconds; plumbing only
     python bench/toy_reward_models.py --preference /tmp/toy-pref --workers 2 --out /tmp/toy-rm-pref --json r.json
+    python bench/toy_reward_models.py --preference /tmp/pref-big --samples-per-prompt 256 --generator-pairs 16000 \
+        --sizes medium_112px --paradigms pointwise,pairwise_from_verifier,pairwise --budget long --out /tmp/rm-112 \
+        --json bench/results/toy_reward_models_112px_cpu.json --ship       # the shipped models' recipe
     python bench/toy_reward_models.py --costs 20 --json bench/results/toy_rm_step_costs_cpu.json   # plan only
 
 ``--preference DIR`` trains on a ``rdfast.toyworld.preference`` dataset (generator + renderer pairs; built into DIR
@@ -51,8 +54,10 @@ def ship(results, out, dest, log):
     verifiers = [r for r in results if r["paradigm"] == "pointwise"]
     if not pairwise or not verifiers:
         raise SystemExit("--ship needs the pairwise and pointwise paradigms")
-    best = {"pairwise": max(pairwise, key=lambda r: (r["id_acc"] + r["ood_acc"], -r["params"])),
-            "verifier": max(verifiers, key=lambda r: (r["in_domain_auc"] + r.get("ood_auc", 0), -r["params"]))}
+    # generator pairs count where present: ReFL and search judge the generator's samples, not renders
+    best = {"pairwise": max(pairwise, key=lambda r: (r["id_acc"] + r["ood_acc"] + r.get("generator_acc", 0), -r["params"])),
+            "verifier": max(verifiers, key=lambda r: (r["in_domain_auc"] + r.get("ood_auc", 0) + r.get("generator_auc", 0),
+                                                      -r["params"]))}
     sizes = {name: folder_bytes(os.path.join(out, r["size"], r.get("stage", r["paradigm"]))) for name, r in best.items()}
     dtype = None if sum(sizes.values()) <= SHIP_LIMIT else torch.bfloat16
     sets = trm.cached_datasets(out)
@@ -127,6 +132,12 @@ def main(argv=None):
     parser.add_argument("--note", help="recorded in the report (e.g. the load while cached stages trained)")
     parser.add_argument("--ship", action="store_true", help="copy the best pairwise RM and verifier into the package")
     parser.add_argument("--preference", help="train on this preference-data folder (built there first if empty)")
+    parser.add_argument("--samples-per-prompt", type=int, default=64,
+                        help="building --preference: generator samples per in-domain prompt (default %(default)s)")
+    parser.add_argument("--generator-pairs", type=int, default=4000,
+                        help="building --preference: generator training pairs (default %(default)s)")
+    parser.add_argument("--renderer-pairs", type=int, default=4000,
+                        help="building --preference: renderer training pairs (default %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="stages side by side, one thread each (default 1)")
     parser.add_argument("--costs", type=int, metavar="N", help="measure per-step costs over N steps and plan; no run")
     args = parser.parse_args(argv)
@@ -147,7 +158,9 @@ def main(argv=None):
         data = None
         if args.preference:
             if not os.path.isfile(os.path.join(args.preference, "pairs.json")):
-                sizes = pref.SMOKE if args.smoke else {}
+                sizes = pref.SMOKE if args.smoke else dict(samples_per_prompt=args.samples_per_prompt,
+                                                          n_generator_pairs=args.generator_pairs,
+                                                          n_renderer_pairs=args.renderer_pairs)
                 pref.save(pref.build("toy:generator", seed=budget["seed"], log=sys.stderr, **sizes), args.preference)
             data = args.preference
         results = trm.run(out, args.sizes.split(","), args.paradigms.split(","), budget, log=sys.stderr,

@@ -93,6 +93,18 @@ class RegressiveReward:
         return r.to(images.device)
 
 
+class NoReward:
+    """The control run: reward 0 for every sample, so ReFL's update is the pretraining (flow-matching) loss alone.
+    Separates what the reward adds from what more flow-matching steps on renders do. ``history`` as above."""
+
+    def __init__(self):
+        self.history: list[list[float]] = []
+
+    def __call__(self, images: torch.Tensor, prompts_) -> torch.Tensor:
+        self.history.append([0.0] * images.shape[0])
+        return images.sum(dim=(1, 2, 3)) * 0.0  # attached to the graph, so the backward pass stays the same
+
+
 def load_reward_model(path):
     """(model, paradigm) of a trained reward model folder or ``toy:`` name, frozen, float32 on CPU."""
     model, paradigm = load_trained(path, device="cpu")

@@ -30,7 +30,7 @@ def test_stages_wait_for_what_they_start_from():
 
 
 def test_full_budget_is_planned_within_the_study_stage():
-    plan = trm.estimate(tuple(trm.SIZES), trm.PARADIGMS, trm.BUDGETS["full"], workers=2)
-    assert set(plan["stages"]) == {f"{s}/{t}" for s in trm.SIZES for t in ("warmup",) + trm.PARADIGMS}
+    plan = trm.estimate(trm.STUDY_SIZES, trm.PARADIGMS, trm.BUDGETS["full"], workers=2)
+    assert set(plan["stages"]) == {f"{s}/{t}" for s in trm.STUDY_SIZES for t in ("warmup",) + trm.PARADIGMS}
     assert plan["seconds"] <= 45 * 60, plan  # the study's reward-model stage: 45 minutes on 2 cores
     assert plan["core_seconds"] / 2 <= plan["seconds"] <= plan["core_seconds"]
