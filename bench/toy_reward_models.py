@@ -44,8 +44,14 @@ from rdfast.toyworld import reward_models as trm
 SHIP_LIMIT = 15 * 2**20  # bytes for the two reward models together (the generator gets the rest of 20 MB)
 
 
-def folder_bytes(path) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+def folder_bytes(path, skip=("checkpoints",)) -> int:
+    """Bytes of the files under ``path``, leaving out the folders named in ``skip`` (``trm.ship`` copies no
+    training checkpoints, so they must not count towards what would be shipped)."""
+    total = 0
+    for d, dirs, files in os.walk(path):
+        dirs[:] = [x for x in dirs if x not in skip]
+        total += sum(os.path.getsize(os.path.join(d, f)) for f in files)
+    return total
 
 
 def ship(results, out, dest, log):
