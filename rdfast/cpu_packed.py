@@ -34,11 +34,12 @@ def _mkldnn_ops():
 def _packable(weight: torch.Tensor) -> bool:
     if type(weight) not in (torch.Tensor, nn.Parameter) or weight.device.type != "cpu" or weight.dtype not in _PACKABLE:
         return False
-    return weight.dtype != torch.bfloat16 or _bf16_packable()
+    return weight.dtype != torch.bfloat16 or bf16_packable()
 
 
 @functools.cache
-def _bf16_packable() -> bool:
+def bf16_packable() -> bool:
+    """Whether this CPU has oneDNN bf16 kernels (AMX/AVX512-BF16; not on every AMD EPYC): else bf16 linears stay stock."""
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return supported is not None and bool(supported())
 
