@@ -14,13 +14,19 @@ from rdfast.diffusion.testing import torch_threads
 def test_toy_alignment_smoke(benchmark, tmp_path):
     path = tmp_path / "alignment.json"
     with torch_threads(1):
-        report = benchmark.pedantic(main, args=(["--smoke", "--quiet", "--json", str(path)],), rounds=1, iterations=1)
+        report = benchmark.pedantic(main, args=(["--smoke", "--quiet", "--seeds", "0,1", "--json", str(path)],), rounds=1, iterations=1)
     saved = json.loads(path.read_text())
-    assert [r["run"] for r in saved["refl"]] == ["control", "top2", "bottom2"]
+    assert [(r["run"], r["seed"]) for r in saved["refl"]] == [(n, s) for n in ("control", "top2", "bottom2") for s in (0, 1)]
+    summary = saved["refl_summary"]
+    for name in ("control", "top2", "bottom2"):  # the mean over seeds is the rows' mean, the gain is over the base
+        got = [r["aligned_alignment"] for r in saved["refl"] if r["run"] == name]
+        assert summary[name]["aligned"] == got and abs(summary[name]["mean"] - sum(got) / 2) < 1e-12
+        assert abs(summary[name]["gain"] - (summary[name]["mean"] - saved["base_alignment"])) < 1e-12
+        assert abs(summary[name]["gain_over_control"] - (summary[name]["mean"] - summary["control"]["mean"])) < 1e-12
     assert {r["base_alignment"] for r in saved["refl"]} == {saved["base_alignment"]}  # one base, measured once
-    control = saved["refl"][0]
-    assert control["reward_model"] is None and control["reward_first"] == control["reward_last"] == 0.0
-    for r in saved["refl"][1:]:
+    for r in saved["refl"][:2]:  # the control, both seeds
+        assert r["reward_model"] is None and r["reward_first"] == r["reward_last"] == 0.0
+    for r in saved["refl"][2:]:
         assert r["reward_model"] == "toy:pairwise" and 0.0 < r["reward_first"] < 1.0 and 0.0 <= r["aligned_alignment"] <= 1.0
     search = saved["search"]
     assert search["verifier"] == "toy:verifier" and search["total_calls_bon"] <= search["total_calls_search"]

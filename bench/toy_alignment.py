@@ -10,12 +10,14 @@ best pairwise RM raises alignment" is checked on exactly the models users get. R
     bottom2   the same with the bottom-2 references (the paper's reference ablation)
     search    Search over Paths with the verifier vs Best-of-N at equal total calls
 
-    python bench/toy_alignment.py --json bench/results/toy_alignment_cpu.json
+    python bench/toy_alignment.py --json bench/results/toy_alignment_cpu.json --seeds 0,1,2
     python bench/toy_alignment.py --smoke --json /tmp/smoke.json        # seconds; plumbing only
 
 Oracle alignment is measured on all in-domain prompts x the budget's fixed seeds, the same before and after.
-Writes the JSON (``environment()`` fields, ``base_alignment``, ``refl`` rows, ``search``) and one PNG grid of
-samples with the oracle's verdicts per run next to it. Asserts nothing.
+``--seeds`` repeats each ReFL run with other training seeds (prompt order, renders, noise, references): single
+runs differ by more than their sampling error, so gains are read from the mean over seeds. Writes the JSON
+(``environment()`` fields, ``base_alignment``, ``refl`` rows, ``refl_summary`` per run over seeds, ``search``)
+and one PNG grid of samples with the oracle's verdicts per run (its first seed) next to it. Asserts nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 from common import environment, write_json
@@ -39,12 +42,28 @@ SHOWN = 4  #: seeds per prompt in the sample grids (of the budget's eval seeds)
 
 
 def refl_run(name: str, args, budget: dict, base: float) -> dict:
+    """One ReFL run (or the control) for ``budget`` (its ``seed`` included)."""
     if name == "control":
         reward = refl_study.NoReward()
     else:
         reward = refl_study.pairwise_reward(args.pairwise, budget, "top" if name == "top2" else "bottom")
     row = refl_study.run_refl(args.generator, reward, budget, base_alignment=base, progress=not args.quiet)
-    return {"run": name, "reward_model": None if name == "control" else args.pairwise, **row}
+    return {"run": name, "seed": budget["seed"], "reward_model": None if name == "control" else args.pairwise, **row}
+
+
+def summarise(rows: list[dict], base: float) -> dict:
+    """Per run: aligned alignment per seed, its mean and standard deviation, the mean gain over the base and over
+    the control's mean (when the control ran)."""
+    out = {}
+    for name in dict.fromkeys(r["run"] for r in rows):
+        got = [r["aligned_alignment"] for r in rows if r["run"] == name]
+        out[name] = {"seeds": [r["seed"] for r in rows if r["run"] == name], "aligned": got,
+                     "mean": float(np.mean(got)), "sd": float(np.std(got, ddof=1)) if len(got) > 1 else None,
+                     "gain": float(np.mean(got)) - base}
+    if "control" in out:
+        for row in out.values():
+            row["gain_over_control"] = row["mean"] - out["control"]["mean"]
+    return out
 
 
 def grid(row: dict, seeds: int, path: str) -> str:
@@ -59,6 +78,9 @@ def main(argv=None):
     parser.add_argument("--pairwise", default="toy:pairwise", help="the pairwise reward model for ReFL")
     parser.add_argument("--verifier", default="toy:verifier", help="the pointwise verifier for search")
     parser.add_argument("--runs", default=",".join(RUNS), help="among " + ",".join(RUNS))
+    parser.add_argument("--seeds", default="0", help="ReFL training seeds, comma-separated (default %(default)s)")
+    parser.add_argument("--steps", type=int, help="ReFL updates (default: the budget's)")
+    parser.add_argument("--lr", type=float, help="ReFL learning rate (default: the budget's)")
     parser.add_argument("--smoke", action="store_true", help="the smoke budgets: plumbing only, seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -66,10 +88,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = args.runs.split(",")
     unknown = [r for r in runs if r not in RUNS]
-    if unknown or args.threads < 1:
-        parser.error(f"--runs: unknown {unknown} (choose among {RUNS}); --threads must be positive")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if unknown or args.threads < 1 or (args.steps is not None and args.steps < 1) or (args.lr is not None and args.lr <= 0):
+        parser.error(f"--runs: unknown {unknown} (choose among {RUNS}); --threads, --steps and --lr must be positive")
     torch.set_num_threads(args.threads)
-    budget = refl_study.REFL_BUDGETS["smoke" if args.smoke else "full"]
+    budget = dict(refl_study.REFL_BUDGETS["smoke" if args.smoke else "full"])
+    budget.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
     search_budget = search_study.SEARCH_BUDGETS["smoke" if args.smoke else "full"]
     stem = os.path.splitext(args.json)[0]
     t0 = time.perf_counter()
@@ -78,17 +105,20 @@ def main(argv=None):
                                                      budget["eval_seeds"])
     figures = {"base": grid({"images": images, "prompts": pool}, budget["eval_seeds"], f"{stem}_base.png")}
     report = {**environment(), "generator": args.generator, "base_alignment": base, "refl": [], "search": None,
-              "budgets": {"refl": budget, "search": search_budget}, "figures": figures, "run_note": args.note}
+              "budgets": {"refl": budget, "search": search_budget}, "refl_seeds": seeds, "figures": figures, "run_note": args.note}
     for name in runs:
         if name == "search":
             row = search_study.run_search(args.generator, args.verifier, search_budget, progress=not args.quiet)
             report["search"] = {"verifier": args.verifier, **{k: v for k, v in row.items() if k not in ("images", "prompts")}}
             continue
-        row = refl_run(name, args, budget, base)
-        figures[name] = grid(row, budget["eval_seeds"], f"{stem}_{name}.png")
-        report["refl"].append({k: v for k, v in row.items() if k not in ("images", "prompts")})
-        print(f"{name}: alignment {base:.3f} -> {row['aligned_alignment']:.3f}, reward {row['reward_first']:.3f} -> "
-              f"{row['reward_last']:.3f} ({row['seconds']} s)", file=sys.stderr, flush=True)
+        for seed in seeds:
+            row = refl_run(name, args, {**budget, "seed": seed}, base)
+            if seed == seeds[0]:
+                figures[name] = grid(row, budget["eval_seeds"], f"{stem}_{name}.png")
+            report["refl"].append({k: v for k, v in row.items() if k not in ("images", "prompts")})
+            print(f"{name} seed {seed}: alignment {base:.3f} -> {row['aligned_alignment']:.3f}, reward "
+                  f"{row['reward_first']:.3f} -> {row['reward_last']:.3f} ({row['seconds']} s)", file=sys.stderr, flush=True)
+    report["refl_summary"] = summarise(report["refl"], base)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(args.json, report, indent=1)
     return report
