@@ -5,6 +5,8 @@ search on two prompts, with the shipped toy models). The real figures come from 
 import json
 import os
 
+import pytest
+
 # bench/toy_alignment.py (pytest puts this directory on sys.path)
 from toy_alignment import main
 
@@ -34,3 +36,20 @@ def test_toy_alignment_smoke(benchmark, tmp_path):
         assert key in saved, key
     assert set(saved["figures"]) == {"base", "control", "top2", "bottom2"}
     assert all(os.path.getsize(p) > 0 for p in saved["figures"].values()) and report["seconds"] > 0
+
+    # --merge: the same report split in two (as two invocations side by side would write it) merges back
+    halves = []
+    for k, keep in enumerate((lambda r: r["seed"] == 0, lambda r: r["seed"] == 1)):
+        half = {**saved, "refl": [r for r in saved["refl"] if keep(r)], "search": saved["search"] if k == 0 else None}
+        halves.append(tmp_path / f"half{k}.json")
+        halves[-1].write_text(json.dumps(half))
+    merged = main(["--merge", *map(str, halves), "--json", str(tmp_path / "merged.json")])
+    assert merged["refl"] == saved["refl"] and merged["refl_summary"] == saved["refl_summary"]
+    assert merged["search"] == saved["search"] and len(merged["invocations"]) == 2
+    with pytest.raises(SystemExit, match="appears twice"):  # the same run and seed from two invocations
+        main(["--merge", str(halves[0]), str(halves[0]), "--json", str(tmp_path / "twice.json")])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**saved, "base_alignment": saved["base_alignment"] + 0.5}))
+    with pytest.raises(SystemExit, match="base_alignment"):  # another experiment's report
+        main(["--merge", str(halves[0]), str(other), "--json", str(tmp_path / "mixed.json")])
+    assert not (tmp_path / "twice.json").exists() and not (tmp_path / "mixed.json").exists()

@@ -12,6 +12,7 @@ best pairwise RM raises alignment" is checked on exactly the models users get. R
 
     python bench/toy_alignment.py --json bench/results/toy_alignment_cpu.json --seeds 0,1,2
     python bench/toy_alignment.py --smoke --json /tmp/smoke.json        # seconds; plumbing only
+    python bench/toy_alignment.py --merge a.json b.json --json out.json   # invocations run side by side, one report
 
 Oracle alignment is measured on all in-domain prompts x the budget's fixed seeds, the same before and after.
 ``--seeds`` repeats each ReFL run with other training seeds (prompt order, renders, noise, references): single
@@ -22,6 +23,7 @@ and one PNG grid of samples with the oracle's verdicts per run (its first seed) 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -66,6 +68,37 @@ def summarise(rows: list[dict], base: float) -> dict:
     return out
 
 
+MATCHED = ("generator", "base_alignment", "budgets", "git_commit", "machine")  #: what merged reports must share
+
+
+def merge(paths: list[str]) -> dict:
+    """One report from invocations that split the runs and seeds between them (e.g. one per core): their ReFL rows
+    (no run and seed twice), the one search, the figures of each run's first seed, ``refl_summary`` recomputed.
+    ``seconds`` is the longest invocation's (they ran side by side); ``invocations`` keeps each one's."""
+    reports = [json.load(open(p)) for p in paths]
+    first = reports[0]
+    for path, r in zip(paths[1:], reports[1:]):
+        differs = [k for k in MATCHED if r.get(k) != first.get(k)]
+        if differs:
+            raise SystemExit(f"--merge: {path} differs from {paths[0]} in {differs}: not one experiment")
+    rows = [row for r in reports for row in r["refl"]]
+    keys = [(row["run"], row["seed"]) for row in rows]
+    if len(set(keys)) < len(keys):
+        raise SystemExit(f"--merge: a run and seed appears twice among {keys}")
+    searches = [r["search"] for r in reports if r["search"] is not None]
+    if len(searches) > 1:
+        raise SystemExit("--merge: more than one report holds a search")
+    rows.sort(key=lambda row: (RUNS.index(row["run"]), row["seed"]))
+    figures = {}
+    for r in reports:
+        figures.update({k: v for k, v in r["figures"].items() if k not in figures})
+    return {**first, "refl": rows, "refl_seeds": sorted({row["seed"] for row in rows}),
+            "refl_summary": summarise(rows, first["base_alignment"]), "search": searches[0] if searches else None,
+            "figures": figures, "seconds": max(r["seconds"] for r in reports),
+            "invocations": [{"json": p, "seconds": r["seconds"], "load_average": r["load_average"],
+                             "run_note": r["run_note"]} for p, r in zip(paths, reports)]}
+
+
 def grid(row: dict, seeds: int, path: str) -> str:
     keep = [k for k in range(len(row["prompts"])) if k % seeds < SHOWN]
     return verdict_grid([row["images"][k] for k in keep], [row["prompts"][k] for k in keep], path)
@@ -85,7 +118,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--note", help="recorded in the report (e.g. the load)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these reports into --json")
     args = parser.parse_args(argv)
+    if args.merge:
+        missing = [p for p in args.merge if not os.path.isfile(p)]
+        if missing:
+            parser.error(f"--merge: no such report {missing[0]!r}")
+        report = merge(args.merge)
+        if args.note:
+            report["run_note"] = args.note
+        write_json(args.json, report, indent=1)
+        return report
     runs = args.runs.split(",")
     unknown = [r for r in runs if r not in RUNS]
     try:
