@@ -68,7 +68,8 @@ def summarise(rows: list[dict], base: float) -> dict:
     return out
 
 
-MATCHED = ("generator", "base_alignment", "budgets", "git_commit", "machine")  #: what merged reports must share
+#: what merged reports must share (commits may differ: each invocation's is kept under ``invocations``)
+MATCHED = ("generator", "base_alignment", "budgets", "machine")
 
 
 def merge(paths: list[str]) -> dict:
@@ -96,7 +97,7 @@ def merge(paths: list[str]) -> dict:
             "refl_summary": summarise(rows, first["base_alignment"]), "search": searches[0] if searches else None,
             "figures": figures, "seconds": max(r["seconds"] for r in reports),
             "invocations": [{"json": p, "seconds": r["seconds"], "load_average": r["load_average"],
-                             "run_note": r["run_note"]} for p, r in zip(paths, reports)]}
+                             "git_commit": r["git_commit"], "run_note": r["run_note"]} for p, r in zip(paths, reports)]}
 
 
 def grid(row: dict, seeds: int, path: str) -> str:
