@@ -16,7 +16,7 @@ from rdfast.diffusion.testing import torch_threads
 def test_toy_alignment_smoke(benchmark, tmp_path):
     path = tmp_path / "alignment.json"
     with torch_threads(1):
-        report = benchmark.pedantic(main, args=(["--smoke", "--quiet", "--seeds", "0,1", "--json", str(path)],), rounds=1, iterations=1)
+        report = benchmark.pedantic(main, args=(["--smoke", "--quiet", "--seeds", "0,1", "--search-seeds", "2", "--json", str(path)],), rounds=1, iterations=1)
     saved = json.loads(path.read_text())
     assert [(r["run"], r["seed"]) for r in saved["refl"]] == [(n, s) for n in ("control", "top2", "bottom2") for s in (0, 1)]
     summary = saved["refl_summary"]
@@ -32,6 +32,7 @@ def test_toy_alignment_smoke(benchmark, tmp_path):
         assert r["reward_model"] == "toy:pairwise" and 0.0 < r["reward_first"] < 1.0 and 0.0 <= r["aligned_alignment"] <= 1.0
     search = saved["search"]
     assert search["verifier"] == "toy:verifier" and search["total_calls_bon"] <= search["total_calls_search"]
+    assert search["config"]["seeds"] == saved["budgets"]["search"]["seeds"] == 2 and search["runs"] == 2 * 2  # 2 prompts
     for key in ("machine", "threads", "load_average", "git_commit", "seconds"):
         assert key in saved, key
     assert set(saved["figures"]) == {"base", "control", "top2", "bottom2"}

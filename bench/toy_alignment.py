@@ -68,8 +68,9 @@ def summarise(rows: list[dict], base: float) -> dict:
     return out
 
 
-#: what merged reports must share (commits may differ: each invocation's is kept under ``invocations``)
-MATCHED = ("generator", "base_alignment", "budgets", "machine")
+#: what merged reports must share (commits may differ: each invocation's is kept under ``invocations``; the search
+#: budget is the searching report's own)
+MATCHED = ("generator", "base_alignment", "machine")
 
 
 def merge(paths: list[str]) -> dict:
@@ -80,21 +81,24 @@ def merge(paths: list[str]) -> dict:
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:]):
         differs = [k for k in MATCHED if r.get(k) != first.get(k)]
+        differs += ["budgets.refl"] if r["budgets"]["refl"] != first["budgets"]["refl"] else []
         if differs:
             raise SystemExit(f"--merge: {path} differs from {paths[0]} in {differs}: not one experiment")
     rows = [row for r in reports for row in r["refl"]]
     keys = [(row["run"], row["seed"]) for row in rows]
     if len(set(keys)) < len(keys):
         raise SystemExit(f"--merge: a run and seed appears twice among {keys}")
-    searches = [r["search"] for r in reports if r["search"] is not None]
-    if len(searches) > 1:
+    searching = [r for r in reports if r["search"] is not None]
+    if len(searching) > 1:
         raise SystemExit("--merge: more than one report holds a search")
     rows.sort(key=lambda row: (RUNS.index(row["run"]), row["seed"]))
     figures = {}
     for r in reports:
         figures.update({k: v for k, v in r["figures"].items() if k not in figures})
     return {**first, "refl": rows, "refl_seeds": sorted({row["seed"] for row in rows}),
-            "refl_summary": summarise(rows, first["base_alignment"]), "search": searches[0] if searches else None,
+            "refl_summary": summarise(rows, first["base_alignment"]),
+            "search": searching[0]["search"] if searching else None,
+            "budgets": {"refl": first["budgets"]["refl"], "search": (searching or [first])[0]["budgets"]["search"]},
             "figures": figures, "seconds": max(r["seconds"] for r in reports),
             "invocations": [{"json": p, "seconds": r["seconds"], "load_average": r["load_average"],
                              "git_commit": r["git_commit"], "run_note": r["run_note"]} for p, r in zip(paths, reports)]}
@@ -115,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0", help="ReFL training seeds, comma-separated (default %(default)s)")
     parser.add_argument("--steps", type=int, help="ReFL updates (default: the budget's)")
     parser.add_argument("--lr", type=float, help="ReFL learning rate (default: the budget's)")
+    parser.add_argument("--search-seeds", type=int, help="noise seeds per prompt for the search (default: the budget's)")
     parser.add_argument("--smoke", action="store_true", help="the smoke budgets: plumbing only, seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -136,12 +141,14 @@ def main(argv=None):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
-    if unknown or args.threads < 1 or (args.steps is not None and args.steps < 1) or (args.lr is not None and args.lr <= 0):
-        parser.error(f"--runs: unknown {unknown} (choose among {RUNS}); --threads, --steps and --lr must be positive")
+    if unknown or args.threads < 1 or (args.steps is not None and args.steps < 1) or (args.lr is not None and args.lr <= 0) \
+            or (args.search_seeds is not None and args.search_seeds < 1):
+        parser.error(f"--runs: unknown {unknown} (choose among {RUNS}); --threads, --steps, --lr and --search-seeds must be positive")
     torch.set_num_threads(args.threads)
     budget = dict(refl_study.REFL_BUDGETS["smoke" if args.smoke else "full"])
     budget.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
-    search_budget = search_study.SEARCH_BUDGETS["smoke" if args.smoke else "full"]
+    search_budget = dict(search_study.SEARCH_BUDGETS["smoke" if args.smoke else "full"])
+    search_budget.update({"seeds": args.search_seeds} if args.search_seeds is not None else {})
     stem = os.path.splitext(args.json)[0]
     t0 = time.perf_counter()
     texts = refl_study.study_prompts(budget)
