@@ -8,7 +8,7 @@ import os
 import pytest
 
 # bench/toy_alignment.py (pytest puts this directory on sys.path)
-from toy_alignment import main
+from toy_alignment import main, merge
 
 from rdfast.diffusion.testing import torch_threads
 
@@ -47,10 +47,16 @@ def test_toy_alignment_smoke(benchmark, tmp_path):
     merged = main(["--merge", *map(str, halves), "--json", str(tmp_path / "merged.json")])
     assert merged["refl"] == saved["refl"] and merged["refl_summary"] == saved["refl_summary"]
     assert merged["search"] == saved["search"] and len(merged["invocations"]) == 2
-    with pytest.raises(SystemExit, match="appears twice"):  # the same run and seed from two invocations
-        main(["--merge", str(halves[0]), str(halves[0]), "--json", str(tmp_path / "twice.json")])
+    with pytest.raises(ValueError, match="appears twice"):  # the same run and seed from two invocations
+        merge([str(halves[0]), str(halves[0])])
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**saved, "base_alignment": saved["base_alignment"] + 0.5}))
-    with pytest.raises(SystemExit, match="base_alignment"):  # another experiment's report
+    with pytest.raises(ValueError, match="base_alignment"):  # another experiment's report
+        merge([str(halves[0]), str(other)])
+    stranger = tmp_path / "stranger.json"
+    stranger.write_text(json.dumps({"refl": []}))
+    with pytest.raises(ValueError, match="not a toy_alignment report"):  # some other JSON
+        merge([str(halves[0]), str(stranger)])
+    with pytest.raises(SystemExit) as exit_:  # the CLI: one line, exit code 2, nothing written
         main(["--merge", str(halves[0]), str(other), "--json", str(tmp_path / "mixed.json")])
-    assert not (tmp_path / "twice.json").exists() and not (tmp_path / "mixed.json").exists()
+    assert exit_.value.code == 2 and not (tmp_path / "mixed.json").exists()

@@ -75,22 +75,32 @@ MATCHED = ("generator", "base_alignment", "machine")
 
 def merge(paths: list[str]) -> dict:
     """One report from invocations that split the runs and seeds between them (e.g. one per core): their ReFL rows
-    (no run and seed twice), the one search, the figures of each run's first seed, ``refl_summary`` recomputed.
-    ``seconds`` is the longest invocation's (they ran side by side); ``invocations`` keeps each one's."""
-    reports = [json.load(open(p)) for p in paths]
+    (no run and seed twice), the one search, each run's figure from the first report holding it, ``refl_summary`` recomputed.
+    ``seconds`` is the longest invocation's (they ran side by side); ``invocations`` keeps each one's.
+    Raises ValueError naming the report when the reports are not one experiment's."""
+    reports = []
+    for path in paths:
+        try:
+            with open(path) as fh:
+                report = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot be read as JSON ({e})") from None
+        if not (isinstance(report, dict) and all(k in report for k in ("refl", "search", "budgets", *MATCHED))):
+            raise ValueError(f"{path}: not a toy_alignment report (no refl, search, budgets, {', '.join(MATCHED)})")
+        reports.append(report)
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:]):
         differs = [k for k in MATCHED if r.get(k) != first.get(k)]
         differs += ["budgets.refl"] if r["budgets"]["refl"] != first["budgets"]["refl"] else []
         if differs:
-            raise SystemExit(f"--merge: {path} differs from {paths[0]} in {differs}: not one experiment")
+            raise ValueError(f"{path} differs from {paths[0]} in {differs}: not one experiment")
     rows = [row for r in reports for row in r["refl"]]
     keys = [(row["run"], row["seed"]) for row in rows]
     if len(set(keys)) < len(keys):
-        raise SystemExit(f"--merge: a run and seed appears twice among {keys}")
+        raise ValueError(f"a run and seed appears twice among {keys}")
     searching = [r for r in reports if r["search"] is not None]
     if len(searching) > 1:
-        raise SystemExit("--merge: more than one report holds a search")
+        raise ValueError("more than one report holds a search")
     rows.sort(key=lambda row: (RUNS.index(row["run"]), row["seed"]))
     figures = {}
     for r in reports:
@@ -127,10 +137,10 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="only merge these reports into --json")
     args = parser.parse_args(argv)
     if args.merge:
-        missing = [p for p in args.merge if not os.path.isfile(p)]
-        if missing:
-            parser.error(f"--merge: no such report {missing[0]!r}")
-        report = merge(args.merge)
+        try:
+            report = merge(args.merge)
+        except ValueError as e:
+            parser.error(f"--merge: {e}")
         if args.note:
             report["run_note"] = args.note
         write_json(args.json, report, indent=1)
