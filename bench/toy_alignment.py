@@ -58,10 +58,11 @@ def summarise(rows: list[dict], base: float) -> dict:
     the control's mean (when the control ran)."""
     out = {}
     for name in dict.fromkeys(r["run"] for r in rows):
-        got = [r["aligned_alignment"] for r in rows if r["run"] == name]
-        out[name] = {"seeds": [r["seed"] for r in rows if r["run"] == name], "aligned": got,
-                     "mean": float(np.mean(got)), "sd": float(np.std(got, ddof=1)) if len(got) > 1 else None,
-                     "gain": float(np.mean(got)) - base}
+        mine = [r for r in rows if r["run"] == name]
+        got = [r["aligned_alignment"] for r in mine]
+        mean = float(np.mean(got))
+        out[name] = {"seeds": [r["seed"] for r in mine], "aligned": got, "mean": mean,
+                     "sd": float(np.std(got, ddof=1)) if len(got) > 1 else None, "gain": mean - base}
     if "control" in out:
         for row in out.values():
             row["gain_over_control"] = row["mean"] - out["control"]["mean"]
@@ -105,8 +106,7 @@ def merge(paths: list[str]) -> dict:
     figures = {}
     for r in reports:
         figures.update({k: v for k, v in r["figures"].items() if k not in figures})
-    return {**first, "refl": rows, "refl_seeds": sorted({row["seed"] for row in rows}),
-            "refl_summary": summarise(rows, first["base_alignment"]),
+    return {**first, "refl": rows, "refl_summary": summarise(rows, first["base_alignment"]),
             "search": searching[0]["search"] if searching else None,
             "budgets": {"refl": first["budgets"]["refl"], "search": (searching or [first])[0]["budgets"]["search"]},
             "figures": figures, "seconds": max(r["seconds"] for r in reports),
@@ -166,7 +166,7 @@ def main(argv=None):
                                                      budget["eval_seeds"])
     figures = {"base": grid({"images": images, "prompts": pool}, budget["eval_seeds"], f"{stem}_base.png")}
     report = {**environment(), "generator": args.generator, "base_alignment": base, "refl": [], "search": None,
-              "budgets": {"refl": budget, "search": search_budget}, "refl_seeds": seeds, "figures": figures, "run_note": args.note}
+              "budgets": {"refl": budget, "search": search_budget}, "figures": figures, "run_note": args.note}
     for name in runs:
         if name == "search":
             row = search_study.run_search(args.generator, args.verifier, search_budget, progress=not args.quiet)
