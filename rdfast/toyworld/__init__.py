@@ -31,6 +31,7 @@ MIN_COMPONENT_AREA, COLOUR_TOLERANCE, MIN/MAX_OBJECT_SIDE, MIN_FILL and the shap
 | warmup.py | the reward models' shared warm-up (captions, one-attribute VQA, reading the reward layouts) |
 | reward_models.py | sizes x paradigms, cached stages, ``measure``, ``ship``; the shipped models in ``models/`` |
 | refl_study.py | ReFL of the generator per reward model (Best-of-N top-2 / bottom-2 reference, regressive scalar) |
+| refresh.py | one more round of preference data from ReFL'd generators' samples; the pairwise RM fine-tuned on it |
 | search_study.py | Search over Paths with the verifier vs Best-of-N at equal total calls, read by the oracle |
 """
 from .oracle import Reading, alignment, is_aligned, read

@@ -134,12 +134,13 @@ def reward_std_last(history: list[list[float]], last: int) -> float:
 
 
 def run_refl(generator, reward, budget: dict, base_alignment: float | None = None, progress: bool = True,
-             log=sys.stderr) -> dict:
+             log=sys.stderr, save_to=None) -> dict:
     """ReFL of the generator (a folder or ``toy:generator``) against ``reward`` (StudyPairwiseReward or
     RegressiveReward) for ``budget``; returns plain data: base and aligned oracle alignment, the reward's mean
     over the first and last ``last`` steps and its std over the last, per-step mean rewards, seconds.
     ``base_alignment``: the base generator's alignment on the same prompts and seeds, if already measured.
-    Also returns ``images`` (float [N, 3, 64, 64]) and ``prompts``: the aligned generator's evaluation samples."""
+    Also returns ``images`` (float [N, 3, 64, 64]) and ``prompts``: the aligned generator's evaluation samples.
+    ``save_to``: a folder to save the aligned generator in (``save_pretrained``; loads with ``load_pipeline``)."""
     texts = study_prompts(budget)
     t0, cpu0 = time.perf_counter(), time.process_time()
     pipe = load_pipeline(generator, device="cpu")
@@ -167,6 +168,8 @@ def run_refl(generator, reward, budget: dict, base_alignment: float | None = Non
         info = trainer.step(chosen, pretrain)
         step_rewards.append(info["reward"])
     pipe.transformer.requires_grad_(False)
+    if save_to is not None:
+        pipe.save_pretrained(save_to)
     aligned, images, pool = oracle_alignment(pipe, texts, budget["eval_seeds"])
     last = budget["last"]
     return {"base_alignment": base_alignment, "aligned_alignment": aligned,

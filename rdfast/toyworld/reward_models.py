@@ -151,13 +151,15 @@ def _write(path, obj) -> None:
 
 def measure(path, sets: dict, paradigm: str, log=sys.stderr) -> dict:
     """Metrics of the reward model saved at ``path``, loaded as a user loads it (float32 CPU unless saved
-    otherwise): pairwise accuracy per set (``debias=False``) and, for the pointwise verifier, ROC-AUC."""
+    otherwise): pairwise accuracy per set (``debias=False``; TEST_SETS first, then any other set but "train")
+    and, for the pointwise verifier, ROC-AUC."""
     model, saved = load_trained(path, device="cpu")
     if saved != paradigm:
         raise ValueError(f"{path} holds a {saved} model, not {paradigm}")
     out = {"paradigm": paradigm, "params": parameter_count(path)}
+    extra = [name for name in sets if name not in TEST_SETS and name != "train"]  # e.g. refresh.py's drifted pairs
     with torch.no_grad():
-        for name in TEST_SETS:
+        for name in (*TEST_SETS, *extra):
             if sets.get(name):
                 result = evaluate(model, sets[name], paradigm=paradigm, debias=False, log=log)
                 out[f"{name}_acc"] = result["accuracy"]
