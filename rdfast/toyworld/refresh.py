@@ -21,11 +21,12 @@ the oracle alone, as in deliverable 2; round 1 only decides which images get lab
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
+from ..resolve import resolve
+from ..testing import tiny_checkpoint
 from ..train import TrainConfig, Trainer
 from . import preference as pref
 from . import refl_study
@@ -42,16 +43,11 @@ SMOKE = dict(round_seeds=(0,), refl_steps=2, reference="bottom", samples_per_pro
              render_test_pairs=4)
 
 
-def _read(path):
-    with open(path) as fh:
-        return json.load(fh)
+_read, _write = trm._read, trm._write  # the stage markers' JSON, written atomically
 
 
-def _write(path, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)  # a killed run leaves no half-written stage marker
+def _data_dir(out, part: str) -> str:
+    return os.path.join(out, "preference", part)
 
 
 def round_one(generator, pairwise, seed: int, folder, recipe: dict, log=sys.stderr) -> dict:
@@ -81,8 +77,8 @@ def data_stage(generator, folder, seed: int, n_pairs: int, n_render_pairs: int, 
 
 def cached_data(out, recipe: dict) -> tuple:
     """(base, [drifted per round-1 seed]) preference data as ``run`` cached them in ``out``."""
-    return (pref.load(os.path.join(out, "preference", "base")),
-            [pref.load(os.path.join(out, "preference", f"drift_s{k}")) for k in recipe["round_seeds"]])
+    return (pref.load(_data_dir(out, "base")),
+            [pref.load(_data_dir(out, f"drift_s{k}")) for k in recipe["round_seeds"]])
 
 
 def evaluation_sets(base: pref.PreferenceData, drifts: list, render_test_pairs: int = 200) -> dict:
@@ -99,40 +95,33 @@ def run(out, generator="toy:generator", pairwise="toy:pairwise", recipe: dict | 
         log=sys.stderr) -> dict:
     """The whole recipe (see the module docstring); returns the report (also in ``out/rm.json``)."""
     recipe = dict(recipe or RECIPE)
+    init = resolve(pairwise, tiny_checkpoint, "reward model")  # before any heavy work: a bad name fails here
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    rounds = {k: round_one(generator, pairwise, k, os.path.join(out, "round1", f"gen_s{k}"), recipe, log)
+    rounds = {k: round_one(generator, init, k, os.path.join(out, "round1", f"gen_s{k}"), recipe, log)
               for k in recipe["round_seeds"]}
-    base = data_stage(generator, os.path.join(out, "preference", "base"), 0, recipe["base_pairs"],
-                      recipe["render_pairs"], recipe, log)
-    drifts = [data_stage(os.path.join(out, "round1", f"gen_s{k}"), os.path.join(out, "preference", f"drift_s{k}"),
+    base = data_stage(generator, _data_dir(out, "base"), 0, recipe["base_pairs"], recipe["render_pairs"], recipe, log)
+    drifts = [data_stage(os.path.join(out, "round1", f"gen_s{k}"), _data_dir(out, f"drift_s{k}"),
                          k + 1, recipe["drift_pairs"], 0, recipe, log) for k in recipe["round_seeds"]]
     sets = evaluation_sets(base, drifts, recipe.get("render_test_pairs", 200))
+    train = list(base.train) + [r for d in drifts for r in d.train]
     folder = os.path.join(out, "rm")
     before = os.path.join(out, "before.json")
     if not os.path.exists(before):
-        _write(before, trm.measure(pairwise if os.path.isdir(pairwise) else _shipped(pairwise), sets, "pairwise", log))
+        _write(before, trm.measure(init, sets, "pairwise", log))
     if not os.path.exists(os.path.join(folder, "rdfast_config.json")):
         config = TrainConfig(paradigm="pairwise", finetune="full", learning_rate=recipe["lr"],
                              batch_size=recipe["batch"], max_steps=recipe["steps"],
                              warmup_steps=max(1, recipe["steps"] // 20), lr_schedule="cosine",
                              instruction=INSTRUCTION, seed=recipe["seed"], progress=log is not None,
                              max_grad_norm=1.0, save_every=max(1, recipe["steps"] // 4), keep_checkpoints=1)
-        train = list(base.train) + [r for d in drifts for r in d.train]
-        init = pairwise if os.path.isdir(pairwise) else _shipped(pairwise)
         Trainer(init, config, train, output_dir=folder, log=log).train(resume="auto")
     report = {"recipe": recipe, "generator": generator, "pairwise": pairwise, "rm": folder,
               "round1": {str(k): v for k, v in rounds.items()},
               "data": {"base": base.info, "drift": [d.info for d in drifts]},
-              "train_pairs": len(base.train) + sum(len(d.train) for d in drifts),
+              "train_pairs": len(train),
               "before": _read(before), "after": trm.measure(folder, sets, "pairwise", log),
               "seconds": round(time.perf_counter() - t0, 1)}
     _write(os.path.join(out, "rm.json"), report)
     return report
 
-
-def _shipped(name: str) -> str:
-    """The folder of a shipped ``toy:`` reward model (the Trainer starts from folders)."""
-    if name != "toy:pairwise":
-        raise ValueError(f"pairwise={name!r}: give a trained pairwise RM's folder or 'toy:pairwise'")
-    return os.path.join(trm.MODELS_DIR, "pairwise")

@@ -1,0 +1,51 @@
+"""pytest-benchmark smoke of ``bench/toy_rm_refresh.py`` (``--smoke``: two ReFL updates, a few samples and pairs,
+two fine-tuning steps, from the shipped ``toy:pairwise``). The real figures come from ``python
+bench/toy_rm_refresh.py --out DIR --json ...``; this checks the stages, the report and the cache. Nothing here
+asserts timings or accuracies.
+"""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+# bench/toy_rm_refresh.py (pytest puts this directory on sys.path)
+from toy_rm_refresh import main
+
+from rdfast.diffusion.pipelines import load_pipeline
+from rdfast.diffusion.testing import torch_threads
+from rdfast.train import load_trained
+
+
+def test_toy_rm_refresh_smoke(benchmark, tmp_path):
+    path, out = tmp_path / "report.json", tmp_path / "stages"
+    argv = ["--smoke", "--out", str(out), "--json", str(path)]
+    with torch_threads(1):
+        report = benchmark.pedantic(main, args=(argv,), rounds=1, iterations=1)
+    saved = json.loads(path.read_text())
+    assert saved["shipped"] is None and "machine" in saved and saved["seconds"] > 0
+    # round 1 saved a generator that loads and that ReFL changed
+    moved = load_pipeline(str(out / "round1" / "gen_s0"), device="cpu").transformer.state_dict()
+    base = load_pipeline("toy:generator", device="cpu").transformer.state_dict()
+    assert moved.keys() == base.keys()
+    assert any(not torch.equal(moved[k].float(), base[k].float()) for k in base)
+    # drifted pairs come from that generator's samples, and the fine-tuned RM loads as a pairwise RM
+    assert saved["data"]["drift"][0]["generator_samples"] > 0 and saved["train_pairs"] > saved["recipe"]["base_pairs"]
+    _, paradigm = load_trained(saved["rm"], device="cpu")
+    assert paradigm == "pairwise"
+    assert saved["before"].keys() == saved["after"].keys()  # the same sets before and after (the smoke's few
+    for key in ("in_domain_acc", "ood_acc"):                 # generator pairs may hold no aligned one)
+        assert 0.0 <= saved["before"][key] <= 1.0 and 0.0 <= saved["after"][key] <= 1.0
+    weights = load_file(str(out / "rm" / "model.safetensors"))
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"}
+    again = main(argv)  # every stage cached: read back, nothing retrained
+    assert again["before"] == report["before"] and again["after"] == report["after"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"} == stamps
+    assert all(torch.equal(v, load_file(str(out / "rm" / "model.safetensors"))[k]) for k, v in weights.items())
+
+
+def test_toy_rm_refresh_refuses_shipping_a_smoke(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--smoke", "--ship", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
+    assert exit_.value.code == 2 and "--ship with --smoke" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "o").exists()
