@@ -17,7 +17,7 @@ from rdfast.diffusion.testing import torch_threads
 from rdfast.train import load_trained
 
 
-def test_toy_rm_refresh_smoke(benchmark, tmp_path):
+def test_toy_rm_refresh_smoke(benchmark, tmp_path, capsys):
     path, out = tmp_path / "report.json", tmp_path / "stages"
     argv = ["--smoke", "--out", str(out), "--json", str(path)]
     with torch_threads(1):
@@ -42,6 +42,22 @@ def test_toy_rm_refresh_smoke(benchmark, tmp_path):
     assert again["before"] == report["before"] and again["after"] == report["after"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"} == stamps
     assert all(torch.equal(v, load_file(str(out / "rm" / "model.safetensors"))[k]) for k, v in weights.items())
+    # the same folder with another learning rate would read this RM back as that recipe's: refused, nothing touched
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(argv[:-1] + [str(tmp_path / "other.json"), "--lr", "5e-4"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "another recipe" in err and "lr: 0.0001 there, 0.0005 now" in err
+    assert "Traceback" not in err and not (tmp_path / "other.json").exists()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"} == stamps
+
+
+def test_toy_rm_refresh_rejects_a_bad_reward_model_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--smoke", "--pairwise", "toy:nope", "--out", str(tmp_path / "o"), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "toy:nope" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "o").exists()
 
 
 def test_toy_rm_refresh_refuses_shipping_a_smoke(tmp_path, capsys):

@@ -22,6 +22,7 @@ from common import environment, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from rdfast.errors import InputError  # noqa: E402
 from rdfast.toyworld import refresh  # noqa: E402
 from rdfast.toyworld import reward_models as trm  # noqa: E402
 
@@ -39,15 +40,25 @@ def main(argv=None):
     parser.add_argument("--pairwise", default="toy:pairwise", help="toy:pairwise or a trained pairwise RM's folder")
     parser.add_argument("--smoke", action="store_true", help="plumbing only: refresh.SMOKE")
     parser.add_argument("--ship", action="store_true", help="replace the shipped toy:pairwise when better")
+    parser.add_argument("--lr", type=float, help="the fine-tuning learning rate (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     parser.add_argument("--note", help="recorded in the report (e.g. the load)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be positive")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
     if args.ship and args.smoke:
         parser.error("--ship with --smoke would ship a plumbing run")
     torch.set_num_threads(args.threads)
-    report = refresh.run(args.out, args.generator, args.pairwise, refresh.SMOKE if args.smoke else refresh.RECIPE)
+    recipe = dict(refresh.SMOKE if args.smoke else refresh.RECIPE)
+    if args.lr is not None:
+        recipe["lr"] = args.lr
+    try:
+        refresh.check(args.out, recipe, args.generator, args.pairwise)
+    except InputError as error:  # a bad model name or another recipe's cache: one line, before any work
+        parser.error(str(error))
+    report = refresh.run(args.out, args.generator, args.pairwise, recipe)
     report["shipped"] = None
     if args.ship:
         if score(report["after"]) > score(report["before"]):

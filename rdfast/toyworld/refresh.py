@@ -6,6 +6,7 @@ exploits. Measured on the shipped ``toy:pairwise`` (README, "Refreshing the pair
 accuracy falls from 0.88 on base samples to 0.84 on the samples of a ReFL'd generator, and on graded pairs (one
 attribute wrong beats two) from 0.59 to 0.42, worse than chance. The recipe, each stage cached in ``out``::
 
+    out/recipe.json                the recipe the stages were made with (another recipe's folder is refused)
     out/round1/gen_s<k>/ + .json   ReFL of the generator with the RM (``refl_study.run_refl``), training seed k, saved
     out/preference/base/           oracle-labelled pairs of base-generator samples + renderer pairs (``preference``)
     out/preference/drift_s<k>/     oracle-labelled pairs of gen_s<k>'s samples (held-out pairs: the "drift" test set)
@@ -25,6 +26,7 @@ import os
 import sys
 import time
 
+from ..errors import InputError
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
 from ..train import TrainConfig, Trainer
@@ -91,12 +93,30 @@ def evaluation_sets(base: pref.PreferenceData, drifts: list, render_test_pairs: 
     return sets
 
 
+def check(out, recipe: dict, generator="toy:generator", pairwise="toy:pairwise") -> str:
+    """Before any heavy work: resolve ``pairwise`` (a bad name fails here) and refuse an ``out`` whose stages were
+    made by another recipe (stages are cached by folder name only, so they would be read back as this one's),
+    naming what differs. Records the recipe in ``out/recipe.json``; returns the RM's resolved path."""
+    init = resolve(pairwise, tiny_checkpoint, "reward model")
+    recipe = {**recipe, "round_seeds": list(recipe["round_seeds"]), "generator": generator, "pairwise": pairwise}
+    path = os.path.join(out, "recipe.json")
+    if os.path.exists(path):
+        made = _read(path)
+        changed = sorted(k for k in made.keys() | recipe.keys() if made.get(k) != recipe.get(k))
+        if changed:
+            diff = "; ".join(f"{k}: {made.get(k)!r} there, {recipe.get(k)!r} now" for k in changed)
+            raise InputError(f"folder {out} holds stages of another recipe ({diff}); use a fresh folder")
+    else:
+        os.makedirs(out, exist_ok=True)
+        _write(path, recipe)
+    return init
+
+
 def run(out, generator="toy:generator", pairwise="toy:pairwise", recipe: dict | None = None,
         log=sys.stderr) -> dict:
     """The whole recipe (see the module docstring); returns the report (also in ``out/rm.json``)."""
     recipe = dict(recipe or RECIPE)
-    init = resolve(pairwise, tiny_checkpoint, "reward model")  # before any heavy work: a bad name fails here
-    os.makedirs(out, exist_ok=True)
+    init = check(out, recipe, generator, pairwise)
     t0 = time.perf_counter()
     rounds = {k: round_one(generator, init, k, os.path.join(out, "round1", f"gen_s{k}"), recipe, log)
               for k in recipe["round_seeds"]}
