@@ -36,20 +36,28 @@ def test_toy_rm_refresh_smoke(benchmark, tmp_path, capsys):
     assert saved["before"].keys() == saved["after"].keys()  # the same sets before and after (the smoke's few
     for key in ("in_domain_acc", "ood_acc"):                 # generator pairs may hold no aligned one)
         assert 0.0 <= saved["before"][key] <= 1.0 and 0.0 <= saved["after"][key] <= 1.0
-    weights = load_file(str(out / "rm" / "model.safetensors"))
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"}
+    rm = saved["rm"]
+    weights = load_file(f"{rm}/model.safetensors")
+
+    def stamps():  # every stage's files (the reports next to each RM are rewritten by design)
+        return {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.parent != out}
+
+    before = stamps()
     again = main(argv)  # every stage cached: read back, nothing retrained
     assert again["before"] == report["before"] and again["after"] == report["after"]
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"} == stamps
-    assert all(torch.equal(v, load_file(str(out / "rm" / "model.safetensors"))[k]) for k, v in weights.items())
-    # the same folder with another learning rate would read this RM back as that recipe's: refused, nothing touched
+    assert stamps() == before
+    assert all(torch.equal(v, load_file(f"{rm}/model.safetensors")[k]) for k, v in weights.items())
+    # another learning rate: a second RM beside the first, on the same cached data
+    other = main(argv + ["--lr", "5e-4"])
+    assert other["rm"] != rm and other["recipe"]["lr"] == 5e-4 and other["before"] == report["before"]
+    assert {p: t for p, t in stamps().items() if p.is_relative_to(rm) or not p.is_relative_to(other["rm"])} == before
+    # another generator or initial RM would read this folder's data back as its own: refused, nothing touched
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        main(argv[:-1] + [str(tmp_path / "other.json"), "--lr", "5e-4"])
+        main(argv[:-1] + [str(tmp_path / "other.json"), "--pairwise", "toy:verifier"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "another recipe" in err and "lr: 0.0001 there, 0.0005 now" in err
+    assert exit_.value.code == 2 and "another recipe" in err and "'toy:pairwise' there, 'toy:verifier' now" in err
     assert "Traceback" not in err and not (tmp_path / "other.json").exists()
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "rm.json"} == stamps
 
 
 def test_toy_rm_refresh_rejects_a_bad_reward_model_in_one_line(tmp_path, capsys):

@@ -6,11 +6,13 @@ exploits. Measured on the shipped ``toy:pairwise`` (README, "Refreshing the pair
 accuracy falls from 0.88 on base samples to 0.84 on the samples of a ReFL'd generator, and on graded pairs (one
 attribute wrong beats two) from 0.59 to 0.42, worse than chance. The recipe, each stage cached in ``out``::
 
-    out/recipe.json                the recipe the stages were made with (another recipe's folder is refused)
+    out/recipe.json                what the data stages were made with (a folder made otherwise is refused)
     out/round1/gen_s<k>/ + .json   ReFL of the generator with the RM (``refl_study.run_refl``), training seed k, saved
     out/preference/base/           oracle-labelled pairs of base-generator samples + renderer pairs (``preference``)
     out/preference/drift_s<k>/     oracle-labelled pairs of gen_s<k>'s samples (held-out pairs: the "drift" test set)
-    out/rm/ + rm.json              the RM fine-tuned on all of them (``rdfast.train``; resumes) and its metrics
+    out/rm_lr<lr>_steps<n>_batch<b>_seed<s>/ + .json
+                                   the RM fine-tuned on all of them (``rdfast.train``; resumes) and its metrics: one
+                                   folder per fine-tuning setting, so a sweep shares the data stages
 
     from rdfast.toyworld import refresh
     report = refresh.run("/tmp/refresh")      # RECIPE: about 45 minutes of one core
@@ -39,6 +41,8 @@ RECIPE = dict(
     round_seeds=(0, 1), refl_steps=600, reference="bottom",  # round 1: toy_alignment's best ReFL recipe
     samples_per_prompt=64, base_pairs=4000, render_pairs=4000, drift_pairs=3000, test_pairs=200,
     steps=1500, lr=1e-4, batch=16, seed=2)  # fine-tuning: about 0.6 epochs of the shipped RM's budget per pass
+#: the keys that only the fine-tuning reads; every other key shapes the cached data stages
+FINETUNE_KEYS = ("lr", "steps", "batch", "seed")
 #: plumbing only (seconds): two ReFL updates, a handful of samples and pairs, two fine-tuning steps
 SMOKE = dict(round_seeds=(0,), refl_steps=2, reference="bottom", samples_per_prompt=2, base_pairs=8, render_pairs=8,
              drift_pairs=8, test_pairs=4, steps=2, lr=1e-4, batch=4, seed=2, refl_budget="smoke", data_steps=2,
@@ -93,12 +97,18 @@ def evaluation_sets(base: pref.PreferenceData, drifts: list, render_test_pairs: 
     return sets
 
 
+def rm_folder(out, recipe: dict) -> str:
+    """Where the RM fine-tuned with ``recipe``'s ``FINETUNE_KEYS`` lives (its report: the same path + ".json")."""
+    return os.path.join(out, "rm_" + "_".join(f"{k}{recipe[k]:g}" for k in FINETUNE_KEYS))
+
+
 def check(out, recipe: dict, generator="toy:generator", pairwise="toy:pairwise") -> str:
-    """Before any heavy work: resolve ``pairwise`` (a bad name fails here) and refuse an ``out`` whose stages were
-    made by another recipe (stages are cached by folder name only, so they would be read back as this one's),
+    """Before any heavy work: resolve ``pairwise`` (a bad name fails here) and refuse an ``out`` whose data stages
+    were made by another recipe (stages are cached by folder name only, so they would be read back as this one's),
     naming what differs. Records the recipe in ``out/recipe.json``; returns the RM's resolved path."""
     init = resolve(pairwise, tiny_checkpoint, "reward model")
-    recipe = {**recipe, "round_seeds": list(recipe["round_seeds"]), "generator": generator, "pairwise": pairwise}
+    recipe = {**{k: v for k, v in recipe.items() if k not in FINETUNE_KEYS},
+              "round_seeds": list(recipe["round_seeds"]), "generator": generator, "pairwise": pairwise}
     path = os.path.join(out, "recipe.json")
     if os.path.exists(path):
         made = _read(path)
@@ -114,7 +124,7 @@ def check(out, recipe: dict, generator="toy:generator", pairwise="toy:pairwise")
 
 def run(out, generator="toy:generator", pairwise="toy:pairwise", recipe: dict | None = None,
         log=sys.stderr) -> dict:
-    """The whole recipe (see the module docstring); returns the report (also in ``out/rm.json``)."""
+    """The whole recipe (see the module docstring); returns the report (also in ``rm_folder(out, recipe) + ".json"``)."""
     recipe = dict(recipe or RECIPE)
     init = check(out, recipe, generator, pairwise)
     t0 = time.perf_counter()
@@ -125,7 +135,7 @@ def run(out, generator="toy:generator", pairwise="toy:pairwise", recipe: dict | 
                          k + 1, recipe["drift_pairs"], 0, recipe, log) for k in recipe["round_seeds"]]
     sets = evaluation_sets(base, drifts, recipe.get("render_test_pairs", 200))
     train = list(base.train) + [r for d in drifts for r in d.train]
-    folder = os.path.join(out, "rm")
+    folder = rm_folder(out, recipe)
     before = os.path.join(out, "before.json")
     if not os.path.exists(before):
         _write(before, trm.measure(init, sets, "pairwise", log))
@@ -142,6 +152,6 @@ def run(out, generator="toy:generator", pairwise="toy:pairwise", recipe: dict | 
               "train_pairs": len(train),
               "before": _read(before), "after": trm.measure(folder, sets, "pairwise", log),
               "seconds": round(time.perf_counter() - t0, 1)}
-    _write(os.path.join(out, "rm.json"), report)
+    _write(folder + ".json", report)
     return report
 
