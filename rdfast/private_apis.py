@@ -59,7 +59,7 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
                "get_image_features' per-layer features: split per image in 5.24, whole in 5.17 (families/qwen3_vl.py)"),
     PrivateAPI("transformers.models.qwen3_vl.video_processing_qwen3_vl", "smart_resize",
                "Qwen3-VL's video frame size, which counts the frames (families/qwen3_vl.py)"),
-    # Qwen3.5's hybrid cache (families/qwen3_5.py expand_cache): the same in transformers 5.17 and 5.24 (5.24
+    # Qwen3.5's hybrid cache (families/qwen3_5.py expand_cache): the same in transformers 5.17, 5.24 and 5.25 (5.24
     # adds Cache.get_conv_state / get_recurrent_state, unused so that 5.17 works; 5.24's LinearAttentionLayer
     # lacks batch_repeat_interleave, unused too); versions outside qwen3_5.HYBRID_PREFIX_TESTED run unshared
     PrivateAPI("transformers.cache_utils", "Cache.update_conv_state",

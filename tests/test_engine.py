@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from conftest import load_rm
+from conftest import load_rm, skip_unless_prefix_shared
 from rdfast.engine import EngineOptions, OutOfMemoryRetry
 from rdfast.testing import random_images
 
@@ -169,6 +169,7 @@ def test_one_image_many_questions_and_one_prompt_many_rationales_share_their_pre
     differ only after the image (many questions about one image), or only in appended generated text (one
     prompt followed by K rationales), run the shared part once, and score as the plain path does."""
     rm = load_rm(family)
+    skip_unless_prefix_shared(rm)
     seed = int(torch.randint(0, 2**30, (1,), generator=gen))
     image = random_images(1, seed=seed)[0]
     base = rm.encode(["a fox in the snow"], [[image]])[0]

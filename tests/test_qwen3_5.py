@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_qwen3_vl import reference_video, run, seed_of
 
-from conftest import load_rm
+from conftest import load_rm, skip_unless_prefix_shared
 from rdfast import engine
 from rdfast.errors import InputError
 from rdfast.families import qwen3_5
@@ -84,6 +84,7 @@ def test_shared_prefix_hands_on_the_linear_attention_state(family, batching, gen
     the equality too), log P moves by ~8e-2 (recurrent) and ~2e-2 (conv) against the 1e-5 allowed.
     """
     rm = load_rm(family)
+    skip_unless_prefix_shared(rm)
     seed = seed_of(gen)
     refs = random_images(2, sizes=((64, 64), (96, 64)), seed=seed)
     cands = random_images(4, sizes=((64, 64), (96, 64), (64, 96), (128, 96)), seed=seed + 1)
@@ -103,6 +104,7 @@ def test_one_token_suffix_after_a_shared_prefix(gen):
     through its single-step paths (conv update in place, recurrent step); still equal to the plain path and the
     prefix's state is left intact for the next suffix batch (batch_size=1: two batches from one prefix)."""
     rm = load_rm("qwen3_5")
+    skip_unless_prefix_shared(rm)
     image = random_images(1, sizes=((96, 64),), seed=seed_of(gen))
     items = rm.encode([PROMPTS[1]] * 2, [image * 2])
     rm.engine.stats.clear()
@@ -157,6 +159,7 @@ def test_pixel_gradients_through_the_shared_prefix_equal_the_plain_forward(famil
     gradient computation has been modified by an inplace operation". For MoE this replaces the finite-difference
     check (top-k routing is piecewise constant, so difference quotients can straddle a switch)."""
     rm = load_rm(family)
+    skip_unless_prefix_shared(rm)
     seed = seed_of(gen)
     ref = random_images(1, sizes=((64, 96),), seed=seed, kind="tensor")[0]
     cands = random_images(3, sizes=((64, 64), (96, 64), (70, 70)), seed=seed + 1, kind="tensor")
@@ -182,6 +185,7 @@ def test_shared_prefix_holding_a_video_hands_on_the_linear_attention_state(gen):
     timestamped blocks, from the same processor) sit in the shared prefix, the candidate videos in suffixes;
     equal to the plain path, and dropping the recurrent state moves the scores far off."""
     rm = load_rm("qwen3_5")
+    skip_unless_prefix_shared(rm)
     cond = random_images(1, sizes=((64, 64),), seed=seed_of(gen))[0]
     clips = [torch.rand(n, 3, 64, 64, generator=gen) for n in (4, 3, 4, 5)]
     items = rm.encode(["a dog running"] * 3, [[clips[0]] * 3, clips[1:]], kind="video", condition=[cond] * 3,

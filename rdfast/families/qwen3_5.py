@@ -36,7 +36,7 @@ from .qwen2_vl import Qwen2VLFamily
 from .qwen3_vl import Qwen3VLFamily
 
 #: transformers versions (major.minor) the hybrid shared prefix was tested on (5.17: scripts/check_hybrid_prefix.py)
-HYBRID_PREFIX_TESTED = ("5.17", "5.24")
+HYBRID_PREFIX_TESTED = ("5.17", "5.24", "5.25")
 
 
 @functools.cache

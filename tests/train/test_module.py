@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import skip_unless_prefix_shared
 from rdfast import RewardModel
 from rdfast.encoding import last_positions
 from rdfast.testing import tiny_checkpoint
@@ -73,6 +74,8 @@ def test_training_loss_equals_full_logits_formulation(family, paradigm, batching
     """batching: rows through the scoring engine (features once, shared prefixes once, equal-length batches or
     varlen-packed rows) or one padded forward; loss and gradients equal the reference either way."""
     rm = RewardModel.from_pretrained(tiny_checkpoint(family), device="cpu")
+    if batching != "padded":
+        skip_unless_prefix_shared(rm)
     rm.model.requires_grad_(False)
     head = None
     if paradigm == "regressive":  # the LM head is unused; a random head (a zero one would give zero gradients)
