@@ -60,3 +60,16 @@ def test_toy_alignment_smoke(benchmark, tmp_path):
     with pytest.raises(SystemExit) as exit_:  # the CLI: one line, exit code 2, nothing written
         main(["--merge", str(halves[0]), str(other), "--json", str(tmp_path / "mixed.json")])
     assert exit_.value.code == 2 and not (tmp_path / "mixed.json").exists()
+
+
+def test_toy_alignment_ema_smoke(tmp_path):
+    """--ema-decay: the run reports the EMA weights' alignment and the last iterate's; decay 0 makes them the same
+    weights. The report's folder is created; a bad decay is one CLI line (exit 2) before any work."""
+    path = tmp_path / "new" / "ema.json"
+    with torch_threads(1):
+        main(["--smoke", "--quiet", "--runs", "bottom2", "--ema-decay", "0", "--json", str(path)])
+    row = json.loads(path.read_text())["refl"][0]
+    assert row["ema_decay"] == 0.0 and row["last_iterate_alignment"] == row["aligned_alignment"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--smoke", "--runs", "bottom2", "--ema-decay", "1", "--json", str(tmp_path / "bad" / "x.json")])
+    assert exit_.value.code == 2 and not (tmp_path / "bad").exists()

@@ -129,6 +129,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default="0", help="ReFL training seeds, comma-separated (default %(default)s)")
     parser.add_argument("--steps", type=int, help="ReFL updates (default: the budget's)")
     parser.add_argument("--lr", type=float, help="ReFL learning rate (default: the budget's)")
+    parser.add_argument("--ema-decay", type=float, help="evaluate the EMA of the ReFL weights with this decay "
+                        "(default: the last iterate)")
     parser.add_argument("--search-seeds", type=int, help="noise seeds per prompt for the search (default: the budget's)")
     parser.add_argument("--smoke", action="store_true", help="the smoke budgets: plumbing only, seconds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
@@ -151,12 +153,19 @@ def main(argv=None):
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
-    if unknown or args.threads < 1 or (args.steps is not None and args.steps < 1) or (args.lr is not None and args.lr <= 0) \
-            or (args.search_seeds is not None and args.search_seeds < 1):
-        parser.error(f"--runs: unknown {unknown} (choose among {RUNS}); --threads, --steps, --lr and --search-seeds must be positive")
+    problems = [f"--runs: unknown {unknown} (choose among {RUNS})"] if unknown else []
+    problems += [f"--{name.replace('_', '-')} must be positive, got {v}" for name, v in
+                 (("threads", args.threads), ("steps", args.steps), ("lr", args.lr), ("search_seeds", args.search_seeds))
+                 if v is not None and v <= 0]
+    if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
+        problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if problems:
+        parser.error("; ".join(problems))
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)  # the figures go next to the JSON
     torch.set_num_threads(args.threads)
     budget = dict(refl_study.REFL_BUDGETS["smoke" if args.smoke else "full"])
-    budget.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+    budget.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("ema_decay", args.ema_decay))
+                   if v is not None})
     search_budget = dict(search_study.SEARCH_BUDGETS["smoke" if args.smoke else "full"])
     search_budget.update({"seeds": args.search_seeds} if args.search_seeds is not None else {})
     stem = os.path.splitext(args.json)[0]
@@ -178,7 +187,8 @@ def main(argv=None):
                 figures[name] = grid(row, budget["eval_seeds"], f"{stem}_{name}.png")
             report["refl"].append({k: v for k, v in row.items() if k not in ("images", "prompts")})
             print(f"{name} seed {seed}: alignment {base:.3f} -> {row['aligned_alignment']:.3f}, reward "
-                  f"{row['reward_first']:.3f} -> {row['reward_last']:.3f} ({row['seconds']} s)", file=sys.stderr, flush=True)
+                  f"{row['reward_first']:.3f} -> {row['reward_last']:.3f} ({row['seconds']} s)"
+                  + (f"; last iterate {row['last_iterate_alignment']:.3f}" if row["ema_decay"] is not None else ""), file=sys.stderr, flush=True)
     report["refl_summary"] = summarise(report["refl"], base)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(args.json, report, indent=1)

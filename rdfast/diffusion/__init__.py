@@ -11,11 +11,13 @@
 | graphs.py    | CUDA-graph capture and replay of the fixed-shape denoiser step |
 | reward.py    | the reward model as a reward (images or videos): pairwise vs cached Best-of-N references, pointwise |
 | refl.py      | ReFLTrainer: ReFL with memory-efficient backward |
+| ema.py       | EMA of the trained weights (``ReFLTrainer(ema_decay=...)``) |
 | search.py    | Search over Paths, Best-of-N, the search tree (JSON, figure) |
 | gaussian_toy.py | the analytic Gaussian-mixture toy for search |
 | testing.py   | tiny diffusers pipelines built from configs |
 | cli.py       | ``rdfast refl`` and ``rdfast search`` |
 """
+from .ema import EMA
 from .gaussian_toy import toy_problem
 from .graphs import GraphRunner
 from .pipelines import adapt, load_pipeline
@@ -29,7 +31,7 @@ __all__ = [
     "adapt", "load_pipeline",
     "GraphRunner",
     "PairwiseReward", "PointwiseReward", "reward_fn", "rank_pairwise",
-    "ReFLTrainer", "ReFLConfig",
+    "ReFLTrainer", "ReFLConfig", "EMA",
     "search_over_paths", "best_of_n", "pipeline_problem", "search_nfe", "equal_nfe_k", "SearchResult", "Problem",
     "toy_problem",
 ]

@@ -20,6 +20,7 @@ paths equal (cosine >= 0.9999 in float32).
     for prompts in loader:                 # the trainer's own step ...
         info = trainer.step(prompts)
     loss, info = trainer.loss(prompts)     # ... or your loop: loss.backward(); your optimizer.step()
+    # ema_decay=0.99: an EMA of the trained weights, updated by step(); `with trainer.ema.swapped(): trainer.save(p)`
 
 Video (Wan 2.1): the same trainer; the wrapper's decode gives videos [N, T, 3, H, W], decoded with one activation
 checkpoint per latent frame, and the reward judges them as videos ("t2v" unless told otherwise):
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .ema import EMA, check_decay
 from .pipelines import adapt
 from .reward import PairwiseReward
 from .sampler import Sampler, combine, training_target
@@ -70,6 +72,7 @@ class ReFLConfig:
     seed: int = 0
     reference_batch: int = 8               # Best-of-N candidates sampled per forward
     num_frames: int | None = None          # video pipelines: frames per video (None: the wrapper's default)
+    ema_decay: float | None = None         # keep an EMA of the trained weights (``trainer.ema``); None: off
 
     def validate(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -92,6 +95,8 @@ class ReFLConfig:
             raise ValueError(f"lora_rank must be a positive int or None (full finetuning), got {self.lora_rank!r}")
         if self.pretrain_weight < 0:
             raise ValueError(f"pretrain_weight must be >= 0, got {self.pretrain_weight}")
+        if self.ema_decay is not None:
+            check_decay(self.ema_decay, "ema_decay")
 
     def step_range(self) -> tuple[int, int]:
         """Inclusive range of the last gradient step j (0-based), within [K - 1, T - 1]."""
@@ -149,6 +154,8 @@ class ReFLTrainer:
             p.requires_grad_(True)
         self.parameters = params
         self.optimizer = optimizer or torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        # the average of the recent weights, for evaluating or saving: ``with trainer.ema.swapped(): ...``
+        self.ema = EMA(params, c.ema_decay) if c.ema_decay is not None else None
         self.generator = torch.Generator().manual_seed(c.seed)
         self.sampler = Sampler(self.wrapper.denoise, self.schedule, self.wrapper.evals_per_step, graphs=c.graphs)
         # Reference sampling runs with LoRA disabled; a separate sampler keeps its own captured graphs.
@@ -282,6 +289,8 @@ class ReFLTrainer:
         if self.config.max_grad_norm is not None:
             info["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm))
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         self.updates += 1
         return info
 

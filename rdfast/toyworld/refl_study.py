@@ -4,7 +4,8 @@ Every run starts from the same generator (a fresh copy loaded from its folder) a
 (``REFL_BUDGETS``): ``steps`` updates of ``batch`` prompts drawn from the in-domain prompts, full finetuning of
 the FLUX transformer, loss = -reward (``loss="neg"``: the same objective for probabilities and for unbounded
 scalars) plus ``pretrain_weight`` x the flow-matching loss on fresh renders of the same prompts, through
-``rdfast.diffusion.ReFLTrainer`` unchanged. Alignment is ``rdfast.toyworld.alignment`` (the
+``rdfast.diffusion.ReFLTrainer`` unchanged. With ``ema_decay`` in the budget the aligned generator is the EMA of
+the trained weights (the last iterate's alignment is reported beside it). Alignment is ``rdfast.toyworld.alignment`` (the
 oracle) over all in-domain prompts x ``eval_seeds`` fixed noise seeds (0..S-1), the same seeds before and after.
 
 Rewards:
@@ -150,7 +151,7 @@ def run_refl(generator, reward, budget: dict, base_alignment: float | None = Non
                           lr=budget["lr"], loss="neg", grad_steps=budget["grad_steps"],
                           late_range=tuple(budget["late_range"]), graphs=False, memory_efficient=False,
                           reference_batch=max(2, budget.get("n", 2)), seed=budget["seed"],
-                          pretrain_weight=budget.get("pretrain_weight", 0.0))
+                          pretrain_weight=budget.get("pretrain_weight", 0.0), ema_decay=budget.get("ema_decay"))
     trainer.prepare_references(texts, progress=False)  # full finetuning: every reference before the first update
     rng = np.random.default_rng(budget["seed"])
     order: list[int] = []
@@ -168,6 +169,10 @@ def run_refl(generator, reward, budget: dict, base_alignment: float | None = Non
         info = trainer.step(chosen, pretrain)
         step_rewards.append(info["reward"])
     pipe.transformer.requires_grad_(False)
+    last_iterate = None
+    if trainer.ema is not None:  # the run's result is the averaged weights; the last iterate is kept for comparison
+        last_iterate, _, _ = oracle_alignment(pipe, texts, budget["eval_seeds"])
+        trainer.ema.copy_to()
     if save_to is not None:
         pipe.save_pretrained(save_to)
     aligned, images, pool = oracle_alignment(pipe, texts, budget["eval_seeds"])
@@ -176,5 +181,6 @@ def run_refl(generator, reward, budget: dict, base_alignment: float | None = Non
             "reward_first": float(np.mean(step_rewards[:last])), "reward_last": float(np.mean(step_rewards[-last:])),
             "reward_std_last": reward_std_last(reward.history, last), "step_rewards": step_rewards,
             "steps": budget["steps"], "batch": budget["batch"], "eval_samples": len(pool),
+            "ema_decay": budget.get("ema_decay"), "last_iterate_alignment": last_iterate,
             "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - cpu0, 1),
             "images": images, "prompts": pool}
