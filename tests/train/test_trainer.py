@@ -129,12 +129,17 @@ def test_full_finetune_memorises_32_pairs(tmp_path, family, steps, side, gen):
 
 
 def test_gradient_checkpointing_and_accumulation_do_not_change_the_step(tmp_path, gen):
-    """Same global batch: (micro 4, no checkpointing) == (micro 1 x 4 accumulated, checkpointing)."""
+    """Same global batch: (micro 4, no checkpointing) == (micro 1 x 4 accumulated, checkpointing).
+
+    adam_eps 1e-3: with the default 1e-8, AdamW divides a gradient near 1e-8 (embedding rows whose terms cancel) by
+    about 1e-8, so the accumulation order's float32 rounding (~1e-10) became weight differences of 1.3e-6 to 4.5e-6
+    over 30 seeds and once above 1e-5 in a full run (a flaky failure). With 1e-3 the same seeds differ by 7e-9 to
+    1.2e-7, and small updates stay proportional to the gradient, so a mis-scaled accumulation would now show."""
     recs = records(8, seed_of(gen))
     states = []
     for micro, ckpt in ((4, False), (1, True)):
         config = TrainConfig(paradigm="pairwise", finetune="full", batch_size=4, micro_batch_size=micro, max_steps=2,
-                             gradient_checkpointing=ckpt, learning_rate=1e-3, progress=False)
+                             gradient_checkpointing=ckpt, learning_rate=1e-3, adam_eps=1e-3, progress=False)
         trainer = Trainer(tiny_checkpoint("qwen2_vl"), config, recs, output_dir=tmp_path / str(micro), log=io.StringIO())
         logs = [trainer.train_step(), trainer.train_step()]
         states.append(({n: p.detach().clone() for n, p in trainer.named_trainable}, logs))
