@@ -19,6 +19,7 @@ Weights load from safetensors only unless ``--allow-pickle``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +33,7 @@ from ..model import RewardModel
 from ..prompts import ReservedText
 from ..resolve import resolve
 from ..testing import tiny_checkpoint
+from .ema import check_decay
 from .pipelines import load_pipeline
 from .pipelines.registry import resolve_pipeline
 from .refl import ReFLTrainer
@@ -62,6 +64,8 @@ def register(subparsers) -> None:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the denoiser and VAE")
     p.add_argument("--reward-device", default=None, help="device of the reward model (default: --device)")
     p.add_argument("--save-every", type=int, default=0, help="also save every N updates")
+    p.add_argument("--ema-decay", type=float, default=None,
+                   help="keep an EMA of the trained weights (e.g. 0.99); saved models and after-samples use it")
     p.add_argument("--samples", type=int, default=4,
                    help="prompts sampled before and after training into before_after.png/.json (0: none)")
     p.set_defaults(func=cmd_refl)
@@ -192,6 +196,11 @@ def _reward_model(spec: str, device, allow_pickle: bool, prompts: list[str]) -> 
 def cmd_refl(args):
     _check_spec(args.pipeline, "--pipeline")
     _check_spec(args.reward, "--reward")
+    if args.ema_decay is not None:
+        try:
+            check_decay(args.ema_decay, "--ema-decay")
+        except ValueError as e:
+            raise InputError(str(e)) from None
     prompts = _prompts(args)
     height, width = _size(args)
     os.makedirs(args.out, exist_ok=True)
@@ -205,7 +214,9 @@ def cmd_refl(args):
                           guidance_scale=args.guidance_scale, loss=args.loss, margin=args.margin, lr=args.lr,
                           lora_rank=args.lora_rank or None, memory_efficient=not args.no_memory_efficient,
                           tile_vae=args.tile_vae, autocast="bf16" if args.bf16 else None,
-                          graphs=not args.no_graphs, seed=args.seed)
+                          graphs=not args.no_graphs, seed=args.seed, ema_decay=args.ema_decay)
+    # with --ema-decay, what is saved and shown after training is the averaged weights, not the last iterate
+    averaged = trainer.ema.swapped if trainer.ema is not None else contextlib.nullcontext
     trainer.prepare_references(prompts)
     shown = list(dict.fromkeys(prompts))[: max(args.samples, 0)]
     before = _samples(trainer, shown, args.seed)  # before the first update: full finetuning changes the base
@@ -219,11 +230,13 @@ def cmd_refl(args):
             bar.set_postfix(reward=f"{info['reward']:.4f}", loss=f"{info['loss']:.4f}")
             bar.update(1)
             if args.save_every and (step + 1) % args.save_every == 0:
-                trainer.save(os.path.join(args.out, f"step-{step + 1}"))
-    trainer.save(os.path.join(args.out, "final"))
+                with averaged():
+                    trainer.save(os.path.join(args.out, f"step-{step + 1}"))
+    with averaged():
+        trainer.save(os.path.join(args.out, "final"))
+        after = _samples(trainer, shown, args.seed) if shown else None
     print(f"wrote {log_path} and {os.path.join(args.out, 'final')}")
     if shown:
-        after = _samples(trainer, shown, args.seed)
         _save_before_after(args.out, shown, before, after, args.seed)
         print(f"wrote {os.path.join(args.out, 'before_after.png')} and before_after.json")
 

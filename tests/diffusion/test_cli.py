@@ -3,11 +3,14 @@ import argparse
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("diffusers")
 
 from rdfast.diffusion import cli  # noqa: E402
+
+from .common import random_seed  # noqa: E402
 
 
 def run(argv):
@@ -140,3 +143,31 @@ def test_special_token_prompts_are_refused_before_any_sampling(command, tmp_path
     index = "prompts[0]" if command == "search" else "prompts[1]"
     assert exit_info.value.code == 2 and index in err and "<|im_end|>" in err, err
     assert "Traceback" not in err
+
+
+def test_refl_ema_saves_the_average_of_the_trained_weights(tmp_path, capsys):
+    """--ema-decay d: OUT/final holds ema_2 = d^2 * w_0 + d(1-d) * w_1 + (1-d) * w_2 of the weights w_k after update k,
+    read from a run without EMA that saved every update (same seed, so the same updates). LoRA B starts at zero,
+    so the check uses the B matrices: (1-d) * (d * B_1 + B_2). A bad decay is one line, exit 2, before loading."""
+    from safetensors.torch import load_file
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na cat on a chair\n")
+    common = ["refl", "--pipeline", "tiny:flux", "--reward", "tiny:qwen2_vl", "--prompts", str(prompts), "--steps", "2",
+              "--num-inference-steps", "4", "--best-of", "2", "--top-k", "1", "--lora-rank", "2", "--lr", "1e-2",
+              "--samples", "0", "--seed", str(random_seed())]
+    run(common + ["--out", str(tmp_path / "plain"), "--save-every", "1"])
+    run(common + ["--out", str(tmp_path / "ema"), "--ema-decay", "0.5"])
+    name = "pytorch_lora_weights.safetensors"
+    w1, w2 = (load_file(tmp_path / "plain" / step / name) for step in ("step-1", "step-2"))
+    ema = load_file(tmp_path / "ema" / "final" / name)
+    b_keys = [k for k in w2 if "lora_B" in k]
+    assert b_keys and any(w2[k].abs().max() > 0 for k in b_keys)  # the updates moved B
+    for k in b_keys:
+        torch.testing.assert_close(ema[k], 0.5 * (0.5 * w1[k] + w2[k]), atol=1e-6, rtol=0, msg=k)  # float32
+    assert json.loads((tmp_path / "ema" / "final" / "refl_config.json").read_text())["ema_decay"] == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        run(common + ["--out", str(tmp_path / "bad"), "--ema-decay", "1.5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--ema-decay" in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
