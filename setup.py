@@ -82,7 +82,7 @@ setup(
         "hf": HF,
         "triton": ["triton>=3.6"],
         "gpu": ["flash-attn>=2.6", "xformers>=0.0.28"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.2", "ruff>=0.6"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout>=2.2", "pytest-xdist>=3.5", "ruff>=0.6"],
         # PyAV: decodes video files (mp4, mkv, webm, ...); frame folders and tensors need nothing
         "video": ["av>=12"],
         # rdfast serve: HTTP server (httpx for the tests' client)

@@ -45,6 +45,13 @@ def skip_unless_prefix_shared(rm):
         pytest.skip(refusal)
 
 
+def pytest_configure(config):
+    # scripts/test.sh runs two pytest-xdist workers on CI's two cores; at torch's default of one thread per core
+    # each, two workers would oversubscribe them (subprocesses the tests start keep their own defaults)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request):
     return request.param
