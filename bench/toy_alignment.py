@@ -35,6 +35,7 @@ from common import environment, write_json
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from rdfast.diffusion.ema import check_decay  # noqa: E402
 from rdfast.diffusion.pipelines import load_pipeline  # noqa: E402
 from rdfast.toyworld import refl_study, search_study  # noqa: E402
 from rdfast.toyworld.figures import verdict_grid  # noqa: E402
@@ -157,8 +158,10 @@ def main(argv=None):
     problems += [f"--{name.replace('_', '-')} must be positive, got {v}" for name, v in
                  (("threads", args.threads), ("steps", args.steps), ("lr", args.lr), ("search_seeds", args.search_seeds))
                  if v is not None and v <= 0]
-    if args.ema_decay is not None and not 0 <= args.ema_decay < 1:
-        problems.append(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    try:
+        check_decay(0.0 if args.ema_decay is None else args.ema_decay, "--ema-decay")
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         parser.error("; ".join(problems))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)  # the figures go next to the JSON
