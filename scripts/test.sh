@@ -9,4 +9,4 @@ bash scripts/setup.sh
 # run. The Ray tests start local Ray clusters whose actors starve beside another worker: they run alone after.
 .venv/bin/python -m pytest -q -n "${RDFAST_TEST_WORKERS:-2}" -m "not ray" tests "$@"
 .venv/bin/python -m pytest -q -m ray tests "$@" || [ $? -eq 5 ]   # 5: your arguments selected no Ray test
-.venv/bin/python -m pytest -q bench --benchmark-disable -p no:cacheprovider
+.venv/bin/python -m pytest -q -n "${RDFAST_TEST_WORKERS:-2}" bench --benchmark-disable -p no:cacheprovider
