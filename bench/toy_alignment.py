@@ -158,10 +158,11 @@ def main(argv=None):
     problems += [f"--{name.replace('_', '-')} must be positive, got {v}" for name, v in
                  (("threads", args.threads), ("steps", args.steps), ("lr", args.lr), ("search_seeds", args.search_seeds))
                  if v is not None and v <= 0]
-    try:
-        check_decay(0.0 if args.ema_decay is None else args.ema_decay, "--ema-decay")
-    except ValueError as e:
-        problems.append(str(e))
+    if args.ema_decay is not None:
+        try:
+            check_decay(args.ema_decay, "--ema-decay")
+        except ValueError as e:
+            problems.append(str(e))
     if problems:
         parser.error("; ".join(problems))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)  # the figures go next to the JSON

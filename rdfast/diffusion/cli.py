@@ -234,7 +234,7 @@ def cmd_refl(args):
                     trainer.save(os.path.join(args.out, f"step-{step + 1}"))
     with averaged():
         trainer.save(os.path.join(args.out, "final"))
-        after = _samples(trainer, shown, args.seed) if shown else None
+        after = _samples(trainer, shown, args.seed)  # (None, []) when nothing is shown
     print(f"wrote {log_path} and {os.path.join(args.out, 'final')}")
     if shown:
         _save_before_after(args.out, shown, before, after, args.seed)
